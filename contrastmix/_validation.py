@@ -1,0 +1,111 @@
+"""Input checks shared by every loss, mixer, bank and metric.
+
+Every public function of contrastmix validates its tensors with these helpers so that bad
+input fails early with a :class:`ValueError` that names the offending argument, instead of a
+shape error deep inside a matmul or, worse, a silently wrong number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_tensor",
+    "check_finite",
+    "check_same_length",
+    "check_unit_norm",
+    "check_positive",
+]
+
+
+def check_tensor(
+    name: str,
+    x: object,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    dim: int | None = None,
+    finite: bool = True,
+    floating: bool = False,
+) -> Tensor:
+    """Validate a tensor argument and return it.
+
+    Args:
+        name: Argument name used in the error message.
+        x: The value to check.
+        ndim: Required number of dimensions (an int or a set of allowed ints).
+        dim: Required size of the last dimension.
+        finite: Reject NaN / inf entries.
+        floating: Require a floating-point dtype.
+
+    Returns:
+        ``x`` unchanged.
+
+    Raises:
+        ValueError: naming ``name`` and the problem.
+    """
+    if not isinstance(x, Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(f"{a}-D" for a in allowed)
+            raise ValueError(f"`{name}` must be {want}, got shape {tuple(x.shape)}")
+    if dim is not None and (x.ndim == 0 or x.shape[-1] != dim):
+        raise ValueError(
+            f"`{name}` must have last dimension {dim}, got shape {tuple(x.shape)}"
+        )
+    if floating and not x.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {x.dtype}")
+    if finite:
+        check_finite(name, x)
+    return x
+
+
+def check_finite(name: str, x: Tensor) -> Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or inf (e.g. diverged embeddings)."""
+    if x.is_floating_point() or x.is_complex():
+        if not bool(torch.isfinite(x.detach()).all()):
+            n_bad = int((~torch.isfinite(x.detach())).sum())
+            raise ValueError(
+                f"`{name}` contains {n_bad} non-finite value(s) (NaN or inf); "
+                "check the learning rate / inputs"
+            )
+    return x
+
+
+def check_same_length(**tensors: Tensor | None) -> int:
+    """Check that all given (non-None) tensors share their first dimension; return it."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    if not items:
+        raise ValueError("no tensors given")
+    n0 = items[0][1].shape[0]
+    for k, v in items[1:]:
+        if v.shape[0] != n0:
+            desc = ", ".join(f"`{kk}` has {vv.shape[0]}" for kk, vv in items)
+            raise ValueError(f"length mismatch: {desc} rows")
+    return int(n0)
+
+
+def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor:
+    """Raise ``ValueError`` unless every row of ``x`` has unit L2 norm (within ``atol``)."""
+    if x.numel() == 0:
+        return x
+    norms = x.detach().float().norm(dim=-1)
+    worst = float((norms - 1).abs().max())
+    if worst > atol:
+        raise ValueError(
+            f"`{name}` must be L2-normalised along the last dimension "
+            f"(max | ||x|| - 1 | = {worst:.3g}); call torch.nn.functional.normalize first"
+        )
+    return x
+
+
+def check_positive(name: str, value: float | int, *, allow_zero: bool = False) -> None:
+    """Raise ``ValueError`` if ``value`` is not > 0 (or >= 0 when ``allow_zero``)."""
+    ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        rel = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"`{name}` must be {rel}, got {value}")

@@ -1,0 +1,58 @@
+"""MoCo InfoNCE with a queue of negatives.
+
+He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020;
+Chen et al., "Improved Baselines with Momentum Contrastive Learning" (MoCo v2), 2020.
+See METHODS.md §1 ("Base").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from contrastmix._validation import check_positive, check_same_length, check_tensor
+
+__all__ = ["moco_logits", "moco_infonce"]
+
+
+def moco_logits(query: Tensor, key: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """Logits ``[q·k, q·n_1 .. q·n_K] / τ`` computed in fp32 (or wider).
+
+    Args:
+        query: ``[B, d]`` L2-normalised queries (with gradient).
+        key: ``[B, d]`` L2-normalised keys of the momentum encoder (detached here).
+        queue: ``[K, d]`` L2-normalised negatives (detached here), ``K`` may be 0.
+        temperature: τ > 0.
+
+    Returns:
+        ``[B, 1 + K]`` logits; column 0 is the positive.
+    """
+    check_tensor("query", query, ndim=2, floating=True)
+    check_tensor("key", key, ndim=2, dim=query.shape[1], floating=True)
+    check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
+    check_same_length(query=query, key=key)
+    check_positive("temperature", temperature)
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        q = query.to(dtype)
+        pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
+        neg = q @ queue.detach().to(dtype).T
+        return torch.cat([pos, neg], dim=1) / temperature
+
+
+def moco_infonce(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoCo InfoNCE: cross-entropy of :func:`moco_logits` with target 0.
+
+    Args:
+        query: ``[B, d]`` L2-normalised queries.
+        key: ``[B, d]`` L2-normalised momentum keys (no gradient flows into them).
+        queue: ``[K, d]`` L2-normalised negatives (no gradient flows into them).
+        temperature: τ (0.2 for MoCo v2).
+
+    Returns:
+        Scalar mean loss (fp32).
+    """
+    logits = moco_logits(query, key, queue, temperature)
+    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    return F.cross_entropy(logits, target)
