@@ -1,0 +1,312 @@
+"""Typed recipe schema (OmegaConf structured configs) and recipe loading.
+
+A recipe is a YAML file validated against :class:`RecipeConfig`; the ``method`` section is
+validated against the schema registered for ``method.name`` (:func:`register_method`). Unknown
+keys, wrong types and missing files raise :class:`~contrastmix.errors.RecipeError` with one line
+naming the problem. YAML is read with ``yaml.safe_load`` and overrides ``a.b=c`` are parsed as
+YAML scalars — nothing from a config is ever evaluated as code.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from contrastmix.errors import RecipeError
+
+__all__ = [
+    "RecipeConfig",
+    "TrainerConfig",
+    "OptimConfig",
+    "DataConfig",
+    "ModelConfig",
+    "EvalConfig",
+    "MoCoConfig",
+    "MoCHiConfig",
+    "register_method",
+    "method_schemas",
+    "load_recipe",
+    "apply_overrides",
+    "find_recipe",
+    "RECIPES_DIR",
+]
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning ``Trainer`` settings."""
+
+    max_epochs: int = 100
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = 10
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+    limit_train_batches: float = 1.0
+    gradient_clip_val: float | None = None
+    num_threads: int = 0  # torch.set_num_threads for CPU runs; 0 leaves torch's default
+    checkpoint_every_n_epochs: int = 1
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule (linear warm-up, then cosine)."""
+
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.06
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 0
+    scheduler: str = "cosine"  # cosine | constant
+
+
+@dataclass
+class SignalAugConfig:
+    """:class:`contrastmix.data.augment1d.SignalAugment` parameters (1-D signals)."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    max_shift: float = 1.0
+    amplitude: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    shear: float = 0.5
+    noise_std: float = 0.05
+    flip_prob: float = 0.0
+
+
+@dataclass
+class ImageAugConfig:
+    """:class:`contrastmix.data.augment2d.ImageBatchAugment` parameters (in-memory images)."""
+
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.3])
+    rotation: float = 15.0
+    translate: float = 0.15
+    shear: float = 10.0
+    brightness: float = 0.2
+    contrast: list[float] = field(default_factory=lambda: [0.7, 1.3])
+    noise_std: float = 0.05
+
+
+@dataclass
+class DataConfig:
+    """Dataset, loader and augmentation settings."""
+
+    name: str = "mnist1d"  # mnist1d | digits | cifar10 | cifar100 | imagefolder
+    root: str | None = None
+    download: bool = False
+    seed: int = 42  # generator seed (mnist1d) / split seed (digits)
+    pool_seeds: list[int] = field(default_factory=list)  # extra unlabelled mnist1d pool
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    num_workers: int = 0
+    image_size: int = 32
+    drop_last: bool = True
+    signal_aug: SignalAugConfig = field(default_factory=SignalAugConfig)
+    image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone and projector head."""
+
+    backbone: str = "cnn1d"  # cnn1d | cnn2d | resnet18 | resnet50
+    width: int = 32
+    cifar_stem: bool = False
+    proj_hidden_dim: int = 512
+    proj_output_dim: int = 128
+    proj_batch_norm: bool = False
+
+
+@dataclass
+class EvalConfig:
+    """Online monitoring and probe protocol."""
+
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_every_n_epochs: int = 1
+    probe_val_fraction: float = 0.2
+    probe_max_iter: int = 1000
+
+
+@dataclass
+class MoCoConfig:
+    """MoCo v2 (METHODS §1 base)."""
+
+    name: str = "moco"
+    temperature: float = 0.2
+    queue_size: int = 4096
+    momentum: float = 0.99
+    end_momentum: float | None = None
+    bank_backend: str = "torch"
+    symmetric: bool = False
+
+
+@dataclass
+class MoCHiConfig(MoCoConfig):
+    """MoCHi hard-negative mixing on top of MoCo v2 (METHODS §1)."""
+
+    name: str = "mochi"
+    num_hard: int = 1024
+    num_mix: int = 1024
+    num_query_mix: int = 128
+    warmup_epochs: int = 10
+
+
+@dataclass
+class RecipeConfig:
+    """A whole recipe: what to train (``method``), on what, how, and how to evaluate."""
+
+    name: str = "run"
+    seed: int = 0
+    method: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+_METHODS: dict[str, type] = {}
+
+
+def register_method(name: str, schema: type) -> None:
+    """Register the structured schema of ``method`` for ``method.name == name``."""
+    _METHODS[name] = schema
+
+
+def method_schemas() -> dict[str, type]:
+    """A copy of the method-name -> schema registry."""
+    return dict(_METHODS)
+
+
+register_method("moco", MoCoConfig)
+register_method("mochi", MoCHiConfig)
+
+
+def find_recipe(recipe: str | Path) -> Path:
+    """Resolve a recipe path or the bare name of a bundled recipe (``moco_mnist1d``)."""
+    p = Path(recipe).expanduser()
+    candidates = [p, RECIPES_DIR / p, RECIPES_DIR / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    hint = f"; bundled recipes: {', '.join(known)}" if known else ""
+    raise RecipeError(f"recipe not found: {recipe}{hint}")
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            keys += _all_keys(node._get_node(k), full + ".")
+    return keys
+
+
+def _key_error(cfg: DictConfig, e: OmegaConfBaseException) -> RecipeError:
+    key = getattr(e, "full_key", None) or str(e).splitlines()[0]
+    close = difflib.get_close_matches(str(key), _all_keys(cfg), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return RecipeError(f"unknown recipe key '{key}'{hint}")
+
+
+def _base_for(method_name: Any) -> DictConfig:
+    if method_name is None:
+        raise RecipeError("recipe has no `method.name` (e.g. method: {name: moco})")
+    if method_name not in _METHODS:
+        raise RecipeError(
+            f"unknown method '{method_name}'; known methods: {', '.join(sorted(_METHODS))}"
+        )
+    base = OmegaConf.structured(RecipeConfig)
+    base.method = OmegaConf.structured(_METHODS[method_name])
+    return base
+
+
+def _merge(base: DictConfig, other: Any) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(base, other)
+    except ConfigKeyError as e:
+        raise _key_error(base, e) from None
+    except ValidationError as e:
+        key = getattr(e, "full_key", "?")
+        msg = str(e).splitlines()[0]
+        raise RecipeError(f"invalid value for recipe key '{key}': {msg}") from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override must look like key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise RecipeError(f"override has an empty key: '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key] = value
+    return out
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = root
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override '{key}' conflicts with another override")
+        node[parts[-1]] = value
+    return root
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> DictConfig:
+    """Validate a raw recipe mapping plus ``key=value`` overrides against the schema."""
+    if not isinstance(raw, dict):
+        raise RecipeError("a recipe must be a YAML mapping")
+    ov = _nest(_parse_overrides(overrides or []))
+    method = raw.get("method") or {}
+    if not isinstance(method, dict):
+        raise RecipeError("recipe key 'method' must be a mapping with a `name`")
+    name = (ov.get("method") or {}).get("name", method.get("name"))
+    cfg = _merge(_base_for(name), raw)
+    cfg = _merge(cfg, ov)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
+    """Load, validate and override a recipe.
+
+    Args:
+        recipe: A path, or the name of a recipe in ``recipes/``.
+        overrides: ``["trainer.max_epochs=5", ...]``; values are YAML scalars.
+
+    Returns:
+        The validated config (struct mode: unknown keys raise).
+
+    Raises:
+        RecipeError: missing file, malformed YAML, unknown key or method, wrong value type.
+    """
+    path = find_recipe(recipe)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
+    return apply_overrides(raw or {}, overrides)

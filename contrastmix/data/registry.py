@@ -1,0 +1,131 @@
+"""Build the datasets a recipe names: pretraining views, and train/test splits for evaluation.
+
+Every dataset yields ``(x, y, index)``. In-memory datasets (MNIST-1D, digits) yield raw tensors
+and the training module applies a batched augmentation twice on the device
+(:attr:`DataBundle.batch_augment`); PIL datasets (CIFAR, ImageFolder) yield the two views from
+lightly's per-sample transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, Dataset
+
+from contrastmix.errors import DatasetError
+
+__all__ = ["TensorIndexDataset", "DataBundle", "build_data", "DATASETS"]
+
+DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "imagefolder")
+
+
+class TensorIndexDataset(Dataset):
+    """In-memory ``(x[i], y[i], offset + i)`` dataset."""
+
+    def __init__(self, x: Tensor, y: Tensor, offset: int = 0) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        self.x, self.y, self.offset = x, y, offset
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        return self.x[i], self.y[i], self.offset + i
+
+
+@dataclass
+class DataBundle:
+    """What a training run and its evaluation need from a dataset.
+
+    Attributes:
+        pretrain: Pretraining set (labelled train split plus any unlabelled pool, label -1).
+        train: Labelled train split with test-time transforms (probe / kNN bank).
+        test: Test split with test-time transforms.
+        batch_augment: On-device batched view augmentation for in-memory data, else ``None``
+            (then ``pretrain`` already yields ``[view1, view2]``).
+        in_channels: Input channels.
+        num_classes: Number of classes (0 for regression).
+        task: ``"classification"`` or ``"regression"``.
+        collate_fn: Collate function for ``pretrain`` (``None`` = default).
+    """
+
+    pretrain: Dataset
+    train: Dataset
+    test: Dataset
+    batch_augment: Callable[..., Tensor] | None
+    in_channels: int
+    num_classes: int
+    task: str = "classification"
+    collate_fn: Callable[[list[Any]], Any] | None = None
+
+
+def build_data(cfg: Any) -> DataBundle:
+    """Build the :class:`DataBundle` for ``cfg`` (a recipe's ``data`` section).
+
+    Raises:
+        DatasetError: unknown dataset name or missing path.
+    """
+    name = cfg.name
+    if name == "mnist1d":
+        from contrastmix.data.augment1d import SignalAugment
+        from contrastmix.data.mnist1d import load_mnist1d, load_mnist1d_pool
+
+        xtr, ytr = load_mnist1d("train", seed=cfg.seed)
+        xte, yte = load_mnist1d("test", seed=cfg.seed)
+        train = TensorIndexDataset(xtr, ytr)
+        pretrain: Dataset = train
+        if len(cfg.pool_seeds) > 0:
+            pool = load_mnist1d_pool(list(cfg.pool_seeds), exclude=cfg.seed)
+            pool_ds = TensorIndexDataset(
+                pool, torch.full((len(pool),), -1, dtype=torch.long), offset=len(train)
+            )
+            pretrain = ConcatDataset([train, pool_ds])
+        a = cfg.signal_aug
+        aug = SignalAugment(
+            crop_scale=(a.crop_scale[0], a.crop_scale[1]), max_shift=a.max_shift,
+            amplitude=(a.amplitude[0], a.amplitude[1]), shear=a.shear, noise_std=a.noise_std,
+            flip_prob=a.flip_prob,
+        )
+        return DataBundle(pretrain, train, TensorIndexDataset(xte, yte), aug, 1, 10)
+    if name == "digits":
+        from contrastmix.data.augment2d import ImageBatchAugment
+        from contrastmix.data.digits import load_digits_images
+
+        xtr, ytr = load_digits_images("train", seed=cfg.seed)
+        xte, yte = load_digits_images("test", seed=cfg.seed)
+        a = cfg.image_aug
+        aug2 = ImageBatchAugment(
+            scale=(a.scale[0], a.scale[1]), rotation=a.rotation, translate=a.translate,
+            shear=a.shear, brightness=a.brightness, contrast=(a.contrast[0], a.contrast[1]),
+            noise_std=a.noise_std,
+        )
+        train = TensorIndexDataset(xtr, ytr)
+        return DataBundle(train, train, TensorIndexDataset(xte, yte), aug2, 1, 10)
+    if name in ("cifar10", "cifar100", "imagefolder"):
+        from contrastmix.data.images import (
+            IndexedDataset,
+            build_image_dataset,
+            eval_transform,
+            stack_views,
+            two_view_transform,
+        )
+
+        base_tr = build_image_dataset(name, cfg.root, "train", download=cfg.download)
+        base_te = build_image_dataset(name, cfg.root, "test", download=cfg.download)
+        ev = eval_transform(name, cfg.image_size)
+        n_cls = len(getattr(base_tr, "classes", [])) or (100 if name == "cifar100" else 10)
+        return DataBundle(
+            pretrain=IndexedDataset(base_tr, two_view_transform(name, cfg.image_size)),
+            train=IndexedDataset(base_tr, ev),
+            test=IndexedDataset(base_te, ev),
+            batch_augment=None,
+            in_channels=3,
+            num_classes=n_cls,
+            collate_fn=stack_views,
+        )
+    raise DatasetError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")

@@ -1,0 +1,153 @@
+"""Read a finished run directory back: its recipe, its frozen backbone, its evaluation data.
+
+Used by ``contrastmix probe`` and ``contrastmix report``. Loading never unpickles code:
+``backbone.pt`` is read with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from contrastmix.errors import CheckpointError, RunDirError
+
+__all__ = ["load_run", "load_backbone", "extract_run_features", "probe_run"]
+
+
+def load_run(run_dir: str | Path) -> DictConfig:
+    """Validate that ``run_dir`` is a finished run and return its recipe."""
+    from contrastmix.train.pretrain import read_run_config, run_paths
+
+    cfg = read_run_config(run_dir)
+    p = run_paths(run_dir)
+    if not p["backbone"].is_file():
+        hint = (
+            " (training was interrupted: resume it with `contrastmix pretrain RECIPE --out "
+            f"{run_dir} --resume`)" if p["last"].is_file() else ""
+        )
+        raise RunDirError(f"{run_dir} has no trained backbone (backbone.pt){hint}")
+    return cfg
+
+
+def load_backbone(run_dir: str | Path, cfg: DictConfig, in_channels: int) -> nn.Module:
+    """Build the recipe's backbone and load ``backbone.pt`` strictly (weights only)."""
+    from contrastmix.models.build import build_backbone
+    from contrastmix.train.pretrain import run_paths
+
+    path = run_paths(run_dir)["backbone"]
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state_dict")
+    m = cfg.model
+    net = build_backbone(
+        m.backbone, in_channels=in_channels, width=m.width, cifar_stem=m.cifar_stem
+    )
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(
+            f"{path} does not match the recipe's backbone '{m.backbone}' (width {m.width}): "
+            f"{first}"
+        ) from None
+    return net.eval()
+
+
+def extract_run_features(
+    run_dir: str | Path, device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """Frozen backbone features of the run's train and test splits (test-time inputs).
+
+    Returns:
+        ``{"cfg", "task", "train_x", "train_y", "test_x", "test_y"}``.
+    """
+    from contrastmix.data.registry import build_data
+    from eval.probe import extract_features
+
+    cfg = load_run(run_dir)
+    data = build_data(cfg.data)
+    net = load_backbone(run_dir, cfg, data.in_channels)
+    dev = torch.device(device) if device else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    bs = cfg.data.eval_batch_size
+    trx, try_ = extract_features(net, DataLoader(data.train, batch_size=bs), dev)
+    tex, tey = extract_features(net, DataLoader(data.test, batch_size=bs), dev)
+    return {"cfg": cfg, "task": data.task, "train_x": trx, "train_y": try_,
+            "test_x": tex, "test_y": tey}
+
+
+def probe_run(
+    run_dir: str | Path, *, knn: bool = False, geometry: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The frozen-feature evaluation of a run: linear probe (+ kNN, + geometry).
+
+    Returns:
+        One JSON-serialisable dict: the metrics plus the exact protocol used.
+    """
+    from eval.probe import linear_probe
+
+    f = extract_run_features(run_dir, device)
+    cfg = f["cfg"]
+    out: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name,
+                           "dataset": cfg.data.name}
+    res = linear_probe(
+        f["train_x"], f["train_y"], f["test_x"], f["test_y"], task=f["task"],
+        val_fraction=cfg.eval.probe_val_fraction, max_iter=cfg.eval.probe_max_iter,
+        seed=cfg.seed,
+    )
+    out.update(_jsonable(res))
+    out["protocol"] = {
+        "features": "backbone output (projector removed), backbone in eval mode, "
+        "test-time inputs (no augmentation), extracted once",
+        "probe": "linear model on cached features; penalty chosen on a validation split "
+        "of train, refit on train+val; last model reported",
+    }
+    if knn and f["task"] == "classification":
+        from eval.knn import knn_predict
+
+        k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
+        pred = knn_predict(f["train_x"], f["train_y"], f["test_x"], k=k, temperature=t)
+        out["knn_accuracy"] = float((pred.cpu() == f["test_y"].cpu()).float().mean())
+        out["knn"] = {"k": min(k, len(f["train_x"])), "temperature": t,
+                      "features": "L2-normalised backbone features"}
+    if geometry:
+        from eval.geometry import effective_rank, uniformity
+
+        z = torch.nn.functional.normalize(f["test_x"].double(), dim=1)
+        out["geometry"] = {
+            "uniformity": float(uniformity(z)),
+            "effective_rank": float(effective_rank(f["test_x"])),
+        }
+        if f["task"] == "classification":
+            from eval.collapse import neural_collapse
+
+            nc = neural_collapse(f["test_x"], f["test_y"])
+            out["geometry"]["neural_collapse"] = _jsonable(nc)
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.tolist() if x.numel() > 1 else x.item()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        try:
+            return x.item()
+        except (ValueError, TypeError):
+            pass
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return x

@@ -1,0 +1,237 @@
+"""Run a recipe: build data and module, train with Lightning, write the run directory.
+
+Run directory layout::
+
+    config.yaml            the resolved recipe
+    checkpoints/last.ckpt  Lightning checkpoint (model, queue + pointer, optimiser, loops)
+    backbone.pt            encoder state_dict (torch.load(..., weights_only=True))
+    metrics.csv            every logged metric, all resumed segments merged
+    logs/version_*/        raw CSV logs per segment; tb/ TensorBoard logs
+    run.json               summary: method, epochs, wall time, last metrics
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from contrastmix.data.registry import DataBundle, build_data
+from contrastmix.errors import CheckpointError, RunDirError
+
+__all__ = ["pretrain", "register_module", "build_module", "run_paths", "read_run_config"]
+
+ModuleFactory = Callable[[dict[str, Any], DataBundle, int], pl.LightningModule]
+_FACTORIES: dict[str, ModuleFactory] = {}
+
+
+def register_module(method: str, factory: ModuleFactory) -> None:
+    """Register the Lightning module factory ``(cfg, data, steps_per_epoch) -> module``."""
+    _FACTORIES[method] = factory
+
+
+def _moco_factory(cfg: dict[str, Any], data: DataBundle, steps: int) -> pl.LightningModule:
+    from contrastmix.train.moco import MoCoModule
+
+    return MoCoModule(cfg, data.in_channels, data.batch_augment, steps)
+
+
+register_module("moco", _moco_factory)
+register_module("mochi", _moco_factory)
+
+
+def build_module(cfg: dict[str, Any], data: DataBundle, steps: int) -> pl.LightningModule:
+    """Instantiate the module registered for ``cfg['method']['name']``."""
+    name = cfg["method"]["name"]
+    if name not in _FACTORIES:
+        raise CheckpointError(f"no training module registered for method '{name}'")
+    return _FACTORIES[name](cfg, data, steps)
+
+
+def run_paths(run_dir: str | Path) -> dict[str, Path]:
+    """Standard paths inside a run directory."""
+    r = Path(run_dir)
+    return {
+        "config": r / "config.yaml",
+        "ckpt_dir": r / "checkpoints",
+        "last": r / "checkpoints" / "last.ckpt",
+        "backbone": r / "backbone.pt",
+        "metrics": r / "metrics.csv",
+        "summary": r / "run.json",
+    }
+
+
+def read_run_config(run_dir: str | Path) -> DictConfig:
+    """Load and re-validate a run directory's ``config.yaml``."""
+    import yaml
+
+    from contrastmix.config import apply_overrides
+
+    p = run_paths(run_dir)["config"]
+    if not Path(run_dir).is_dir():
+        raise RunDirError(f"run directory does not exist: {run_dir}")
+    if not p.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml)")
+    return apply_overrides(yaml.safe_load(p.read_text()) or {}, [])
+
+
+def _check_checkpoint(path: Path, method: str) -> None:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt / foreign file
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    saved = (hp.get("cfg") or {}).get("method", {}).get("name")
+    if saved != method:
+        raise CheckpointError(
+            f"checkpoint {path} was trained with method '{saved}', the recipe asks for '{method}'"
+        )
+
+
+def _merge_metrics(run_dir: Path) -> None:
+    """Merge ``logs/version_*/metrics.csv`` into ``metrics.csv`` (later segments win)."""
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    keys: list[str] = []
+    versions = sorted(
+        (run_dir / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[-1])
+    )
+    for v in versions:
+        f = v / "metrics.csv"
+        if not f.is_file():
+            continue
+        with f.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                for k in row:
+                    if k not in keys:
+                        keys.append(k)
+                metric_names = ",".join(sorted(k for k, val in row.items() if val != ""))
+                rows[(row.get("epoch", ""), row.get("step", ""), metric_names)] = row
+    if not rows:
+        return
+    keys = sorted(keys, key=lambda k: (k not in ("epoch", "step"), k))
+    ordered = sorted(rows.values(), key=lambda r: (float(r.get("step") or 0)))
+    with (run_dir / "metrics.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(ordered)
+
+
+def pretrain(
+    cfg: DictConfig, out: str | Path | None = None, *, resume: bool = False,
+    extra_callbacks: list[pl.Callback] | None = None,
+) -> Path:
+    """Train ``cfg`` and write the run directory; returns its path.
+
+    Args:
+        cfg: A validated recipe (:func:`contrastmix.config.load_recipe`).
+        out: Run directory (default ``runs/<recipe name>``).
+        resume: Continue from ``checkpoints/last.ckpt`` (queue, pointer, optimiser, epoch).
+        extra_callbacks: More Lightning callbacks (tests use this to interrupt a run).
+
+    Raises:
+        RunDirError: resuming without a checkpoint, or starting over an existing run.
+        CheckpointError: resuming a checkpoint of another method.
+    """
+    from pytorch_lightning.callbacks import (
+        LearningRateMonitor,
+        ModelCheckpoint,
+        OnExceptionCheckpoint,
+    )
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from contrastmix.train.callbacks import OnlineKNN
+
+    run_dir = Path(out if out is not None else Path("runs") / cfg.name)
+    paths = run_paths(run_dir)
+    method = cfg.method.name
+    ckpt_path: str | None = None
+    if resume:
+        if not paths["last"].is_file():
+            raise RunDirError(f"cannot resume: no checkpoint at {paths['last']}")
+        if paths["config"].is_file():
+            saved = read_run_config(run_dir)
+            if saved.method.name != method:
+                raise CheckpointError(
+                    f"run {run_dir} was trained with method '{saved.method.name}', "
+                    f"the recipe asks for '{method}'"
+                )
+        _check_checkpoint(paths["last"], method)
+        ckpt_path = str(paths["last"])
+    elif paths["last"].is_file():
+        raise RunDirError(
+            f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue "
+            "it or --out to start a new one"
+        )
+
+    if cfg.trainer.num_threads > 0:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    is_rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+    if is_rank0:
+        paths["config"].write_text(OmegaConf.to_yaml(cfg))
+
+    data = build_data(cfg.data)
+    loader = DataLoader(
+        data.pretrain, batch_size=cfg.data.batch_size, shuffle=True,
+        num_workers=cfg.data.num_workers, drop_last=cfg.data.drop_last,
+        collate_fn=data.collate_fn, persistent_workers=cfg.data.num_workers > 0,
+    )
+    world = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
+    world *= cfg.trainer.num_nodes
+    steps = max(1, len(loader) // max(1, world))
+    if cfg.trainer.limit_train_batches < 1.0:
+        steps = max(1, int(steps * cfg.trainer.limit_train_batches))
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    module = build_module(plain, data, steps)  # type: ignore[arg-type]
+
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(
+            dirpath=paths["ckpt_dir"], save_last=True, save_top_k=0,
+            every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
+        ),
+        OnExceptionCheckpoint(dirpath=paths["ckpt_dir"], filename="last"),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if data.task == "classification" and cfg.eval.knn_every_n_epochs > 0:
+        callbacks.append(
+            OnlineKNN(
+                data.train, data.test, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
+                every=cfg.eval.knn_every_n_epochs, batch_size=cfg.data.eval_batch_size,
+                collate_fn=None,
+            )
+        )
+    callbacks += extra_callbacks or []
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar, limit_train_batches=t.limit_train_batches,
+        gradient_clip_val=t.gradient_clip_val, callbacks=callbacks,
+        logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tb")],
+        enable_model_summary=False, default_root_dir=str(run_dir),
+    )
+    start = time.time()
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    wall = time.time() - start
+    if trainer.is_global_zero:
+        torch.save(module.backbone.state_dict(), paths["backbone"])  # type: ignore[attr-defined]
+        _merge_metrics(run_dir)
+        last = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        summary = {
+            "method": method, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+            "wall_time_s": round(wall, 2), "resumed": resume, "metrics": last,
+        }
+        paths["summary"].write_text(json.dumps(summary, indent=2))
+    return run_dir
