@@ -110,6 +110,7 @@ class DataConfig:
     num_workers: int = 0
     image_size: int = 32
     drop_last: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific options
     signal_aug: SignalAugConfig = field(default_factory=SignalAugConfig)
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
 
@@ -310,3 +311,7 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictC
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
     return apply_overrides(raw or {}, overrides)
+
+
+# Method families defined in their own modules register themselves on import.
+import contrastmix.methods  # noqa: E402,F401

@@ -81,7 +81,7 @@ def extract_run_features(
     bs = cfg.data.eval_batch_size
     trx, try_ = extract_features(net, DataLoader(data.train, batch_size=bs), dev)
     tex, tey = extract_features(net, DataLoader(data.test, batch_size=bs), dev)
-    return {"cfg": cfg, "task": data.task, "train_x": trx, "train_y": try_,
+    return {"cfg": cfg, "task": data.task, "data": data, "train_x": trx, "train_y": try_,
             "test_x": tex, "test_y": tey}
 
 
@@ -96,16 +96,29 @@ def probe_run(
     """
     from eval.probe import linear_probe
 
+    cfg = load_run(run_dir)
+    from contrastmix.data.registry import build_data
+
+    task = build_data(cfg.data).task
+    if task == "multimodal":  # retrieval, zero-shot, calibration, modality gap / fusion heads
+        from eval.multimodal import probe_multimodal_run
+
+        return probe_multimodal_run(run_dir, cfg, device)
     f = extract_run_features(run_dir, device)
-    cfg = f["cfg"]
+    data = f["data"]
     out: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name,
                            "dataset": cfg.data.name}
     res = linear_probe(
         f["train_x"], f["train_y"], f["test_x"], f["test_y"], task=f["task"],
         val_fraction=cfg.eval.probe_val_fraction, max_iter=cfg.eval.probe_max_iter,
-        seed=cfg.seed,
+        seed=cfg.seed, groups=data.test_groups,
+        group_names=list(data.group_names) if data.group_names else None,
     )
     out.update(_jsonable(res))
+    if f["task"] == "regression":
+        from eval.ordering import distance_spearman
+
+        out["spearman"] = float(distance_spearman(f["test_x"], f["test_y"], seed=cfg.seed))
     out["protocol"] = {
         "features": "backbone output (projector removed), backbone in eval mode, "
         "test-time inputs (no augmentation), extracted once",

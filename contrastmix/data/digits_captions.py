@@ -108,7 +108,8 @@ def load_digits_captions(
 class DigitsCaptions(Dataset):
     """Map-style dataset of :func:`load_digits_captions`: items ``(image, caption, label)``.
 
-    ``DataLoader``'s default collate turns the captions of a batch into a list of strings.
+    ``DataLoader``'s default collate turns the captions of a batch into a tuple of strings, which
+    :class:`contrastmix.models.text.MiniLMTextEncoder` accepts as is.
     """
 
     def __init__(
@@ -128,4 +129,3 @@ class DigitsCaptions(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, str, int]:
         return self.images[i], self.captions[i], int(self.labels[i])
-

@@ -73,9 +73,7 @@ def load_digits_tri(
     Returns:
         :class:`DigitsTriData`.
     """
-    images, captions, labels = load_digits_captions(
-        split, seed, test_fraction, templates=templates
-    )
+    images, captions, labels = load_digits_captions(split, seed, test_fraction, templates=templates)
     sig, sig_y = load_mnist1d(split, seed=mnist1d_seed)
     rng = np.random.default_rng([int(seed), 7, 0 if split == "train" else 1])
     y = labels.numpy()

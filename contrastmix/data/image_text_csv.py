@@ -136,9 +136,7 @@ def read_image_text_records(
         listed = "; ".join(missing_files[:_MAX_LISTED])
         more = len(missing_files) - _MAX_LISTED
         extra = f" (and {more} more)" if more > 0 else ""
-        raise DatasetError(
-            f"{path}: {len(missing_files)} image file(s) not found: {listed}{extra}"
-        )
+        raise DatasetError(f"{path}: {len(missing_files)} image file(s) not found: {listed}{extra}")
     return images, captions, (labels if has_label else None)
 
 

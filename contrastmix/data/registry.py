@@ -18,9 +18,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from contrastmix.errors import DatasetError
 
-__all__ = ["TensorIndexDataset", "DataBundle", "build_data", "DATASETS"]
-
-DATASETS = ("mnist1d", "digits", "cifar10", "cifar100", "imagefolder")
+__all__ = ["TensorIndexDataset", "DataBundle", "build_data", "register_dataset", "datasets"]
 
 
 class TensorIndexDataset(Dataset):
@@ -48,10 +46,14 @@ class DataBundle:
         test: Test split with test-time transforms.
         batch_augment: On-device batched view augmentation for in-memory data, else ``None``
             (then ``pretrain`` already yields ``[view1, view2]``).
-        in_channels: Input channels.
+        in_channels: Input channels (the number of input features for tabular data).
         num_classes: Number of classes (0 for regression).
-        task: ``"classification"`` or ``"regression"``.
+        task: ``"classification"``, ``"regression"`` or ``"multimodal"``.
         collate_fn: Collate function for ``pretrain`` (``None`` = default).
+        test_groups: Optional ``[M]`` group id of each test sample (e.g. many/medium/few-shot
+            bins of an imbalanced regression set); the probe reports metrics per group.
+        group_names: Names of the group ids.
+        extras: Anything else a family's probe needs (class prompts, modalities, ...).
     """
 
     pretrain: Dataset
@@ -62,6 +64,22 @@ class DataBundle:
     num_classes: int
     task: str = "classification"
     collate_fn: Callable[[list[Any]], Any] | None = None
+    test_groups: Tensor | None = None
+    group_names: tuple[str, ...] = ()
+    extras: dict[str, Any] | None = None
+
+
+_BUILDERS: dict[str, Callable[[Any], DataBundle]] = {}
+
+
+def register_dataset(name: str, builder: Callable[[Any], DataBundle]) -> None:
+    """Register ``builder(data_cfg) -> DataBundle`` under ``data.name == name``."""
+    _BUILDERS[name] = builder
+
+
+def datasets() -> list[str]:
+    """Names of the registered datasets."""
+    return sorted(_BUILDERS)
 
 
 def build_data(cfg: Any) -> DataBundle:
@@ -70,6 +88,14 @@ def build_data(cfg: Any) -> DataBundle:
     Raises:
         DatasetError: unknown dataset name or missing path.
     """
+    if cfg.name not in _BUILDERS:
+        raise DatasetError(
+            f"unknown dataset '{cfg.name}'; choose one of {', '.join(datasets())}"
+        )
+    return _BUILDERS[cfg.name](cfg)
+
+
+def _builtin(cfg: Any) -> DataBundle:
     name = cfg.name
     if name == "mnist1d":
         from contrastmix.data.augment1d import SignalAugment
@@ -128,4 +154,13 @@ def build_data(cfg: Any) -> DataBundle:
             num_classes=n_cls,
             collate_fn=stack_views,
         )
-    raise DatasetError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    raise DatasetError(f"unknown dataset '{name}'")
+
+
+for _name in ("mnist1d", "digits", "cifar10", "cifar100", "imagefolder"):
+    register_dataset(_name, _builtin)
+
+
+# Dataset families defined in their own modules register themselves on import.
+import contrastmix.data.bundles_multimodal  # noqa: E402,F401
+import contrastmix.data.bundles_regression  # noqa: E402,F401

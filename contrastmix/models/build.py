@@ -37,9 +37,8 @@ def build_backbone(
     if name == "mlp":
         from contrastmix.models.mlp import MLPEncoder
 
-        if in_features is None:
-            raise ValueError("backbone 'mlp' needs `in_features`")
-        return MLPEncoder(in_features, hidden=(width, width))
+        # tabular data: DataBundle.in_channels is the number of input features
+        return MLPEncoder(in_features or in_channels, hidden=(width, width))
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 

@@ -53,3 +53,20 @@ class OnlineKNN(pl.Callback):
         pred = knn_predict(xtr, ytr, xte, k=self.k, temperature=self.temperature)
         acc = (pred.cpu() == yte.cpu()).float().mean().item()
         pl_module.log("knn_acc", acc, on_step=False, on_epoch=True, sync_dist=False)
+
+
+class SaveOnInterrupt(pl.Callback):
+    """Write ``last.ckpt`` when training stops on an exception (Ctrl-C, a crash, a kill).
+
+    Lightning's ``OnExceptionCheckpoint`` deletes its file in ``teardown``, so it cannot share
+    the name ``last.ckpt`` with the epoch checkpoint; this one keeps it, so ``--resume`` continues
+    from the exact step where the run stopped (queue and pointer included).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        trainer.save_checkpoint(self.path)

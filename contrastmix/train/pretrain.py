@@ -51,6 +51,10 @@ register_module("mochi", _moco_factory)
 
 def build_module(cfg: dict[str, Any], data: DataBundle, steps: int) -> pl.LightningModule:
     """Instantiate the module registered for ``cfg['method']['name']``."""
+    import importlib
+
+    for mod in ("regression", "multimodal", "supervised"):  # register their factories
+        importlib.import_module(f"contrastmix.train.{mod}")
     name = cfg["method"]["name"]
     if name not in _FACTORIES:
         raise CheckpointError(f"no training module registered for method '{name}'")
@@ -141,14 +145,10 @@ def pretrain(
         RunDirError: resuming without a checkpoint, or starting over an existing run.
         CheckpointError: resuming a checkpoint of another method.
     """
-    from pytorch_lightning.callbacks import (
-        LearningRateMonitor,
-        ModelCheckpoint,
-        OnExceptionCheckpoint,
-    )
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from contrastmix.train.callbacks import OnlineKNN
+    from contrastmix.train.callbacks import OnlineKNN, SaveOnInterrupt
 
     run_dir = Path(out if out is not None else Path("runs") / cfg.name)
     paths = run_paths(run_dir)
@@ -197,10 +197,10 @@ def pretrain(
 
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
-            dirpath=paths["ckpt_dir"], save_last=True, save_top_k=0,
-            every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
+            dirpath=paths["ckpt_dir"], filename="last", save_top_k=1, monitor=None,
+            enable_version_counter=False, every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
         ),
-        OnExceptionCheckpoint(dirpath=paths["ckpt_dir"], filename="last"),
+        SaveOnInterrupt(str(paths["last"])),
         LearningRateMonitor(logging_interval="epoch"),
     ]
     if data.task == "classification" and cfg.eval.knn_every_n_epochs > 0:
@@ -227,7 +227,8 @@ def pretrain(
     wall = time.time() - start
     if trainer.is_global_zero:
         torch.save(module.backbone.state_dict(), paths["backbone"])  # type: ignore[attr-defined]
-        _merge_metrics(run_dir)
+        if hasattr(module, "export_artifacts"):  # e.g. a multimodal model's towers and heads
+            module.export_artifacts(run_dir)        _merge_metrics(run_dir)
         last = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         summary = {
             "method": method, "epochs": trainer.current_epoch, "global_step": trainer.global_step,

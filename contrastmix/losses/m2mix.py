@@ -1,0 +1,361 @@
+"""Geodesic multimodal mixup (m2-mix).
+
+Oh et al., "Geodesic Multi-Modal Mixup for Robust Fine-Tuning", NeurIPS 2023. See METHODS.md §5.
+
+Hard negatives are generated on the hypersphere between the two modalities,
+``M_j = slerp(I_j, T_j, lam)`` (``lam`` weights the image), and every anchor must still prefer its
+own pair over these mixtures::
+
+    image anchor i:  logits_j = (I_i . T_i if j == i else I_i . M_j) / tau_m,  target i
+    text anchor i:   logits_j = (T_i . I_i if j == i else T_i . M_j) / tau_m,  target i
+    L_m2 = CE_image + CE_text          (or their mean)
+    L = L_clip + w_m * c(epoch) * L_m2,   c(epoch) = 1 / (epoch + 1) when scheduled
+
+With ``lam = 0`` (``M = T``) the image-anchor term is CLIP's image->text cross-entropy at
+``tau_m``; with ``lam = 1`` (``M = I``) the text-anchor term is CLIP's text->image one.
+
+Distributed: as :func:`contrastmix.losses.clip.clip_loss`, the local anchors are scored against
+the mixtures of all ranks (gathered with gradient; targets offset by ``rank * B``). The batch
+``lam`` drawn by :class:`M2MixLoss` is broadcast from rank 0 so every rank mixes alike.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastmix._validation import check_positive
+from contrastmix.distributed import gather_with_grad, is_distributed, rank
+from contrastmix.losses.clip import check_temperature, clip_loss, prepare_pair
+from contrastmix.mixing.slerp import slerp
+
+__all__ = ["m2mix_terms", "m2mix_loss", "unimodal_mix_loss", "M2MixLoss", "M2MixOutput"]
+
+Reduction = Literal["sum", "mean"]
+
+
+def _sample_beta(alpha: float, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+    """``Beta(alpha, alpha)`` draws in float64 on the generator's device (CPU by default)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    conc = torch.full((*shape, 2), float(alpha), dtype=torch.float64, device=device)
+    return torch._sample_dirichlet(conc, generator=generator)[..., 0]
+
+
+def _mixed_anchor_ce(
+    anchor: Tensor, positive: Tensor, mixed_all: Tensor, targets: Tensor, tau: float
+) -> Tensor:
+    """CE of ``[anchor_i . positive_i if j == target_i else anchor_i . M_j] / tau``."""
+    logits = anchor @ mixed_all.T
+    pos = (anchor * positive).sum(dim=-1, keepdim=True)
+    is_pos = F.one_hot(targets, logits.shape[1]).bool()
+    logits = torch.where(is_pos, pos, logits) / tau
+    return F.cross_entropy(logits, targets)
+
+
+def m2mix_terms(
+    image: Tensor,
+    text: Tensor,
+    lam: float | Tensor,
+    mix_temperature: float = 0.07,
+    *,
+    detach_mix: bool = False,
+    gather_distributed: bool = True,
+    normalize: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Image-anchor and text-anchor cross-entropies of the m2-mix term (METHODS.md §5).
+
+    Args:
+        image: ``[B, d]`` L2-normalised image embeddings.
+        text: ``[B, d]`` L2-normalised text embeddings, row ``i`` paired with ``image[i]``.
+        lam: Mixing weight of the image in ``[0, 1]``: a float (one per batch, as in the paper)
+            or a ``[B]`` tensor (one per pair).
+        mix_temperature: τ_m > 0 (0.07), separate from the CLIP temperature.
+        detach_mix: Treat the mixtures ``M`` as constants (no gradient through them).
+        gather_distributed: Score local anchors against all ranks' mixtures (with gradient).
+        normalize: L2-normalise the inputs here; when False unnormalised inputs raise.
+
+    Returns:
+        ``(ce_image_anchor, ce_text_anchor)``, two fp32 scalars (mean over the local rows).
+
+    Raises:
+        ValueError: on mismatched shapes, NaN, non-unit-norm inputs, ``lam`` outside ``[0, 1]``,
+            a non-positive temperature, or an antipodal image/text pair (slerp undefined).
+    """
+    check_positive("mix_temperature", mix_temperature)
+    with torch.autocast(device_type=image.device.type, enabled=False):
+        img, txt = prepare_pair(image, text, normalize=normalize)
+        mixed = slerp(img, txt, lam)
+        if detach_mix:
+            mixed = mixed.detach()
+        offset = 0
+        if gather_distributed and is_distributed():
+            mixed_all = gather_with_grad(mixed)
+            offset = rank() * img.shape[0]
+        else:
+            mixed_all = mixed
+        targets = torch.arange(img.shape[0], device=img.device) + offset
+        ce_img = _mixed_anchor_ce(img, txt, mixed_all, targets, mix_temperature)
+        ce_txt = _mixed_anchor_ce(txt, img, mixed_all, targets, mix_temperature)
+    return ce_img, ce_txt
+
+
+def m2mix_loss(
+    image: Tensor,
+    text: Tensor,
+    lam: float | Tensor,
+    mix_temperature: float = 0.07,
+    *,
+    reduction: Reduction = "sum",
+    detach_mix: bool = False,
+    gather_distributed: bool = True,
+    normalize: bool = False,
+) -> Tensor:
+    """The m2-mix term ``L_m2``: image-anchor plus text-anchor cross-entropy (METHODS.md §5).
+
+    Args:
+        image: ``[B, d]`` L2-normalised image embeddings.
+        text: ``[B, d]`` L2-normalised text embeddings.
+        lam: Image weight of the mixtures, float or ``[B]`` tensor in ``[0, 1]``.
+        mix_temperature: τ_m (0.07).
+        reduction: ``"sum"`` (default, the paper) or ``"mean"`` of the two anchor terms.
+        detach_mix: Detach the mixtures.
+        gather_distributed: Gather mixtures from all ranks with gradient.
+        normalize: L2-normalise the inputs here instead of requiring unit norm.
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"`reduction` must be 'sum' or 'mean', got {reduction!r}")
+    ce_img, ce_txt = m2mix_terms(
+        image,
+        text,
+        lam,
+        mix_temperature,
+        detach_mix=detach_mix,
+        gather_distributed=gather_distributed,
+        normalize=normalize,
+    )
+    total = ce_img + ce_txt
+    return total if reduction == "sum" else 0.5 * total
+
+
+def unimodal_mix_loss(
+    anchor: Tensor,
+    candidates: Tensor,
+    lam: float | Tensor,
+    mix_temperature: float = 0.07,
+    *,
+    gather_distributed: bool = True,
+    normalize: bool = False,
+) -> Tensor:
+    """Uni-modal geodesic mixup (V-mix with image anchors, L-mix with text anchors).
+
+    ``A~_i = slerp(A_i, A_p(i), lam)`` with the partner ``p(i) = i - 1 (mod B)`` (the batch is
+    already in random order), scored against the other modality with soft targets ``lam`` on
+    ``C_i`` and ``1 - lam`` on ``C_p(i)``. Partners are taken within the local batch.
+
+    Args:
+        anchor: ``[B, d]`` L2-normalised embeddings of the mixed modality.
+        candidates: ``[B, d]`` L2-normalised embeddings of the other modality.
+        lam: Float or ``[B]`` tensor in ``[0, 1]``.
+        mix_temperature: τ_m.
+        gather_distributed: Score against all ranks' candidates (with gradient).
+        normalize: L2-normalise the inputs here.
+
+    Returns:
+        Scalar fp32 soft-target cross-entropy (mean over local rows).
+    """
+    check_positive("mix_temperature", mix_temperature)
+    with torch.autocast(device_type=anchor.device.type, enabled=False):
+        a, c = prepare_pair(anchor, candidates, normalize=normalize, names=("anchor", "candidates"))
+        b = a.shape[0]
+        partner = torch.roll(torch.arange(b, device=a.device), 1)
+        mixed = slerp(a, a[partner], lam)
+        offset = 0
+        if gather_distributed and is_distributed():
+            c_all = gather_with_grad(c)
+            offset = rank() * b
+        else:
+            c_all = c
+        logits = mixed @ c_all.T / mix_temperature
+        lam_col = (
+            lam.to(device=a.device, dtype=a.dtype).reshape(-1, 1)
+            if isinstance(lam, Tensor)
+            else torch.full((b, 1), float(lam), dtype=a.dtype, device=a.device)
+        )
+        rows = torch.arange(b, device=a.device)
+        target = torch.zeros_like(logits)
+        target[rows, rows + offset] += lam_col[:, 0]
+        target[rows, partner + offset] += 1 - lam_col[:, 0]
+        return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+class M2MixOutput(NamedTuple):
+    """Terms of :class:`M2MixLoss` (all fp32 scalars; ``lam`` and ``coef`` are floats)."""
+
+    loss: Tensor
+    clip: Tensor
+    m2: Tensor
+    vmix: Tensor
+    lmix: Tensor
+    lam: float
+    coef: float
+
+
+class M2MixLoss(nn.Module):
+    """CLIP loss plus the scheduled m2-mix term (Oh et al., NeurIPS 2023; METHODS.md §5).
+
+    ``L = L_clip(τ) + c(epoch) * (weight * L_m2 + vmix_weight * L_vmix + lmix_weight * L_lmix)``
+    with ``c(epoch) = 1 / (epoch + 1)`` when ``schedule`` (else 1) and one ``lam ~ Beta(alpha,
+    alpha)`` per batch shared by all terms (broadcast from rank 0 under DDP).
+
+    Args:
+        temperature: CLIP τ (0.01).
+        mix_temperature: τ_m of the mixed terms (0.07).
+        alpha: Beta parameter of ``lam`` (0.5).
+        weight: w_m of the m2-mix term (0.01; the paper uses [0.001, 0.05]).
+        schedule: Multiply the mixed terms by ``1 / (epoch + 1)``.
+        detach_mix: Detach the mixtures of the m2-mix term.
+        reduction: ``"sum"`` or ``"mean"`` of the two anchor terms of ``L_m2``.
+        vmix_weight: Weight of the optional V-mix (image-only) term; 0 disables it.
+        lmix_weight: Weight of the optional L-mix (text-only) term; 0 disables it.
+        gather_distributed: Use all ranks' negatives (gathered with gradient).
+        normalize: L2-normalise inputs here; when False unnormalised inputs raise.
+
+    Shapes:
+        ``image [B, d]``, ``text [B, d]`` -> scalar.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.01,
+        mix_temperature: float = 0.07,
+        alpha: float = 0.5,
+        weight: float = 0.01,
+        schedule: bool = True,
+        *,
+        detach_mix: bool = False,
+        reduction: Reduction = "sum",
+        vmix_weight: float = 0.0,
+        lmix_weight: float = 0.0,
+        gather_distributed: bool = True,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        check_temperature("temperature", temperature)
+        check_positive("mix_temperature", mix_temperature)
+        check_positive("alpha", alpha)
+        check_positive("weight", weight, allow_zero=True)
+        check_positive("vmix_weight", vmix_weight, allow_zero=True)
+        check_positive("lmix_weight", lmix_weight, allow_zero=True)
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"`reduction` must be 'sum' or 'mean', got {reduction!r}")
+        self.temperature = float(temperature)
+        self.mix_temperature = float(mix_temperature)
+        self.alpha = float(alpha)
+        self.weight = float(weight)
+        self.schedule = bool(schedule)
+        self.detach_mix = bool(detach_mix)
+        self.reduction: Reduction = reduction
+        self.vmix_weight = float(vmix_weight)
+        self.lmix_weight = float(lmix_weight)
+        self.gather_distributed = bool(gather_distributed)
+        self.normalize = bool(normalize)
+
+    def coefficient(self, epoch: int) -> float:
+        """``c(epoch) = 1 / (epoch + 1)`` when scheduled, else 1."""
+        if epoch < 0:
+            raise ValueError(f"`epoch` must be >= 0, got {epoch}")
+        return 1.0 / (epoch + 1) if self.schedule else 1.0
+
+    def sample_lam(
+        self, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+    ) -> float:
+        """Draw ``lam ~ Beta(alpha, alpha)``; under DDP rank 0's draw is broadcast to all."""
+        lam = float(_sample_beta(self.alpha, (), generator))
+        if self.gather_distributed and is_distributed():
+            t = torch.tensor([lam], dtype=torch.float64, device=device)
+            dist.broadcast(t, src=0)
+            lam = float(t.item())
+        return lam
+
+    def compute(
+        self,
+        image: Tensor,
+        text: Tensor,
+        epoch: int = 0,
+        *,
+        lam: float | None = None,
+        temperature: float | Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> M2MixOutput:
+        """All terms of the loss (see :class:`M2MixOutput`).
+
+        Args:
+            image: ``[B, d]`` image embeddings (unit norm unless ``normalize``).
+            text: ``[B, d]`` text embeddings.
+            epoch: Current epoch (0-based) for the ``1 / (epoch + 1)`` schedule.
+            lam: Use this mixing weight instead of drawing one.
+            temperature: Override the CLIP τ (e.g. a learnable 0-d tensor).
+            generator: Random generator of the ``lam`` draw.
+        """
+        tau = self.temperature if temperature is None else temperature
+        coef = self.coefficient(epoch)
+        l_clip = clip_loss(
+            image, text, tau, gather_distributed=self.gather_distributed, normalize=self.normalize
+        )
+        zero = l_clip.new_zeros(())
+        mixing = coef > 0 and (self.weight > 0 or self.vmix_weight > 0 or self.lmix_weight > 0)
+        if not mixing:
+            return M2MixOutput(l_clip, l_clip, zero, zero, zero, float("nan"), coef)
+        if lam is None:
+            lam = self.sample_lam(generator, device=image.device)
+        elif not 0.0 <= float(lam) <= 1.0:
+            raise ValueError(f"`lam` must lie in [0, 1], got {lam}")
+        common = {"gather_distributed": self.gather_distributed, "normalize": self.normalize}
+        l_m2 = (
+            m2mix_loss(
+                image,
+                text,
+                lam,
+                self.mix_temperature,
+                reduction=self.reduction,
+                detach_mix=self.detach_mix,
+                **common,
+            )
+            if self.weight > 0
+            else zero
+        )
+        l_v = (
+            unimodal_mix_loss(image, text, lam, self.mix_temperature, **common)
+            if self.vmix_weight > 0
+            else zero
+        )
+        l_l = (
+            unimodal_mix_loss(text, image, lam, self.mix_temperature, **common)
+            if self.lmix_weight > 0
+            else zero
+        )
+        mixed = self.weight * l_m2 + self.vmix_weight * l_v + self.lmix_weight * l_l
+        total = l_clip + coef * mixed
+        return M2MixOutput(total, l_clip, l_m2, l_v, l_l, float(lam), coef)
+
+    def forward(
+        self,
+        image: Tensor,
+        text: Tensor,
+        epoch: int = 0,
+        *,
+        lam: float | None = None,
+        temperature: float | Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Scalar total loss; see :meth:`compute` for the arguments and the separate terms."""
+        return self.compute(
+            image, text, epoch, lam=lam, temperature=temperature, generator=generator
+        ).loss

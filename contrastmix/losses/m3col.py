@@ -1,0 +1,575 @@
+"""M3Co: multimodal mixup contrastive loss, its SoftCLIP phase and the M3CoL training objective.
+
+Kumar, Singhal et al., "M3CoL: Harnessing Shared Relations via Multimodal Mixup Contrastive
+Learning for Multimodal Classification", 2024. See METHODS.md §6.
+
+For a pair of modalities (``p`` mixed, ``q`` not), a derangement ``perm`` of the batch and one
+coefficient ``beta_i`` per sample::
+
+    p~_i = beta_i p_i + (1 - beta_i) p_perm(i)
+    S    = normalize(p~) normalize(q)^T / tau                      (tau = 0.1)
+    T[i, i] = beta_i,  T[i, perm(i)] += 1 - beta_i                 (rows sum to 1)
+    L    = 1/2 [ mean_i CE_soft(S_i., T_i.) + mean_j CE_soft(S_.j, T_.j) ]
+
+``beta_i ~ Beta(0.15, 0.15)`` is applied with probability 0.5 (else ``beta_i = 1``). The column
+targets ``T_.j`` are used as they are (they need not sum to 1), as in the authors' code. With all
+``beta = 1`` the loss is the symmetric InfoNCE (CLIP) loss at ``tau``.
+
+After ``mixup_pct`` (0.33) of training the contrastive term switches to SoftCLIP (targets
+``softmax(q^ q^T / 0.125)`` against ``p^ q^T / 0.125``, both directions). The model's total loss
+is ``CE(fusion) + sum_m CE(unimodal_m) + 0.1 * L_contrast``.
+
+Inputs here are the raw (unnormalised) modality features: the loss mixes them *before*
+normalising, as the method prescribes, and normalises internally.
+
+Distributed: with ``gather_distributed=True`` each rank mixes within its local batch (the
+partner permutation is local), then scores its local rows against the normalised embeddings of
+all ranks, gathered with gradient. The mean of the per-rank losses equals the single-process
+loss on the concatenated batch with the block-diagonal permutation (see
+``tests/test_clip_ddp.py``); gradient scaling as for :func:`contrastmix.losses.clip.clip_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastmix._validation import check_positive, check_same_length, check_tensor
+from contrastmix.distributed import gather_with_grad, is_distributed, rank
+
+__all__ = [
+    "random_derangement",
+    "sample_m3co_mixing",
+    "m3co_targets",
+    "m3co_loss",
+    "soft_clip_loss",
+    "M3CoLLoss",
+    "m3col_total_loss",
+    "M3CoLObjective",
+    "M3CoLTerms",
+]
+
+
+def random_derangement(
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """A uniformly random derangement of ``range(n)`` (no ``i`` maps to itself).
+
+    Rejection sampling of ``torch.randperm`` (about ``e`` draws on average).
+
+    Args:
+        n: Size, ``>= 2`` (no derangement of one element exists).
+        generator: Random generator (its device is used for the draws).
+        device: Device of the returned tensor (default: the generator's, else CPU).
+
+    Returns:
+        ``[n]`` int64 permutation with ``perm[i] != i`` for every ``i``.
+
+    Raises:
+        ValueError: if ``n < 2``.
+    """
+    if n < 2:
+        raise ValueError(
+            f"a derangement needs at least 2 samples, got batch size {n}: M3Co mixes every "
+            "sample with another one of the batch"
+        )
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    ar = torch.arange(n, device=gen_device)
+    for _ in range(1000):
+        perm = torch.randperm(n, generator=generator, device=gen_device)
+        if not bool((perm == ar).any()):
+            break
+    else:  # pragma: no cover - probability ~ (1 - 1/e)^1000
+        raise RuntimeError("failed to draw a derangement")
+    return perm.to(device if device is not None else gen_device)
+
+
+def sample_m3co_mixing(
+    batch_size: int,
+    beta_param: float = 0.15,
+    mix_prob: float = 0.5,
+    *,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Draw the M3Co mixing coefficients and partners for one batch.
+
+    Draw order (for exact reproduction with a generator): derangement, then
+    ``Beta(beta_param, beta_param)`` for every sample, then the ``U(0, 1) < mix_prob`` selection.
+
+    Args:
+        batch_size: ``B >= 2``.
+        beta_param: Beta parameter (0.15).
+        mix_prob: Probability that a sample is mixed (0.5); unmixed samples get ``beta = 1``.
+        generator: Random generator.
+        device: Device of the returned tensors.
+
+    Returns:
+        ``(beta [B] float32, perm [B] int64)``.
+    """
+    check_positive("beta_param", beta_param)
+    if not 0.0 <= mix_prob <= 1.0:
+        raise ValueError(f"`mix_prob` must lie in [0, 1], got {mix_prob}")
+    perm = random_derangement(batch_size, generator=generator)
+    gen_device = perm.device
+    conc = torch.full((batch_size, 2), float(beta_param), dtype=torch.float64, device=gen_device)
+    beta = torch._sample_dirichlet(conc, generator=generator)[:, 0]
+    select = torch.rand(batch_size, generator=generator, device=gen_device) < mix_prob
+    beta = torch.where(select, beta, torch.ones_like(beta)).float()
+    out_device = device if device is not None else gen_device
+    return beta.to(out_device), perm.to(out_device)
+
+
+def _check_mixing(beta: Tensor, perm: Tensor, b: int) -> None:
+    check_tensor("beta", beta, ndim=1, floating=True)
+    check_tensor("perm", perm, ndim=1)
+    if beta.shape[0] != b or perm.shape[0] != b:
+        raise ValueError(
+            f"`beta` and `perm` must have one entry per row ({b}), got shapes "
+            f"{tuple(beta.shape)} and {tuple(perm.shape)}"
+        )
+    if perm.is_floating_point() or perm.is_complex() or perm.dtype == torch.bool:
+        raise ValueError(f"`perm` must be an integer tensor, got {perm.dtype}")
+    if b < 2:
+        raise ValueError(
+            f"M3Co needs a batch of at least 2 samples (no derangement of 1), got batch size {b}"
+        )
+    lo, hi = float(beta.detach().min()), float(beta.detach().max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"`beta` must lie in [0, 1], got values in [{lo}, {hi}]")
+    ar = torch.arange(b, device=perm.device)
+    if not torch.equal(torch.sort(perm).values.to(ar.dtype), ar):
+        raise ValueError(f"`perm` must be a permutation of range({b})")
+    fixed = torch.nonzero(perm == ar).reshape(-1)
+    if fixed.numel() > 0:
+        raise ValueError(
+            f"`perm` must be a derangement (no sample is its own partner); fixed point(s) at "
+            f"{fixed[:10].tolist()}"
+        )
+
+
+def m3co_targets(beta: Tensor, perm: Tensor) -> Tensor:
+    """Soft target matrix ``T[i, i] = beta_i``, ``T[i, perm(i)] += 1 - beta_i``.
+
+    Args:
+        beta: ``[B]`` coefficients in ``[0, 1]``.
+        perm: ``[B]`` derangement.
+
+    Returns:
+        ``[B, B]`` fp32 (or wider) matrix whose rows sum to 1.
+    """
+    _check_mixing(beta, perm, beta.shape[0] if beta.ndim == 1 else -1)
+    return _targets(beta, perm, beta.shape[0], 0, perm.device)
+
+
+def _targets(beta: Tensor, perm: Tensor, n_cols: int, offset: int, device: torch.device) -> Tensor:
+    """Rows of ``T`` for local samples against ``n_cols`` global columns (local cols at offset)."""
+    b = beta.shape[0]
+    dtype = torch.promote_types(beta.dtype, torch.float32)
+    beta = beta.to(device=device, dtype=dtype)
+    perm = perm.to(device=device, dtype=torch.long)
+    rows = torch.arange(b, device=device)
+    t = torch.zeros(b, n_cols, dtype=dtype, device=device)
+    t.index_put_((rows, rows + offset), beta, accumulate=True)
+    t.index_put_((rows, perm + offset), 1 - beta, accumulate=True)
+    return t
+
+
+def _soft_ce(logits: Tensor, target: Tensor) -> Tensor:
+    """``mean_i -sum_j target_ij log_softmax(logits)_ij``."""
+    return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def _check_pair(p: Tensor, q: Tensor) -> None:
+    check_tensor("p", p, ndim=2, floating=True)
+    check_tensor("q", q, ndim=2, floating=True)
+    if p.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"`p` and `q` must have the same embedding dimension, got {p.shape[1]} and "
+            f"{q.shape[1]} (project the modalities to a common dimension first)"
+        )
+    check_same_length(p=p, q=q)
+
+
+def m3co_loss(
+    p: Tensor,
+    q: Tensor,
+    beta: Tensor,
+    perm: Tensor,
+    temperature: float = 0.1,
+    *,
+    gather_distributed: bool = True,
+) -> Tensor:
+    """M3Co loss for one direction (``p`` mixed, ``q`` fixed) with explicit mixing draws.
+
+    Args:
+        p: ``[B, d]`` features of the mixed modality (raw; normalised after mixing).
+        q: ``[B, d]`` features of the other modality (raw; normalised here).
+        beta: ``[B]`` mixing coefficients in ``[0, 1]`` (1 = not mixed).
+        perm: ``[B]`` derangement of the (local) batch: sample ``i`` is mixed with ``perm[i]``.
+        temperature: τ (0.1).
+        gather_distributed: Score the local rows against all ranks' embeddings (with gradient).
+
+    Returns:
+        Scalar fp32 loss ``1/2 [row-wise soft CE + column-wise soft CE]``.
+
+    Raises:
+        ValueError: on mismatched shapes, NaN, ``B < 2``, ``perm`` not a derangement, ``beta``
+            outside ``[0, 1]`` or a non-positive temperature.
+    """
+    _check_pair(p, q)
+    _check_mixing(beta, perm, p.shape[0])
+    check_positive("temperature", temperature)
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        dtype = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.float32)
+        p32, q32 = p.to(dtype), q.to(dtype)
+        b = p32.shape[0]
+        bcol = beta.to(device=p32.device, dtype=dtype).unsqueeze(1)
+        perm = perm.to(device=p32.device, dtype=torch.long)
+        p_mix = bcol * p32 + (1 - bcol) * p32[perm]
+        p_hat = F.normalize(p_mix, dim=-1)
+        q_hat = F.normalize(q32, dim=-1)
+        offset = 0
+        if gather_distributed and is_distributed():
+            p_all, q_all = gather_with_grad(p_hat), gather_with_grad(q_hat)
+            offset = rank() * b
+        else:
+            p_all, q_all = p_hat, q_hat
+        n = q_all.shape[0]
+        rows = torch.arange(b, device=p32.device)
+        # Row-wise: local mixed anchors i against all q.
+        t_row = _targets(beta, perm, n, offset, p32.device)
+        row = _soft_ce(p_hat @ q_all.T / temperature, t_row)
+        # Column-wise: local q_j against all mixed p~_i; column j of T is beta_j at i = j and
+        # 1 - beta_i at every i with perm(i) = j (partners are local, so only local i count).
+        t_col = torch.zeros(b, n, dtype=dtype, device=p32.device)
+        bvec = bcol[:, 0]
+        t_col.index_put_((rows, rows + offset), bvec, accumulate=True)
+        t_col.index_put_((perm, rows + offset), 1 - bvec, accumulate=True)
+        col = _soft_ce(q_hat @ p_all.T / temperature, t_col)
+        return 0.5 * (row + col)
+
+
+def soft_clip_loss(
+    p: Tensor,
+    q: Tensor,
+    temperature: float = 0.125,
+    *,
+    detach_targets: bool = False,
+    gather_distributed: bool = True,
+) -> Tensor:
+    """SoftCLIP (M3CoL's late phase): soft targets ``softmax(q^ q^T / tau)`` for ``p^ q^T / tau``.
+
+    ``L = 1/2 [ mean_i CE_soft(p^_i q^^T / tau, softmax(q^_i q^^T / tau))
+              + mean_j CE_soft(q^_j p^^T / tau, softmax(q^_j q^^T / tau)) ]``
+
+    Args:
+        p: ``[B, d]`` features (raw; normalised here).
+        q: ``[B, d]`` features defining the soft targets (raw; normalised here).
+        temperature: τ (0.125).
+        detach_targets: Stop the gradient through the soft targets (the authors' code keeps it).
+        gather_distributed: Use all ranks' embeddings as candidates (with gradient).
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    _check_pair(p, q)
+    check_positive("temperature", temperature)
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        dtype = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.float32)
+        p_hat = F.normalize(p.to(dtype), dim=-1)
+        q_hat = F.normalize(q.to(dtype), dim=-1)
+        if gather_distributed and is_distributed():
+            p_all, q_all = gather_with_grad(p_hat), gather_with_grad(q_hat)
+        else:
+            p_all, q_all = p_hat, q_hat
+        target = (q_hat @ q_all.T / temperature).softmax(dim=-1)
+        if detach_targets:
+            target = target.detach()
+        l1 = _soft_ce(p_hat @ q_all.T / temperature, target)
+        l2 = _soft_ce(q_hat @ p_all.T / temperature, target)
+        return 0.5 * (l1 + l2)
+
+
+def _as_list(embeddings: Sequence[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:
+    items = list(embeddings.values()) if isinstance(embeddings, Mapping) else list(embeddings)
+    if len(items) < 2:
+        raise ValueError(f"`embeddings` must hold at least 2 modalities, got {len(items)}")
+    return items
+
+
+class M3CoLLoss(nn.Module):
+    """Contrastive part of M3CoL: M3Co in every direction, then SoftCLIP (METHODS.md §6).
+
+    Pairs of modalities ``(k mixed, k + 1 mod M fixed)`` for ``k = 0..M-1``: both directions for
+    two modalities, a cycle for three or more. Each pair draws its own derangement and
+    coefficients; the pair losses are summed (as in the authors' code).
+
+    Phase: M3Co while ``progress < mixup_pct`` (or, given ``epoch`` and ``max_epochs``, while
+    ``epoch < int(mixup_pct * max_epochs)``, the authors' rule), SoftCLIP afterwards.
+
+    Args:
+        temperature: τ of M3Co (0.1).
+        beta_param: Beta parameter of the coefficients (0.15).
+        mix_prob: Probability that a sample is mixed (0.5).
+        mixup_pct: Share of training that uses M3Co before SoftCLIP (0.33).
+        soft_temperature: τ of SoftCLIP (0.125).
+        detach_soft_targets: Stop the gradient through SoftCLIP's targets.
+        gather_distributed: Use all ranks' embeddings as candidates.
+
+    Shapes:
+        ``embeddings``: a sequence / mapping of ``M >= 2`` tensors ``[B, d]`` -> scalar.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        beta_param: float = 0.15,
+        mix_prob: float = 0.5,
+        mixup_pct: float = 0.33,
+        soft_temperature: float = 0.125,
+        *,
+        detach_soft_targets: bool = False,
+        gather_distributed: bool = True,
+    ) -> None:
+        super().__init__()
+        check_positive("temperature", temperature)
+        check_positive("beta_param", beta_param)
+        check_positive("soft_temperature", soft_temperature)
+        if not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"`mix_prob` must lie in [0, 1], got {mix_prob}")
+        if not 0.0 <= mixup_pct <= 1.0:
+            raise ValueError(f"`mixup_pct` must lie in [0, 1], got {mixup_pct}")
+        self.temperature = float(temperature)
+        self.beta_param = float(beta_param)
+        self.mix_prob = float(mix_prob)
+        self.mixup_pct = float(mixup_pct)
+        self.soft_temperature = float(soft_temperature)
+        self.detach_soft_targets = bool(detach_soft_targets)
+        self.gather_distributed = bool(gather_distributed)
+
+    @staticmethod
+    def pairs(num_modalities: int) -> list[tuple[int, int]]:
+        """``[(k, (k + 1) % M)]``: (mixed, fixed) modality indices."""
+        if num_modalities < 2:
+            raise ValueError(f"need at least 2 modalities, got {num_modalities}")
+        return [(k, (k + 1) % num_modalities) for k in range(num_modalities)]
+
+    def uses_mixup(
+        self,
+        progress: float | None = None,
+        *,
+        epoch: int | None = None,
+        max_epochs: int | None = None,
+    ) -> bool:
+        """True in the M3Co phase, False in the SoftCLIP phase.
+
+        Args:
+            progress: Fraction of training done, in ``[0, 1]``.
+            epoch: Current epoch (0-based), with ``max_epochs`` (instead of ``progress``).
+            max_epochs: Total number of epochs.
+        """
+        if progress is not None:
+            if epoch is not None or max_epochs is not None:
+                raise ValueError("give either `progress` or `epoch`/`max_epochs`, not both")
+            if not 0.0 <= float(progress) <= 1.0:
+                raise ValueError(f"`progress` must lie in [0, 1], got {progress}")
+            return float(progress) < self.mixup_pct
+        if epoch is None or max_epochs is None:
+            raise ValueError("give `progress` or both `epoch` and `max_epochs`")
+        if max_epochs <= 0 or epoch < 0:
+            raise ValueError(
+                f"`epoch` must be >= 0 and `max_epochs` > 0, got {epoch} and {max_epochs}"
+            )
+        return epoch < int(self.mixup_pct * max_epochs)
+
+    def forward(
+        self,
+        embeddings: Sequence[Tensor] | Mapping[str, Tensor],
+        progress: float | None = None,
+        *,
+        epoch: int | None = None,
+        max_epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Contrastive loss ``L_contrast`` summed over the modality pairs.
+
+        Args:
+            embeddings: ``M >= 2`` tensors ``[B, d]`` (raw features, same ``B`` and ``d``).
+            progress: Fraction of training done in ``[0, 1]`` (or give ``epoch``/``max_epochs``).
+            epoch: Current epoch (0-based).
+            max_epochs: Number of epochs.
+            generator: Random generator of the mixing draws (pairs drawn in order).
+
+        Returns:
+            Scalar fp32 loss.
+        """
+        zs = _as_list(embeddings)
+        mixup = self.uses_mixup(progress, epoch=epoch, max_epochs=max_epochs)
+        total: Tensor | None = None
+        for k, j in self.pairs(len(zs)):
+            p, q = zs[k], zs[j]
+            if mixup:
+                _check_pair(p, q)
+                beta, perm = sample_m3co_mixing(
+                    p.shape[0],
+                    self.beta_param,
+                    self.mix_prob,
+                    generator=generator,
+                    device=p.device,
+                )
+                term = m3co_loss(
+                    p, q, beta, perm, self.temperature, gather_distributed=self.gather_distributed
+                )
+            else:
+                term = soft_clip_loss(
+                    p,
+                    q,
+                    self.soft_temperature,
+                    detach_targets=self.detach_soft_targets,
+                    gather_distributed=self.gather_distributed,
+                )
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+
+def m3col_total_loss(
+    fusion_logits: Tensor,
+    unimodal_logits: Sequence[Tensor] | Mapping[str, Tensor],
+    labels: Tensor,
+    contrast: Tensor,
+    contrast_weight: float = 0.1,
+) -> Tensor:
+    """M3CoL objective ``CE(fusion) + sum_m CE(unimodal_m) + contrast_weight * L_contrast``.
+
+    Args:
+        fusion_logits: ``[B, C]`` logits of the fusion head.
+        unimodal_logits: ``[B, C]`` logits of each unimodal head.
+        labels: ``[B]`` int64 class labels.
+        contrast: Scalar contrastive loss (from :class:`M3CoLLoss`).
+        contrast_weight: Weight of the contrastive term (0.1).
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    return _total_terms(fusion_logits, unimodal_logits, labels, contrast, contrast_weight).loss
+
+
+class M3CoLTerms(NamedTuple):
+    """Terms of the M3CoL objective (fp32 scalars)."""
+
+    loss: Tensor
+    fusion_ce: Tensor
+    unimodal_ce: Tensor
+    contrast: Tensor
+
+
+def _total_terms(
+    fusion_logits: Tensor,
+    unimodal_logits: Sequence[Tensor] | Mapping[str, Tensor],
+    labels: Tensor,
+    contrast: Tensor,
+    contrast_weight: float,
+) -> M3CoLTerms:
+    check_tensor("fusion_logits", fusion_logits, ndim=2, floating=True)
+    check_tensor("labels", labels, ndim=1)
+    check_tensor("contrast", contrast, ndim=0)
+    check_positive("contrast_weight", contrast_weight, allow_zero=True)
+    if labels.is_floating_point():
+        raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
+    check_same_length(fusion_logits=fusion_logits, labels=labels)
+    c = fusion_logits.shape[1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
+        raise ValueError(f"`labels` must lie in [0, {c - 1}], got [{labels.min()}, {labels.max()}]")
+    heads = (
+        dict(unimodal_logits)
+        if isinstance(unimodal_logits, Mapping)
+        else {str(i): v for i, v in enumerate(unimodal_logits)}
+    )
+    with torch.autocast(device_type=fusion_logits.device.type, enabled=False):
+        fusion_ce = F.cross_entropy(fusion_logits.float(), labels)
+        uni = fusion_ce.new_zeros(())
+        for name, logits in heads.items():
+            check_tensor(f"unimodal_logits[{name}]", logits, ndim=2, dim=c, floating=True)
+            check_same_length(**{f"unimodal_logits[{name}]": logits, "labels": labels})
+            uni = uni + F.cross_entropy(logits.float(), labels)
+        loss = fusion_ce + uni + contrast_weight * contrast.float()
+    return M3CoLTerms(loss, fusion_ce, uni, contrast.float())
+
+
+class M3CoLObjective(nn.Module):
+    """Full M3CoL training loss: classification heads plus the scheduled contrastive term.
+
+    ``L = CE(fusion) + sum_m CE(unimodal_m) + contrast_weight * M3CoLLoss(embeddings)``.
+
+    Args:
+        contrast: The contrastive module (default :class:`M3CoLLoss` with the paper's settings).
+        contrast_weight: Weight of the contrastive term (0.1).
+    """
+
+    def __init__(self, contrast: M3CoLLoss | None = None, contrast_weight: float = 0.1) -> None:
+        super().__init__()
+        check_positive("contrast_weight", contrast_weight, allow_zero=True)
+        self.contrast = contrast if contrast is not None else M3CoLLoss()
+        self.contrast_weight = float(contrast_weight)
+
+    def compute(
+        self,
+        fusion_logits: Tensor,
+        unimodal_logits: Sequence[Tensor] | Mapping[str, Tensor],
+        embeddings: Sequence[Tensor] | Mapping[str, Tensor],
+        labels: Tensor,
+        progress: float | None = None,
+        *,
+        epoch: int | None = None,
+        max_epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> M3CoLTerms:
+        """All terms; arguments as :meth:`forward`."""
+        contrast = self.contrast(
+            embeddings, progress, epoch=epoch, max_epochs=max_epochs, generator=generator
+        )
+        return _total_terms(fusion_logits, unimodal_logits, labels, contrast, self.contrast_weight)
+
+    def forward(
+        self,
+        fusion_logits: Tensor,
+        unimodal_logits: Sequence[Tensor] | Mapping[str, Tensor],
+        embeddings: Sequence[Tensor] | Mapping[str, Tensor],
+        labels: Tensor,
+        progress: float | None = None,
+        *,
+        epoch: int | None = None,
+        max_epochs: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Scalar total loss.
+
+        Args:
+            fusion_logits: ``[B, C]`` fusion-head logits.
+            unimodal_logits: ``[B, C]`` logits per modality head.
+            embeddings: ``[B, d]`` per-modality features for the contrastive term.
+            labels: ``[B]`` class labels.
+            progress: Fraction of training done (or ``epoch``/``max_epochs``).
+            epoch: Current epoch (0-based).
+            max_epochs: Number of epochs.
+            generator: Random generator of the mixing draws.
+        """
+        return self.compute(
+            fusion_logits,
+            unimodal_logits,
+            embeddings,
+            labels,
+            progress,
+            epoch=epoch,
+            max_epochs=max_epochs,
+            generator=generator,
+        ).loss

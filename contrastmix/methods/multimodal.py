@@ -1,0 +1,1 @@
+"""Recipe schemas for multimodal methods (registered with contrastmix.config.register_method)."""

@@ -1,0 +1,1 @@
+"""Recipe schemas for supervised methods (registered with contrastmix.config.register_method)."""

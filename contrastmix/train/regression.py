@@ -1,0 +1,1 @@
+"""Lightning modules for regression recipes (registered with contrastmix.train.pretrain.register_module)."""

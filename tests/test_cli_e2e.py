@@ -1,0 +1,106 @@
+"""End to end through the console script: pretrain a short run, probe it, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CLI = [sys.executable, "-m", "contrastmix.cli"]
+SHORT = [
+    "--set", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "method.queue_size=512",
+    "trainer.enable_progress_bar=false", "data.eval_batch_size=2048",
+]
+
+
+def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    res = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{args} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+@pytest.fixture(scope="module")
+def moco_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "moco"
+    run("pretrain", "moco_mnist1d", "--out", str(out), *SHORT, check=True)
+    return out
+
+
+def test_pretrain_writes_the_run_directory(moco_run: Path) -> None:
+    for name in ("config.yaml", "checkpoints/last.ckpt", "backbone.pt", "metrics.csv"):
+        assert (moco_run / name).is_file(), name
+    state = torch.load(moco_run / "backbone.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    header = (moco_run / "metrics.csv").read_text().splitlines()[0]
+    assert "train_loss_epoch" in header and "knn_acc" in header and "proxy_acc" in header
+    ckpt = torch.load(moco_run / "checkpoints/last.ckpt", weights_only=True)
+    assert "queue._features" in ckpt["state_dict"] and "queue._ptr" in ckpt["state_dict"]
+    # 4 steps x 256 keys through a 512-slot ring: full, pointer wrapped back to 0
+    assert int(ckpt["state_dict"]["queue._filled"]) == 512
+    assert int(ckpt["state_dict"]["queue._ptr"]) == (4 * 256) % 512
+
+
+def test_probe_json(moco_run: Path) -> None:
+    res = run("probe", str(moco_run), "--json", "--knn", check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["task"] == "classification"
+    assert out["n_train"] == 4000 and out["n_test"] == 1000
+    assert 0.3 < out["accuracy"] <= 1.0  # a random CNN reaches ~0.6; raw signals 0.32
+    assert "penalty" in out and "penalty_grid" in out and 0 <= out["knn_accuracy"] <= 1
+
+
+def _one_line_error(res: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("contrastmix: error:")]
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_unknown_recipe_key(tmp_path: Path) -> None:
+    res = run("pretrain", "moco_mnist1d", "--out", str(tmp_path / "x"),
+              "--set", "trainer.max_epochz=1")
+    _one_line_error(res, "unknown recipe key 'trainer.max_epochz'")
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    _one_line_error(run("pretrain", str(tmp_path / "nope.yaml")), "recipe not found")
+
+
+def test_run_dir_without_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run("probe", str(tmp_path / "empty")), "not a run directory")
+    _one_line_error(run("pretrain", "moco_mnist1d", "--out", str(tmp_path / "empty"),
+                        "--resume"), "no checkpoint")
+
+
+def test_missing_dataset_path(tmp_path: Path) -> None:
+    res = run("pretrain", "moco_mnist1d", "--out", str(tmp_path / "x"), "--set",
+              "data.name=imagefolder", f"data.root={tmp_path}/missing")
+    _one_line_error(res, "dataset path does not exist")
+
+
+def test_checkpoint_of_another_method(moco_run: Path) -> None:
+    res = run("pretrain", "moco_mnist1d", "--out", str(moco_run), "--resume", "--set",
+              "method.name=mochi")
+    _one_line_error(res, "trained with method 'moco'")
+
+
+def test_backbone_of_another_architecture(moco_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(moco_run, other)
+    cfg = (other / "config.yaml").read_text().replace("width: 32", "width: 16")
+    (other / "config.yaml").write_text(cfg)
+    _one_line_error(run("probe", str(other)), "does not match the recipe's backbone")
+
+
+def test_existing_run_is_not_overwritten(moco_run: Path) -> None:
+    _one_line_error(run("pretrain", "moco_mnist1d", "--out", str(moco_run)), "--resume")

@@ -1,0 +1,57 @@
+"""MoCo InfoNCE against a hand computation; no gradient into keys or queue."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contrastmix.losses.moco import moco_infonce, moco_logits
+
+
+def test_moco_loss_matches_hand_computation() -> None:
+    q = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    k = F.normalize(torch.tensor([[1.0, 1.0], [0.0, 1.0]]), dim=1)
+    queue = F.normalize(torch.tensor([[-1.0, 0.0], [1.0, -1.0], [0.0, 1.0]]), dim=1)
+    t = 0.5
+    # by hand, query 0: pos = cos45, negs = -1, cos45, 0
+    s = math.sqrt(0.5)
+    l0 = -s / t + math.log(math.exp(s / t) + math.exp(-1 / t) + math.exp(s / t) + math.exp(0))
+    # query 1: pos = 1, negs = 0, -cos45, 1
+    l1 = -1 / t + math.log(math.exp(1 / t) + 1 + math.exp(-s / t) + math.exp(1 / t))
+    loss = moco_infonce(q, k, queue, temperature=t)
+    assert loss.item() == pytest.approx((l0 + l1) / 2, rel=1e-6)
+
+
+def test_gradient_only_reaches_the_query() -> None:
+    q = F.normalize(torch.randn(4, 8), dim=1).requires_grad_(True)
+    k = F.normalize(torch.randn(4, 8), dim=1).requires_grad_(True)
+    queue = F.normalize(torch.randn(16, 8), dim=1).requires_grad_(True)
+    moco_infonce(q, k, queue).backward()
+    assert q.grad is not None and q.grad.abs().sum() > 0
+    assert k.grad is None and queue.grad is None
+
+
+def test_empty_queue_gives_zero_loss_and_fp32_under_autocast() -> None:
+    q = F.normalize(torch.randn(4, 8), dim=1)
+    loss = moco_infonce(q, q, torch.empty(0, 8))
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = moco_logits(q.bfloat16(), q.bfloat16(), torch.randn(5, 8).bfloat16(), 0.2)
+    assert logits.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("q", "k", "queue", "needle"),
+    [
+        (torch.randn(4, 8), torch.randn(4, 7), torch.randn(3, 8), "`key`"),
+        (torch.randn(4, 8), torch.randn(4, 8), torch.randn(3, 5), "`queue`"),
+        (torch.randn(4, 8), torch.randn(3, 8), torch.randn(3, 8), "length mismatch"),
+        (torch.full((4, 8), float("nan")), torch.randn(4, 8), torch.randn(3, 8), "`query`"),
+    ],
+)
+def test_bad_input(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        moco_infonce(q, k, queue)
