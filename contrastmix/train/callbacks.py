@@ -70,3 +70,5 @@ class SaveOnInterrupt(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         trainer.save_checkpoint(self.path)
+        for logger in trainer.loggers:  # flush buffered metric rows of the lost segment too
+            logger.save()
