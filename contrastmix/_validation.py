@@ -82,7 +82,7 @@ def check_same_length(**tensors: Tensor | None) -> int:
     if not items:
         raise ValueError("no tensors given")
     n0 = items[0][1].shape[0]
-    for k, v in items[1:]:
+    for _, v in items[1:]:
         if v.shape[0] != n0:
             desc = ", ".join(f"`{kk}` has {vv.shape[0]}" for kk, vv in items)
             raise ValueError(f"length mismatch: {desc} rows")

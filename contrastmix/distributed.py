@@ -55,7 +55,7 @@ def gather_no_grad(x: Tensor) -> Tensor:
         x = torch.cat([x, pad], dim=0)
     out = [torch.empty_like(x) for _ in range(ws)]
     dist.all_gather(out, x.contiguous())
-    return torch.cat([o[:c] for o, c in zip(out, counts)], dim=0)
+    return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)], dim=0)
 
 
 def gather_with_grad(x: Tensor) -> Tensor:

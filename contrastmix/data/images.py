@@ -135,7 +135,7 @@ def build_image_dataset(
 
 def stack_views(batch: list[tuple[Any, int, int]]) -> tuple[Any, Tensor, Tensor]:
     """Collate ``(views, y, idx)`` items where views is a list of tensors."""
-    xs, ys, idx = zip(*batch)
+    xs, ys, idx = zip(*batch, strict=True)
     if isinstance(xs[0], (list, tuple)):
         views: Any = [torch.stack([v[i] for v in xs]) for i in range(len(xs[0]))]
     else:

@@ -42,11 +42,11 @@ def _generate(seed: int) -> dict[str, np.ndarray]:
     # make_dataset reseeds numpy's and random's global RNGs; keep the caller's state intact.
     import random
 
-    np_state, py_state = np.random.get_state(), random.getstate()
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
     try:
         d = make_dataset(args)
     finally:
-        np.random.set_state(np_state)
+        np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
     out = {
         "x": d["x"].astype(np.float32),

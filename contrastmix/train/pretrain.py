@@ -129,6 +129,28 @@ def _merge_metrics(run_dir: Path) -> None:
         w.writerows(ordered)
 
 
+def _limit(value: float) -> float | int | None:
+    """``trainer.limit_train_batches``: a fraction in (0, 1), or a number of batches (> 1)."""
+    if value == 1.0:
+        return None
+    return int(value) if value > 1 else float(value)
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and known-harmless deprecation chatter."""
+    import logging
+    import warnings
+
+    class _NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NoTips())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+
+
 def pretrain(
     cfg: DictConfig, out: str | Path | None = None, *, resume: bool = False,
     extra_callbacks: list[pl.Callback] | None = None,
@@ -172,6 +194,7 @@ def pretrain(
             "it or --out to start a new one"
         )
 
+    _quiet_lightning()
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -189,8 +212,11 @@ def pretrain(
     world = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
     world *= cfg.trainer.num_nodes
     steps = max(1, len(loader) // max(1, world))
-    if cfg.trainer.limit_train_batches < 1.0:
-        steps = max(1, int(steps * cfg.trainer.limit_train_batches))
+    limit = _limit(cfg.trainer.limit_train_batches)
+    if isinstance(limit, float):
+        steps = max(1, int(steps * limit))
+    elif isinstance(limit, int):
+        steps = min(steps, limit)
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     module = build_module(plain, data, steps)  # type: ignore[arg-type]
@@ -217,7 +243,8 @@ def pretrain(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
         num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar, limit_train_batches=t.limit_train_batches,
+        enable_progress_bar=t.enable_progress_bar,
+        limit_train_batches=_limit(t.limit_train_batches),
         gradient_clip_val=t.gradient_clip_val, callbacks=callbacks,
         logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tb")],
         enable_model_summary=False, default_root_dir=str(run_dir),
@@ -228,7 +255,8 @@ def pretrain(
     if trainer.is_global_zero:
         torch.save(module.backbone.state_dict(), paths["backbone"])  # type: ignore[attr-defined]
         if hasattr(module, "export_artifacts"):  # e.g. a multimodal model's towers and heads
-            module.export_artifacts(run_dir)        _merge_metrics(run_dir)
+            module.export_artifacts(run_dir)
+        _merge_metrics(run_dir)
         last = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         summary = {
             "method": method, "epochs": trainer.current_epoch, "global_step": trainer.global_step,

@@ -1,0 +1,207 @@
+"""MoCHi overhead: loss forward+backward of MoCHi(N, s, s') vs plain MoCo InfoNCE.
+
+Goal (METHODS.md §1, fast path): at B=256, K=16384, d=128, (N, s, s') = (1024, 1024, 128)
+the MoCHi loss forward+backward takes <= 2.0x the MoCo InfoNCE forward+backward, measured in
+the same run. The materialised path (``B × (s+s') × d`` synthetic vectors) is timed for context.
+
+Usage:
+    python benchmarks/mochi_overhead.py            # full size
+    python benchmarks/mochi_overhead.py --quick    # small smoke run
+    python benchmarks/mochi_overhead.py --json
+
+Each measurement is its own function (``time_moco_loss``, ``time_mochi_loss``,
+``time_mochi_materialised_loss``, ``time_mochi_parts``) so that training-step measurements can
+be added next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from contrastmix.losses.mochi import MoCHiLoss
+from contrastmix.losses.moco import moco_infonce
+from contrastmix.mixing import mochi as mochi_mod
+
+
+@dataclass
+class Setup:
+    """Inputs of one loss call."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    queue: torch.Tensor
+    num_hard: int
+    num_mix: int
+    num_query_mix: int
+    temperature: float = 0.2
+
+
+def make_setup(
+    b: int, k: int, d: int, n: int, s: int, s2: int, device: str, seed: int = 0
+) -> Setup:
+    g = torch.Generator().manual_seed(seed)
+
+    def unit(rows: int) -> torch.Tensor:
+        return F.normalize(torch.randn(rows, d, generator=g), dim=1).to(device)
+
+    return Setup(unit(b), unit(b), unit(k), n, s, s2)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def time_moco_loss(st: Setup, device: str, repeats: int) -> list[float]:
+    """Baseline: ``moco_infonce`` forward + backward (gradient w.r.t. the query)."""
+
+    def step() -> None:
+        q = st.query.detach().requires_grad_()
+        moco_infonce(q, st.key, st.queue, st.temperature).backward()
+
+    return _time(step, device, repeats)
+
+
+def time_mochi_loss(st: Setup, device: str, repeats: int) -> list[float]:
+    """``MoCHiLoss`` (fast path) forward + backward."""
+    loss = MoCHiLoss(st.temperature, st.num_hard, st.num_mix, st.num_query_mix)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        q = st.query.detach().requires_grad_()
+        loss(q, st.key, st.queue, generator=gen).backward()
+
+    return _time(step, device, repeats)
+
+
+def time_mochi_materialised_loss(st: Setup, device: str, repeats: int) -> list[float]:
+    """Materialise ``[B, s+s', d]`` negatives, then InfoNCE over them (context only)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        q = st.query.detach().requires_grad_()
+        h = mochi_mod.mochi_negatives(
+            q, st.queue, st.num_hard, st.num_mix, st.num_query_mix, generator=gen
+        )
+        logits = torch.cat(
+            [(q * st.key).sum(1, keepdim=True), q @ st.queue.T, torch.bmm(h, q.unsqueeze(2))
+             .squeeze(2)], dim=1) / st.temperature
+        target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+        F.cross_entropy(logits, target).backward()
+
+    return _time(step, device, repeats)
+
+
+def time_mochi_parts(st: Setup, device: str, repeats: int) -> dict[str, float]:
+    """Median seconds of the fast path's parts: top-N + draws, type-1 norms, bare top-N."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    sims = st.query @ st.queue.T
+
+    def draws() -> object:
+        return mochi_mod.mochi_draws(sims, st.num_hard, st.num_mix, st.num_query_mix,
+                                     generator=gen)
+
+    dr = mochi_mod.mochi_draws(sims, st.num_hard, st.num_mix, st.num_query_mix, generator=gen)
+    return {
+        "topk_and_draws": statistics.median(_time(draws, device, repeats)),
+        "type1_norms": statistics.median(
+            _time(lambda: mochi_mod._pair_norms(st.queue, dr.pos_i, dr.pos_j, dr.alpha,
+                                                1 - dr.alpha), device, repeats)
+        ),
+        "plain_topk": statistics.median(
+            _time(lambda: torch.topk(sims, min(st.num_hard, sims.shape[1]), dim=1),
+                  device, repeats)
+        ),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--queue", type=int, default=16384)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--num-hard", type=int, default=1024)
+    p.add_argument("--num-mix", type=int, default=1024)
+    p.add_argument("--num-query-mix", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--no-materialised", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    a = p.parse_args()
+    if a.quick:
+        a.batch, a.queue, a.num_hard, a.num_mix, a.num_query_mix, a.repeats = (
+            32, 2048, 128, 128, 16, 3)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    st = make_setup(a.batch, a.queue, a.dim, a.num_hard, a.num_mix, a.num_query_mix, a.device)
+    # interleave baseline and MoCHi in rounds so that machine load hits both alike
+    moco: list[float] = []
+    mochi: list[float] = []
+    mat: list[float] = []
+    for _ in range(3):
+        moco += time_moco_loss(st, a.device, a.repeats)
+        mochi += time_mochi_loss(st, a.device, a.repeats)
+        if not a.no_materialised:
+            mat += time_mochi_materialised_loss(st, a.device, max(1, a.repeats // 3))
+    parts = time_mochi_parts(st, a.device, a.repeats)
+    med = statistics.median
+    res = {
+        "device": a.device,
+        "threads": torch.get_num_threads(),
+        "B": a.batch, "K": a.queue, "d": a.dim,
+        "N": a.num_hard, "s": a.num_mix, "s_prime": a.num_query_mix,
+        "moco_ms": 1e3 * med(moco),
+        "mochi_fast_ms": 1e3 * med(mochi),
+        "ratio_fast": med(mochi) / med(moco),
+        "moco_min_ms": 1e3 * min(moco),
+        "mochi_fast_min_ms": 1e3 * min(mochi),
+        "ratio_fast_min": min(mochi) / min(moco),
+        "parts_ms": {k: 1e3 * v for k, v in parts.items()},
+        "goal_ratio": 2.0,
+    }
+    if mat:
+        res["mochi_materialised_ms"] = 1e3 * med(mat)
+        res["ratio_materialised"] = med(mat) / med(moco)
+    if a.json:
+        print(json.dumps(res))
+        return
+    print(f"device={a.device} threads={res['threads']} B={a.batch} K={a.queue} d={a.dim} "
+          f"MoCHi(N={a.num_hard}, s={a.num_mix}, s'={a.num_query_mix})")
+    print(f"MoCo InfoNCE fwd+bwd     : {res['moco_ms']:8.2f} ms (median), "
+          f"{res['moco_min_ms']:.2f} ms (min)")
+    print(f"MoCHi fast path fwd+bwd  : {res['mochi_fast_ms']:8.2f} ms (median), "
+          f"{res['mochi_fast_min_ms']:.2f} ms (min)")
+    print(f"ratio fast / MoCo        : {res['ratio_fast']:8.2f}x median, "
+          f"{res['ratio_fast_min']:.2f}x min  (goal <= 2.0x)")
+    if mat:
+        print(f"MoCHi materialised       : {res['mochi_materialised_ms']:8.2f} ms, "
+              f"ratio {res['ratio_materialised']:.2f}x (context)")
+    print("fast-path parts (median) : " + ", ".join(
+        f"{k} {v:.2f} ms" for k, v in res["parts_ms"].items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""MoCHi loss: MoCo InfoNCE with per-query synthetic hard negatives.
+
+Kalantidis et al., "Hard Negative Mixing for Contrastive Learning", NeurIPS 2020; on top of
+MoCo v2 (Chen et al., 2020). See METHODS.md §1. The synthetic logits come from the fast path
+:func:`contrastmix.mixing.mochi.mochi_logits` (no ``B × (s+s') × d`` tensor).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from contrastmix._validation import (
+    check_positive,
+    check_same_length,
+    check_tensor,
+    check_unit_norm,
+)
+from contrastmix.mixing.mochi import _check_hparams, _mochi_logits_unchecked
+
+__all__ = ["MoCHiLoss"]
+
+
+class MoCHiLoss(nn.Module):
+    """MoCo InfoNCE over ``[key, queue, synthetic]`` logits, target 0.
+
+    Logits per query: ``[q·k, q·n_1 .. q·n_K, q·h_1 .. q·h_s, q·h'_1 .. q·h'_s'] / τ``. With
+    ``num_mix = num_query_mix = 0`` (or mixing disabled) this is exactly
+    :func:`contrastmix.losses.moco.moco_infonce`.
+
+    No mixing (METHODS §1 step 5) when ``mix=False`` is passed to :meth:`forward` or
+    :attr:`mix_enabled` is False (warm-up epochs: the training loop sets it), or while the
+    queue holds fewer than ``num_hard`` real keys. Pass only the *filled* queue rows (e.g.
+    ``MemoryBank.features``). Once mixing is on, ``N`` is used as is
+    (:func:`~contrastmix.mixing.mochi.mochi_negatives` itself clamps ``N`` to the queue size).
+
+    Args:
+        temperature: τ > 0 (0.2 in MoCo v2 / MoCHi).
+        num_hard: ``N``, hard-set size per query (1024).
+        num_mix: ``s``, type-1 synthetic negatives per query (1024).
+        num_query_mix: ``s'``, type-2 synthetic negatives per query (128).
+
+    Attributes:
+        mix_enabled: Default of ``forward(..., mix=None)``.
+        last_mixed: Whether the last call appended synthetic negatives.
+        last_proxy_accuracy: Share of queries of the last call whose key logit beats every
+            *real* negative logit (the MoCo proxy task; NaN before the first call).
+
+    Inputs must be L2-normalised: non-normalised ``query``/``key``/``queue`` raise
+    ``ValueError`` (``check_unit_norm``), as do NaN, wrong shapes and bad hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.2,
+        num_hard: int = 1024,
+        num_mix: int = 1024,
+        num_query_mix: int = 128,
+    ) -> None:
+        super().__init__()
+        check_positive("temperature", temperature)
+        _check_hparams(num_hard, num_mix, num_query_mix)
+        self.temperature = float(temperature)
+        self.num_hard = num_hard
+        self.num_mix = num_mix
+        self.num_query_mix = num_query_mix
+        self.mix_enabled = True
+        self.last_mixed = False
+        self._last_proxy: Tensor | None = None
+
+    @property
+    def last_proxy_accuracy(self) -> float:
+        """Proxy-task accuracy of the last call (a float; syncs once when read on a GPU)."""
+        return float("nan") if self._last_proxy is None else float(self._last_proxy)
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, num_hard={self.num_hard}, "
+            f"num_mix={self.num_mix}, num_query_mix={self.num_query_mix}"
+        )
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        queue: Tensor,
+        *,
+        queue_ids: Tensor | None = None,
+        query_ids: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        mix: bool | None = None,
+    ) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            query: ``[B, d]`` L2-normalised queries (with gradient).
+            key: ``[B, d]`` L2-normalised momentum keys (no gradient flows into them).
+            queue: ``[K, d]`` L2-normalised filled queue rows (no gradient flows into them).
+            queue_ids: Optional ``[K]`` sample ids of the queue rows.
+            query_ids: Optional ``[B]`` sample ids of the queries: queue rows of the same
+                sample are kept out of that query's hard set (they stay in the InfoNCE
+                denominator, as in MoCo).
+            generator: Optional ``torch.Generator`` for the mixing draws.
+            mix: Override :attr:`mix_enabled` for this call.
+
+        Returns:
+            Scalar mean loss (fp32 or wider).
+        """
+        check_tensor("query", query, ndim=2, floating=True)
+        check_tensor("key", key, ndim=2, dim=query.shape[1], floating=True)
+        check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
+        check_same_length(query=query, key=key)
+        check_unit_norm("query", query)
+        check_unit_norm("key", key)
+        check_unit_norm("queue", queue)
+        do_mix = (
+            (self.mix_enabled if mix is None else mix)
+            and self.num_mix + self.num_query_mix > 0
+            and queue.shape[0] >= self.num_hard
+        )
+        dtype = torch.promote_types(query.dtype, torch.float32)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            q = query.to(dtype)
+            pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
+            n = queue.detach().to(dtype)
+            sims = q @ n.T
+            with torch.no_grad():
+                if sims.shape[1]:
+                    beats = pos.squeeze(1) > sims.max(dim=1).values
+                else:
+                    beats = torch.ones_like(pos.squeeze(1), dtype=torch.bool)
+                self._last_proxy = beats.float().mean()
+            parts = [pos, sims]
+            if do_mix:
+                parts.append(
+                    _mochi_logits_unchecked(
+                        q, n, sims, self.num_hard, self.num_mix, self.num_query_mix,
+                        queue_ids=queue_ids, query_ids=query_ids, generator=generator,
+                    )
+                )
+            self.last_mixed = bool(do_mix)
+            logits = torch.cat(parts, dim=1) / self.temperature
+            target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            return F.cross_entropy(logits, target)

@@ -1,0 +1,410 @@
+"""MoCHi: hard negative mixing in the embedding space of a MoCo queue.
+
+Kalantidis, Sariyildiz, Pion, Weinzaepfel & Larlus, "Hard Negative Mixing for Contrastive
+Learning", NeurIPS 2020. See METHODS.md §1.
+
+For every query ``q`` (never shared across the batch):
+
+1. ``H_q``: the ``N`` queue entries with the highest ``q·n`` (top-N of the logits that MoCo
+   computes anyway); entries whose sample id equals the query's are excluded first.
+2. Type 1 (``s`` points): ``h = normalize(α n_i + (1−α) n_j)``, ``n_i, n_j`` drawn independently
+   with replacement from ``H_q``, ``α ~ U(0, 1)``.
+3. Type 2 (``s'`` points): ``h' = normalize(β q̄ + (1−β) n_j)``, ``n_j`` from ``H_q``,
+   ``β ~ U(0, 0.5)``, ``q̄ = q.detach()``.
+
+Two equivalent implementations share the same random draws (:func:`mochi_draws`):
+:func:`mochi_negatives` materialises the ``[B, s+s', d]`` synthetic vectors (clear, used in
+tests); :func:`mochi_logits` returns the synthetic logits ``q·h`` algebraically from the
+already computed similarities ``l = q·n``:
+``q·h = (α l_i + (1−α) l_j) / ‖α n_i + (1−α) n_j‖`` and
+``q·h' = (β q·q̄ + (1−β) l_j) / ‖β q̄ + (1−β) n_j‖`` with
+``‖β q̄ + (1−β) n_j‖² = β²‖q̄‖² + (1−β)²‖n_j‖² + 2β(1−β) l_j`` (detached).
+The numerator carries the gradient (through ``l``) and the norm is a constant, so
+``∂(q·h)/∂q = h`` exactly as with materialised, detached ``h``. Only the ``B·s`` type-1 norms
+``‖α n_i + (1−α) n_j‖`` need the ``d``-dimensional vectors: on the CPU one fused numba loop
+over the pairs (numba ships with umap-learn; ``CONTRASTMIX_NUMBA=0`` disables it), otherwise
+chunked gathers; no ``B × s × d`` tensor is kept.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from contrastmix._validation import (
+    check_positive,
+    check_same_length,
+    check_tensor,
+    check_unit_norm,
+)
+
+__all__ = ["MochiDraws", "mochi_draws", "mochi_negatives", "mochi_logits"]
+
+# Queries per chunk of the pair products, so that the gathered rows stay small (cache-sized).
+_PAIR_CHUNK_ROWS = 1 << 15
+
+
+class MochiDraws(NamedTuple):
+    """Random draws of one MoCHi step (all detached, on the queue's device).
+
+    Attributes:
+        pos_i: ``[B, s]`` queue rows of ``n_i`` (type 1).
+        pos_j: ``[B, s]`` queue rows of ``n_j`` (type 1).
+        alpha: ``[B, s]`` weights of ``n_i``, ``U(0, 1)``.
+        pos_k: ``[B, s']`` queue rows mixed with the query (type 2).
+        beta: ``[B, s']`` weights of the query, ``U(0, 0.5)``.
+        valid: ``[B]`` bool, False for a query with no eligible queue entry (every entry
+            shares its sample id): it gets no synthetic negatives.
+        positions: ``[B, 2s + s']`` = ``[pos_i | pos_j | pos_k]`` (the others are views of it).
+        excluded: Whether sample ids were used (otherwise ``valid`` is all True).
+    """
+
+    pos_i: Tensor
+    pos_j: Tensor
+    alpha: Tensor
+    pos_k: Tensor
+    beta: Tensor
+    valid: Tensor
+    positions: Tensor
+    excluded: bool
+
+
+def _check_hparams(num_hard: int, num_mix: int, num_query_mix: int) -> None:
+    for name, value in (("num_hard", num_hard), ("num_mix", num_mix),
+                        ("num_query_mix", num_query_mix)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"`{name}` must be an int, got {type(value).__name__}")
+    check_positive("num_hard", num_hard)
+    check_positive("num_mix", num_mix, allow_zero=True)
+    check_positive("num_query_mix", num_query_mix, allow_zero=True)
+
+
+def _check_ids(
+    queue_ids: Tensor | None, query_ids: Tensor | None, n_queue: int, n_query: int
+) -> None:
+    if (queue_ids is None) != (query_ids is None):
+        raise ValueError("`queue_ids` and `query_ids` must be given together (or neither)")
+    if queue_ids is not None and query_ids is not None:
+        for name, t, n in (("queue_ids", queue_ids, n_queue), ("query_ids", query_ids, n_query)):
+            check_tensor(name, t, ndim=1)
+            if t.shape[0] != n:
+                raise ValueError(f"`{name}` must have {n} entries, got shape {tuple(t.shape)}")
+
+
+def _check_inputs(query: Tensor, queue: Tensor) -> None:
+    check_tensor("query", query, ndim=2, floating=True)
+    check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
+    check_unit_norm("query", query)
+    check_unit_norm("queue", queue)
+    if queue.shape[0] == 0:
+        raise ValueError("`queue` is empty: MoCHi needs at least one queue entry to mix")
+
+
+def _rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None
+          ) -> Tensor:
+    """U(0,1) in fp32 drawn on the generator's device (then moved), for reproducible draws."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def mochi_draws(
+    sims: Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_query_mix: int,
+    *,
+    queue_ids: Tensor | None = None,
+    query_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> MochiDraws:
+    """Select each query's hard set and draw the MoCHi mixing indices and weights.
+
+    The hard set is the top-``N`` of ``sims`` (``N`` clamped to the queue size), ordered by
+    decreasing similarity, so a draw addresses a *rank* in the hard set: permuting the queue
+    rows permutes the returned positions and nothing else. Entries with
+    ``queue_ids == query_ids[b]`` are excluded from query ``b``'s hard set (the draws then
+    range over its eligible entries only). One ``torch.rand`` call of shape
+    ``[B, 3s + 2s']`` on ``generator`` gives, per query, ``[u_i | u_j | u_k | α | β/0.5]``;
+    a rank is ``floor(u · |H_q|)``.
+
+    Args:
+        sims: ``[B, K]`` similarities ``q·n`` (used without gradient).
+        num_hard: ``N`` > 0.
+        num_mix: ``s`` >= 0 (``s > N`` is fine: draws are with replacement).
+        num_query_mix: ``s'`` >= 0.
+        queue_ids: Optional ``[K]`` sample ids of the queue entries.
+        query_ids: Optional ``[B]`` sample ids of the queries.
+        generator: Optional ``torch.Generator`` for every random draw.
+
+    Returns:
+        :class:`MochiDraws`.
+    """
+    _check_hparams(num_hard, num_mix, num_query_mix)
+    check_tensor("sims", sims, ndim=2, floating=True, finite=False)
+    b, k = sims.shape
+    if k == 0:
+        raise ValueError("`sims` has no queue column: MoCHi needs at least one queue entry")
+    _check_ids(queue_ids, query_ids, k, b)
+    dev = sims.device
+    n_eff = min(num_hard, k)
+    s_det = sims.detach().to(torch.promote_types(sims.dtype, torch.float32))
+    excluded = queue_ids is not None and query_ids is not None
+    if excluded:
+        assert queue_ids is not None and query_ids is not None
+        same = queue_ids.to(dev).unsqueeze(0) == query_ids.to(dev).unsqueeze(1)
+        s_det = s_det.masked_fill(same, float("-inf"))
+    vals, hard = torch.topk(s_det, n_eff, dim=1, largest=True, sorted=True)
+    if excluded:
+        counts = torch.isfinite(vals).sum(dim=1)  # eligible entries come first (sorted)
+    else:
+        counts = torch.full((b,), n_eff, dtype=torch.long, device=dev)
+    valid = counts > 0
+    cnt = counts.clamp_min(1).unsqueeze(1)
+
+    # one draw for everything: per query [u_i (s) | u_j (s) | u_k (s') | alpha (s) | beta (s')]
+    n_idx = 2 * num_mix + num_query_mix
+    u = _rand((b, n_idx + num_mix + num_query_mix), dev, generator)
+    # rank floor(u * count) in [0, count); the clamp only guards fp rounding at u -> 1
+    if excluded:
+        ranks = torch.minimum((u[:, :n_idx] * cnt).long(), cnt - 1)
+    else:
+        ranks = (u[:, :n_idx] * n_eff).long().clamp_max_(n_eff - 1)
+    pos = hard.gather(1, ranks)
+    s = num_mix
+    return MochiDraws(
+        pos_i=pos[:, :s],
+        pos_j=pos[:, s : 2 * s],
+        alpha=u[:, n_idx : n_idx + s],
+        pos_k=pos[:, 2 * s :],
+        beta=0.5 * u[:, n_idx + s :],
+        valid=valid,
+        positions=pos,
+        excluded=excluded,
+    )
+
+
+def mochi_negatives(
+    query: Tensor,
+    queue: Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_query_mix: int,
+    *,
+    queue_ids: Tensor | None = None,
+    query_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Materialised MoCHi synthetic negatives (reference implementation).
+
+    Args:
+        query: ``[B, d]`` L2-normalised queries.
+        queue: ``[K, d]`` L2-normalised queue entries (``K >= 1``; ``N`` is clamped to ``K``).
+        num_hard: ``N``, size of each query's hard set.
+        num_mix: ``s``, type-1 negatives (mixtures of two hard negatives) per query.
+        num_query_mix: ``s'``, type-2 negatives (query mixed into a hard negative) per query.
+        queue_ids: Optional ``[K]`` sample ids of the queue entries.
+        query_ids: Optional ``[B]`` sample ids of the queries; queue entries with the same id
+            are excluded from that query's hard set.
+        generator: Optional ``torch.Generator`` (same draws as :func:`mochi_logits`).
+
+    Returns:
+        ``[B, s + s', d]`` detached, unit-norm synthetic negatives in fp32, type 1 first then
+        type 2. A query without any eligible queue entry gets zero vectors.
+
+    Raises:
+        ValueError: bad shapes, NaN, non-normalised inputs, empty queue, bad ``N``/``s``/``s'``.
+    """
+    _check_hparams(num_hard, num_mix, num_query_mix)
+    _check_inputs(query, queue)
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    with torch.no_grad(), torch.autocast(device_type=query.device.type, enabled=False):
+        q = query.detach().to(dtype)
+        n = queue.detach().to(dtype)
+        draws = mochi_draws(
+            q @ n.T, num_hard, num_mix, num_query_mix,
+            queue_ids=queue_ids, query_ids=query_ids, generator=generator,
+        )
+        a = draws.alpha.to(dtype).unsqueeze(-1)
+        h1 = a * n[draws.pos_i] + (1 - a) * n[draws.pos_j]
+        bt = draws.beta.to(dtype).unsqueeze(-1)
+        h2 = bt * q.unsqueeze(1) + (1 - bt) * n[draws.pos_k]
+        h = F.normalize(torch.cat([h1, h2], dim=1), dim=-1)
+        return h * draws.valid.view(-1, 1, 1).to(dtype)
+
+
+def _numba_kernel() -> Any:
+    """Compile (once, cached on disk) the CPU kernel of :func:`_pair_norms`; None if no numba."""
+    global _NUMBA_KERNEL
+    if _NUMBA_KERNEL is None:
+        try:
+            import numba
+        except ImportError:  # pragma: no cover - numba comes with umap-learn
+            _NUMBA_KERNEL = False
+            return None
+
+        @numba.njit(parallel=True, fastmath=True, cache=True)
+        def pair_norms(queue, pos_i, pos_j, w_i, w_j, out):  # type: ignore[no-untyped-def]
+            d = queue.shape[1]
+            for r in numba.prange(pos_i.shape[0]):
+                x, y, a, b = pos_i[r], pos_j[r], w_i[r], w_j[r]
+                acc = a - a
+                for c in range(d):
+                    v = a * queue[x, c] + b * queue[y, c]
+                    acc += v * v
+                out[r] = np.sqrt(acc)
+
+        _NUMBA_KERNEL = (numba, pair_norms)
+    return _NUMBA_KERNEL or None
+
+
+_NUMBA_KERNEL: Any = None
+#: Use the numba CPU kernel for the pair norms (set ``CONTRASTMIX_NUMBA=0`` to disable).
+USE_NUMBA = os.environ.get("CONTRASTMIX_NUMBA", "1") != "0"
+
+
+def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: Tensor
+                ) -> Tensor:
+    """``[B, s]`` norms ``‖w_i n_{pos_i} + w_j n_{pos_j}‖`` (no ``B × s × d`` tensor kept).
+
+    On the CPU a fused numba loop (one pass over the two rows of each pair) when numba is
+    installed; otherwise (and on GPUs) chunked ``index_select`` + weighted sum + norm.
+    """
+    b, s = pos_i.shape
+    out = queue.new_empty(b, s)
+    if b * s == 0:
+        return out
+    kern = (
+        _numba_kernel()
+        if USE_NUMBA and queue.device.type == "cpu"
+        and queue.dtype in (torch.float32, torch.float64)
+        else None
+    )
+    if kern is not None:
+        numba, fn = kern
+        torch_threads = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            fn(
+                queue.contiguous().numpy(),
+                pos_i.reshape(-1).contiguous().numpy(),
+                pos_j.reshape(-1).contiguous().numpy(),
+                w_i.to(queue.dtype).reshape(-1).contiguous().numpy(),
+                w_j.to(queue.dtype).reshape(-1).contiguous().numpy(),
+                out.view(-1).numpy(),
+            )
+        finally:
+            # numba's OpenMP layer shares the OpenMP runtime with torch and resets its
+            # thread count on launch: restore torch's setting
+            torch.set_num_threads(torch_threads)
+        return out
+    flat = out.view(-1)
+    fi, fj = pos_i.reshape(-1), pos_j.reshape(-1)
+    wi, wj = w_i.to(queue.dtype).reshape(-1, 1), w_j.to(queue.dtype).reshape(-1, 1)
+    for lo in range(0, fi.numel(), _PAIR_CHUNK_ROWS):
+        hi = min(fi.numel(), lo + _PAIR_CHUNK_ROWS)
+        v = wi[lo:hi] * queue.index_select(0, fi[lo:hi])
+        v.add_(wj[lo:hi] * queue.index_select(0, fj[lo:hi]))
+        flat[lo:hi] = torch.linalg.vector_norm(v, dim=1)
+    return out
+
+
+def mochi_logits(
+    query: Tensor,
+    queue: Tensor,
+    sims: Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_query_mix: int,
+    *,
+    queue_ids: Tensor | None = None,
+    query_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Fast path: synthetic logits ``[q·h, q·h']`` without materialising ``h``.
+
+    Uses exactly the draws of :func:`mochi_negatives` for the same generator state, and gives
+    the same values and the same gradient w.r.t. ``query`` (through ``sims``); no gradient
+    reaches the queue.
+
+    Args:
+        query: ``[B, d]`` L2-normalised queries (gradient flows only through ``sims`` and the
+            type-2 term ``q·q̄``).
+        queue: ``[K, d]`` L2-normalised queue entries (detached here).
+        sims: ``[B, K]`` ``query @ queue.T`` as already computed for the MoCo logits (with
+            gradient, not divided by τ).
+        num_hard: ``N``.
+        num_mix: ``s``.
+        num_query_mix: ``s'``.
+        queue_ids: Optional ``[K]`` sample ids of the queue entries.
+        query_ids: Optional ``[B]`` sample ids of the queries.
+        generator: Optional ``torch.Generator``.
+
+    Returns:
+        ``[B, s + s']`` fp32 (or wider) logits before the temperature, type 1 first. A query
+        without any eligible queue entry gets ``-inf`` (no synthetic negative; finite
+        gradients in a softmax).
+    """
+    _check_hparams(num_hard, num_mix, num_query_mix)
+    _check_inputs(query, queue)
+    check_tensor("sims", sims, ndim=2, floating=True)
+    check_same_length(query=query, sims=sims)
+    if sims.shape[1] != queue.shape[0]:
+        raise ValueError(
+            f"`sims` must be [B, K] = [{query.shape[0]}, {queue.shape[0]}], "
+            f"got shape {tuple(sims.shape)}"
+        )
+    dtype = torch.promote_types(torch.promote_types(query.dtype, sims.dtype), torch.float32)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        return _mochi_logits_unchecked(
+            query.to(dtype), queue.detach().to(dtype), sims.to(dtype),
+            num_hard, num_mix, num_query_mix,
+            queue_ids=queue_ids, query_ids=query_ids, generator=generator,
+        )
+
+
+def _mochi_logits_unchecked(
+    q: Tensor,
+    n: Tensor,
+    l: Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_query_mix: int,
+    *,
+    queue_ids: Tensor | None,
+    query_ids: Tensor | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """:func:`mochi_logits` on validated inputs of one float dtype, autocast off."""
+    draws = mochi_draws(
+        l, num_hard, num_mix, num_query_mix,
+        queue_ids=queue_ids, query_ids=query_ids, generator=generator,
+    )
+    s = num_mix
+    with torch.no_grad():
+        a = draws.alpha.to(n.dtype)
+        norm1 = _pair_norms(n, draws.pos_i, draws.pos_j, a, 1 - a).clamp_min(1e-12)
+        bt = draws.beta.to(n.dtype)
+        qbar = q.detach()
+        qq = (qbar * qbar).sum(dim=1, keepdim=True)
+        sq_k = torch.linalg.vector_norm(n, dim=1).square()[draws.pos_k]
+        qn = l.detach().gather(1, draws.pos_k)
+        norm2 = (bt * bt * qq + (1 - bt) ** 2 * sq_k
+                 + 2 * bt * (1 - bt) * qn).clamp_min(0).sqrt().clamp_min(1e-12)
+        # constant coefficients: q·h = c_i l_i + c_j l_j, q·h' = c_q (q·q̄) + c_k l_k
+        c1 = torch.cat([a / norm1, (1 - a) / norm1], dim=1)
+        c_q = bt / norm2
+        c_k = (1 - bt) / norm2
+    g = l.gather(1, draws.positions)  # one gather (one scatter in backward) carries the grad
+    w = c1 * g[:, : 2 * s]
+    syn1 = w[:, :s] + w[:, s:]
+    q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
+    syn2 = c_q * q_dot_qbar + c_k * g[:, 2 * s :]
+    out = torch.cat([syn1, syn2], dim=1)
+    if draws.excluded:
+        out = out.masked_fill(~draws.valid.unsqueeze(1), float("-inf"))
+    return out

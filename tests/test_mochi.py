@@ -1,0 +1,328 @@
+"""Tests of MoCHi (METHODS.md §1): contrastmix.mixing.mochi and contrastmix.losses.mochi."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contrastmix.losses.mochi import MoCHiLoss
+from contrastmix.losses.moco import moco_infonce
+from contrastmix.mixing.mochi import mochi_draws, mochi_logits, mochi_negatives
+
+D64 = torch.float64
+
+
+def _unit(*shape: int, g: torch.Generator, dtype: torch.dtype = D64) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=g, dtype=dtype), dim=-1)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _reference_negatives(q, queue, draws):
+    """Explicit-loop construction of h and h' from the draws (METHODS §1 steps 2-3)."""
+    b_size, s = draws.pos_i.shape
+    s2 = draws.pos_k.shape[1]
+    out = torch.zeros(b_size, s + s2, q.shape[1], dtype=q.dtype)
+    for b in range(b_size):
+        for r in range(s):
+            a = float(draws.alpha[b, r])
+            v = a * queue[draws.pos_i[b, r]] + (1 - a) * queue[draws.pos_j[b, r]]
+            out[b, r] = v / v.norm()
+        for r in range(s2):
+            bt = float(draws.beta[b, r])
+            v = bt * q[b] + (1 - bt) * queue[draws.pos_k[b, r]]
+            out[b, s + r] = v / v.norm()
+    return out
+
+
+def _hard_set(q_b, queue, n, excluded=()):
+    """Top-n queue rows of one query by an explicit sort (excluded rows removed first)."""
+    scores = [(float(q_b @ queue[r]), r) for r in range(queue.shape[0]) if r not in excluded]
+    scores.sort(key=lambda t: -t[0])
+    return {r for _, r in scores[:n]}
+
+
+def test_draws_follow_the_spec() -> None:
+    g = _gen(0)
+    q, queue = _unit(5, 8, g=g), _unit(40, 8, g=g)
+    n_hard = 6
+    dr = mochi_draws(q @ queue.T, n_hard, 300, 200, generator=_gen(1))
+    assert dr.pos_i.shape == (5, 300) and dr.pos_k.shape == (5, 200)
+    assert bool(((dr.alpha >= 0) & (dr.alpha < 1)).all())
+    assert bool(((dr.beta >= 0) & (dr.beta < 0.5)).all())
+    assert float(dr.beta.max()) > 0.4 and float(dr.alpha.max()) > 0.9  # not degenerate
+    for b in range(5):
+        hard = _hard_set(q[b], queue, n_hard)
+        for pos in (dr.pos_i[b], dr.pos_j[b], dr.pos_k[b]):
+            assert set(pos.tolist()) == hard  # every hard entry drawn (300 draws from 6)
+    # same generator state -> same draws; another seed -> other draws
+    dr2 = mochi_draws(q @ queue.T, n_hard, 300, 200, generator=_gen(1))
+    dr3 = mochi_draws(q @ queue.T, n_hard, 300, 200, generator=_gen(2))
+    assert all(
+        torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+        for a, b in zip(dr, dr2, strict=True)
+    )
+    assert not torch.equal(dr.pos_i, dr3.pos_i)
+
+
+def test_materialised_matches_explicit_loop_and_is_unit_norm() -> None:
+    g = _gen(1)
+    q, queue = _unit(4, 6, g=g), _unit(30, 6, g=g)
+    # s > N is valid (draws with replacement); N > K is clamped to K
+    for n_hard, s, s2 in [(5, 12, 3), (100, 4, 4), (30, 0, 5), (3, 7, 0)]:
+        h = mochi_negatives(q, queue, n_hard, s, s2, generator=_gen(7))
+        dr = mochi_draws(q @ queue.T, n_hard, s, s2, generator=_gen(7))
+        assert h.shape == (4, s + s2, 6) and not h.requires_grad
+        torch.testing.assert_close(h, _reference_negatives(q, queue, dr))
+        torch.testing.assert_close(h.norm(dim=-1), torch.ones(4, s + s2, dtype=D64))
+
+
+def test_n1_type1_is_hardest_negative() -> None:
+    g = _gen(2)
+    q, queue = _unit(6, 10, g=g), _unit(50, 10, g=g)
+    h = mochi_negatives(q, queue, 1, 9, 2, generator=_gen(0))
+    for b in range(6):
+        hardest = max(range(50), key=lambda r: float(q[b] @ queue[r]))
+        for r in range(9):
+            torch.testing.assert_close(h[b, r], queue[hardest])
+
+
+def test_type2_is_harder_than_its_negative() -> None:
+    g = _gen(3)
+    q, queue = _unit(8, 5, g=g), _unit(64, 5, g=g)
+    h = mochi_negatives(q, queue, 16, 4, 50, generator=_gen(5))
+    dr = mochi_draws(q @ queue.T, 16, 4, 50, generator=_gen(5))
+    qh2 = (q[:, None] * h[:, 4:]).sum(-1)
+    qn = (q @ queue.T).gather(1, dr.pos_k)
+    assert bool((qh2 >= qn - 1e-12).all())
+
+
+def test_per_query_pools_for_opposite_queries() -> None:
+    g = _gen(4)
+    d = 8
+    e1 = torch.zeros(d, dtype=D64)
+    e1[0] = 1
+    plus = F.normalize(e1 + 0.3 * torch.randn(20, d, generator=g, dtype=D64), dim=1)
+    minus = F.normalize(-e1 + 0.3 * torch.randn(20, d, generator=g, dtype=D64), dim=1)
+    queue = torch.cat([plus, minus])[torch.randperm(40, generator=g)]
+    q = torch.stack([e1, -e1])
+    h = mochi_negatives(q, queue, 20, 64, 16, generator=_gen(0))
+    assert bool((h[0] @ e1 > 0).all()) and bool((h[1] @ e1 < 0).all())
+    dr = mochi_draws(q @ queue.T, 20, 64, 16, generator=_gen(0))
+    assert not set(dr.pos_i[0].tolist()) & set(dr.pos_i[1].tolist())
+
+
+def test_queue_permutation_invariance() -> None:
+    g = _gen(5)
+    q, key, queue = _unit(5, 8, g=g), _unit(5, 8, g=g), _unit(60, 8, g=g)
+    ids = torch.randint(0, 10, (60,), generator=g)
+    qids = torch.arange(5)
+    perm = torch.randperm(60, generator=g)
+    h1 = mochi_negatives(q, queue, 12, 20, 6, queue_ids=ids, query_ids=qids,
+                         generator=_gen(3))
+    h2 = mochi_negatives(q, queue[perm], 12, 20, 6, queue_ids=ids[perm], query_ids=qids,
+                         generator=_gen(3))
+    torch.testing.assert_close(h1, h2)
+    loss = MoCHiLoss(num_hard=12, num_mix=20, num_query_mix=6)
+    l1 = loss(q, key, queue, queue_ids=ids, query_ids=qids, generator=_gen(3))
+    l2 = loss(q, key, queue[perm], queue_ids=ids[perm], query_ids=qids, generator=_gen(3))
+    torch.testing.assert_close(l1, l2)
+
+
+@pytest.mark.parametrize("ids", [False, True])
+@pytest.mark.parametrize("n_hard,s,s2", [(8, 16, 4), (3, 10, 10), (200, 5, 2)])
+def test_fast_path_equals_materialised_value_and_gradient(ids, n_hard, s, s2) -> None:
+    g = _gen(6)
+    b, k, d = 6, 40, 7
+    q0 = _unit(b, d, g=g)
+    queue = _unit(k, d, g=g)
+    kw = {}
+    if ids:
+        kw = {"queue_ids": torch.randint(0, 4, (k,), generator=g), "query_ids": torch.arange(b)}
+    w = torch.randn(b, s + s2, generator=g, dtype=D64)  # random upstream gradient
+
+    q = q0.clone().requires_grad_()
+    h = mochi_negatives(q, queue, n_hard, s, s2, generator=_gen(11), **kw)
+    ref = (q[:, None] * h).sum(-1)
+    (ref * w).sum().backward()
+    g_ref = q.grad.clone()
+
+    q = q0.clone().requires_grad_()
+    fast = mochi_logits(q, queue, q @ queue.T, n_hard, s, s2, generator=_gen(11), **kw)
+    (fast * w).sum().backward()
+    torch.testing.assert_close(fast, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(q.grad, g_ref, rtol=1e-10, atol=1e-12)
+    if ids:
+        dr = mochi_draws(q0 @ queue.T, n_hard, s, s2, generator=_gen(11), **kw)
+        for pos in (dr.pos_i, dr.pos_j, dr.pos_k):
+            assert bool((kw["queue_ids"][pos] != kw["query_ids"][:, None]).all())
+
+
+def test_loss_equals_materialised_loss() -> None:
+    g = _gen(7)
+    b, k, d, tau = 8, 64, 16, 0.2
+    q0, key, queue = _unit(b, d, g=g), _unit(b, d, g=g), _unit(k, d, g=g)
+    q = q0.clone().requires_grad_()
+    loss = MoCHiLoss(tau, num_hard=16, num_mix=24, num_query_mix=8)(
+        q, key, queue, generator=_gen(1))
+    loss.backward()
+    g_fast = q.grad.clone()
+    q = q0.clone().requires_grad_()
+    h = mochi_negatives(q, queue, 16, 24, 8, generator=_gen(1))
+    logits = torch.cat([(q * key).sum(1, keepdim=True), q @ queue.T,
+                        (q[:, None] * h).sum(-1)], dim=1) / tau
+    ref = F.cross_entropy(logits, torch.zeros(b, dtype=torch.long))
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g_fast, q.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_reduces_to_moco_infonce_exactly() -> None:
+    g = _gen(8)
+    q, key, queue = _unit(8, 16, g=g, dtype=torch.float32), _unit(8, 16, g=g,
+                                                                   dtype=torch.float32), \
+        _unit(100, 16, g=g, dtype=torch.float32)
+    ref = moco_infonce(q, key, queue, 0.2)
+    no_mix = MoCHiLoss(0.2, num_hard=10, num_mix=0, num_query_mix=0)
+    assert torch.equal(no_mix(q, key, queue), ref) and not no_mix.last_mixed
+    loss = MoCHiLoss(0.2, num_hard=10, num_mix=5, num_query_mix=5)
+    assert torch.equal(loss(q, key, queue, mix=False), ref) and not loss.last_mixed
+    loss.mix_enabled = False  # warm-up epochs
+    assert torch.equal(loss(q, key, queue), ref)
+    loss.mix_enabled = True
+    # the queue holds fewer than N real keys: no mixing yet
+    assert torch.equal(loss(q, key, queue[:9]), moco_infonce(q, key, queue[:9], 0.2))
+    assert not loss.last_mixed
+    assert loss(q, key, queue) > ref and loss.last_mixed
+
+
+def test_synthetic_negatives_never_lower_the_loss() -> None:
+    for seed in range(5):
+        g = _gen(seed)
+        q, key, queue = _unit(16, 8, g=g), _unit(16, 8, g=g), _unit(128, 8, g=g)
+        base = moco_infonce(q, key, queue, 0.2)
+        for n_hard, s, s2 in [(1, 1, 0), (8, 0, 1), (32, 64, 16)]:
+            mixed = MoCHiLoss(0.2, n_hard, s, s2)(q, key, queue, generator=_gen(seed))
+            assert mixed >= base
+
+
+def test_no_gradient_reaches_queue_or_key() -> None:
+    g = _gen(9)
+    q = _unit(4, 8, g=g).requires_grad_()
+    key = _unit(4, 8, g=g).requires_grad_()
+    queue = _unit(32, 8, g=g).requires_grad_()
+    MoCHiLoss(0.2, 8, 16, 4)(q, key, queue, generator=_gen(0)).backward()
+    assert key.grad is None and queue.grad is None
+    assert q.grad is not None and bool(torch.isfinite(q.grad).all())
+    h = mochi_negatives(q, queue, 8, 16, 4)
+    assert not h.requires_grad
+
+
+def test_query_without_eligible_entries_has_finite_gradient() -> None:
+    g = _gen(10)
+    q = _unit(3, 8, g=g).requires_grad_()
+    key, queue = _unit(3, 8, g=g), _unit(20, 8, g=g)
+    queue_ids = torch.zeros(20, dtype=torch.long)  # every entry is sample 0
+    query_ids = torch.tensor([0, 1, 2])  # query 0 has no eligible entry
+    fast = mochi_logits(q, queue, q @ queue.T, 4, 5, 3,
+                        queue_ids=queue_ids, query_ids=query_ids, generator=_gen(0))
+    assert torch.isneginf(fast[0]).all() and torch.isfinite(fast[1:]).all()
+    loss = MoCHiLoss(0.2, 4, 5, 3)(q, key, queue, queue_ids=queue_ids, query_ids=query_ids)
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and bool(torch.isfinite(q.grad).all())
+    h = mochi_negatives(q, queue, 4, 5, 3, queue_ids=queue_ids, query_ids=query_ids)
+    assert bool((h[0] == 0).all()) and torch.allclose(h[1:].norm(dim=-1),
+                                                      torch.ones(2, 8, dtype=D64))
+
+
+def test_proxy_accuracy_matches_loop() -> None:
+    g = _gen(11)
+    q, queue = _unit(32, 4, g=g), _unit(50, 4, g=g)
+    key = F.normalize(q + 0.8 * torch.randn(32, 4, generator=g, dtype=D64), dim=1)
+    loss = MoCHiLoss(0.2, 8, 8, 2)
+    assert math.isnan(loss.last_proxy_accuracy)
+    loss(q, key, queue)
+    wins = sum(all(float(q[b] @ key[b]) > float(q[b] @ n) for n in queue) for b in range(32))
+    assert 0 < wins < 32
+    assert loss.last_proxy_accuracy == pytest.approx(wins / 32)
+
+
+def test_autocast_computes_in_fp32() -> None:
+    g = _gen(12)
+    q, key, queue = (_unit(n, 16, g=g, dtype=torch.float32) for n in (8, 8, 64))
+    loss = MoCHiLoss(0.2, 8, 8, 4)
+    ref = loss(q, key, queue, generator=_gen(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss(q, key, queue, generator=_gen(0))
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref)
+
+
+def test_bad_input() -> None:
+    g = _gen(13)
+    q, key, queue = _unit(4, 8, g=g), _unit(4, 8, g=g), _unit(20, 8, g=g)
+    with pytest.raises(ValueError, match="num_hard"):
+        MoCHiLoss(num_hard=0)
+    with pytest.raises(ValueError, match="num_mix"):
+        MoCHiLoss(num_mix=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        MoCHiLoss(temperature=0.0)
+    with pytest.raises(ValueError, match="num_hard"):
+        mochi_negatives(q, queue, 0, 4, 4)
+    loss = MoCHiLoss(0.2, 4, 4, 4)
+    with pytest.raises(ValueError, match="queue"):
+        loss(q, key, _unit(20, 7, g=g))
+    bad = q.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="query"):
+        loss(bad, key, queue)
+    with pytest.raises(ValueError, match="L2-normalised"):
+        loss(2 * q, key, queue)
+    with pytest.raises(ValueError, match="queue"):
+        mochi_negatives(q, 3 * queue, 4, 4, 4)
+    with pytest.raises(ValueError, match="queue"):
+        mochi_negatives(q, queue[:0], 4, 4, 4)
+    with pytest.raises(ValueError, match="query_ids"):
+        loss(q, key, queue, queue_ids=torch.zeros(20, dtype=torch.long))
+    with pytest.raises(ValueError, match="queue_ids"):
+        loss(q, key, queue, queue_ids=torch.zeros(19, dtype=torch.long),
+             query_ids=torch.arange(4))
+    with pytest.raises(ValueError, match="sims"):
+        mochi_logits(q, queue, (q @ queue.T)[:, :5], 4, 4, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pair_norm_kernels_agree(dtype, monkeypatch) -> None:
+    """The numba CPU kernel and the chunked torch fallback give the same type-1 norms."""
+    from contrastmix.mixing import mochi as mochi_mod
+
+    g = _gen(14)
+    queue = _unit(50, 9, g=g, dtype=dtype)
+    pi, pj = torch.randint(0, 50, (2, 7, 33), generator=g)
+    a = torch.rand(7, 33, generator=g, dtype=dtype)
+    ref = (a[..., None] * queue[pi] + (1 - a[..., None]) * queue[pj]).norm(dim=-1)
+    monkeypatch.setattr(mochi_mod, "USE_NUMBA", True)
+    fast = mochi_mod._pair_norms(queue, pi, pj, a, 1 - a)
+    monkeypatch.setattr(mochi_mod, "USE_NUMBA", False)
+    slow = mochi_mod._pair_norms(queue, pi, pj, a, 1 - a)
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(fast, ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(slow, ref, rtol=tol, atol=tol)
+
+
+def test_loss_leaves_torch_thread_count_alone() -> None:
+    """numba's OpenMP layer shares the runtime with torch; the loss must not change it."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        g = _gen(15)
+        q, key, queue = (_unit(n, 8, g=g, dtype=torch.float32) for n in (4, 4, 64))
+        MoCHiLoss(0.2, 8, 16, 4)(q, key, queue)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
