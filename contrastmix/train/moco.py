@@ -83,16 +83,13 @@ class MoCoModule(pl.LightningModule):
             raise ValueError("the loader yields raw tensors but no batch augmentation is set")
         return self.batch_augment(x), self.batch_augment(x)
 
-    def _loss(self, q: Tensor, k: Tensor, idx: Tensor) -> tuple[Tensor, float]:
+    def _loss(self, q: Tensor, k: Tensor, idx: Tensor, mixing: bool) -> tuple[Tensor, float]:
         # A snapshot: the bank is updated in place after the loss, before backward runs.
         queue = self.queue.features.clone()
-        mixing = (
-            self.mochi is not None
-            and self.current_epoch >= self.cfg["method"]["warmup_epochs"]
-        )
-        if mixing:
-            assert self.mochi is not None
-            loss = self.mochi(q, k, queue, queue_ids=self.queue.indices, query_ids=idx)
+        if self.mochi is not None:
+            loss = self.mochi(
+                q, k, queue, queue_ids=self.queue.indices, query_ids=idx, mix=mixing
+            )
             return loss, float(self.mochi.last_proxy_accuracy)
         loss = moco_infonce(q, k, queue, self.temperature)
         with torch.no_grad():
@@ -100,24 +97,39 @@ class MoCoModule(pl.LightningModule):
             proxy = (logits[:, 0:1] > logits[:, 1:]).all(dim=1).float().mean().item()
         return loss, proxy
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y, idx = batch
+    def contrastive_step(
+        self, x: Any, y: Tensor, idx: Tensor, *, step: int, total_steps: int, epoch: int
+    ) -> tuple[Tensor, float]:
+        """One MoCo/MoCHi step without Lightning: views, EMA update, loss, enqueue.
+
+        Returns:
+            The loss (with graph) and the proxy-task accuracy (share of queries whose key
+            beats every real negative).
+        """
         x1, x2 = self._views(x)
-        total = self.steps_per_epoch * max(1, self.trainer.max_epochs or 1)
         self.key_encoder.update(
             nn.Sequential(self.backbone, self.projector),
-            self.key_encoder.current_momentum(self.global_step, total),
+            self.key_encoder.current_momentum(step, total_steps),
         )
+        mixing = self.mochi is not None and epoch >= self.cfg["method"]["warmup_epochs"]
         q = F.normalize(self.projector(self.backbone(x1)), dim=1)
         k = F.normalize(self.key_encoder(x2), dim=1)
-        loss, proxy = self._loss(q, k, idx)
+        loss, proxy = self._loss(q, k, idx, mixing)
         if self.cfg["method"].get("symmetric", False):
             q2 = F.normalize(self.projector(self.backbone(x2)), dim=1)
             k2 = F.normalize(self.key_encoder(x1), dim=1)
-            loss2, _ = self._loss(q2, k2, idx)
+            loss2, _ = self._loss(q2, k2, idx, mixing)
             loss = 0.5 * (loss + loss2)
         self.queue.add(k.detach().float(), labels=y, indices=idx)
-        bs = q.shape[0]
+        return loss, proxy
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x, y, idx = batch
+        total = self.steps_per_epoch * max(1, self.trainer.max_epochs or 1)
+        loss, proxy = self.contrastive_step(
+            x, y, idx, step=self.global_step, total_steps=total, epoch=self.current_epoch
+        )
+        bs = y.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         self.log("proxy_acc", proxy, on_step=False, on_epoch=True, batch_size=bs)
         return loss
