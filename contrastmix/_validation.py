@@ -67,7 +67,10 @@ def check_tensor(
 def check_finite(name: str, x: Tensor) -> Tensor:
     """Raise ``ValueError`` if ``x`` holds NaN or inf (e.g. diverged embeddings)."""
     if x.is_floating_point() or x.is_complex():
-        if not bool(torch.isfinite(x.detach()).all()):
+        # One reduction first (cheap); the element-wise check only runs when it is not finite.
+        if x.numel() and not bool(torch.isfinite(x.detach().sum())) and not bool(
+            torch.isfinite(x.detach()).all()
+        ):
             n_bad = int((~torch.isfinite(x.detach())).sum())
             raise ValueError(
                 f"`{name}` contains {n_bad} non-finite value(s) (NaN or inf); "

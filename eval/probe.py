@@ -244,8 +244,8 @@ def fit_logistic(
         max_iter: L-BFGS iterations (scikit-learn's default 100).
         tol: gradient tolerance ``> 0`` (scikit-learn's default ``1e-4``).
         num_classes: ``C`` (default ``max(y) + 1``).
-        dtype: compute dtype (float32 default: measured as accurate as float64 for probes and
-            about 2x faster on CPU); ``None`` keeps ``x``'s floating dtype.
+        dtype: compute dtype (float32 default: on the 50k x 512 benchmark it reached the same
+            accuracy as float64, 1.6-2x faster on CPU); ``None`` keeps ``x``'s dtype.
         init: optional warm start ``(weight [C, d], bias [C])``.
         history_size: L-BFGS memory (10, as scipy's default).
 
