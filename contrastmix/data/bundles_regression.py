@@ -1,1 +1,146 @@
-"""Dataset builders for regression data, registered with contrastmix.data.registry.register_dataset."""
+"""Dataset builders of the regression recipes, registered with :func:`register_dataset`.
+
+* ``rotated-digits`` — predict the rotation angle of a digit image
+  (:func:`contrastmix.data.rotated_digits.load_rotated_digits`). ``data.options``:
+  ``long_tailed`` (bool, skewed training angles; test stays uniform), ``imbalance_ratio``,
+  ``test_fraction``. Test samples are grouped many/medium/few-shot by the number of training
+  labels in their 3-degree bin (:func:`~contrastmix.data.rotated_digits.shot_groups`).
+  Views: :class:`~contrastmix.data.augment2d.ImageBatchAugment` from ``data.image_aug``, but
+  **rotation and shear are forced to 0** (both change the apparent angle, i.e. the target).
+* ``mnist1d-reg`` — predict a generation factor of an MNIST-1D signal
+  (:func:`contrastmix.data.mnist1d_reg.load_mnist1d_reg`). ``data.options``: ``target``
+  (``time_scale`` | ``shift``), ``num_samples``, ``test_fraction``, ``target_range``,
+  ``preserve_target`` (default true). Views: :class:`~contrastmix.data.augment1d.SignalAugment`
+  from ``data.signal_aug``; with ``preserve_target`` the augmentations that change the target
+  are switched off: the random resized crop in time (``crop_scale -> [1, 1]``; it rescales
+  *and* shifts the signal) for both targets, and the circular shift for ``target: shift``.
+* ``diabetes`` — the 442-patient table (:func:`contrastmix.data.diabetes.load_diabetes_reg`).
+  ``data.options``: ``test_fraction``, ``standardize_target``, ``noise_std``, ``dropout``.
+  Views: :class:`~contrastmix.data.tabular_augment.TabularAugment` (already
+  ``(x, generator=None)``, like the other batch augmentations). ``in_channels`` is the
+  number of features (10), for the ``mlp`` backbone.
+
+The split (and, for the synthetic sets, the generated data) is fixed by ``data.seed``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from contrastmix.data.registry import DataBundle, TensorIndexDataset, register_dataset
+from contrastmix.errors import DatasetError
+
+__all__ = [
+    "build_rotated_digits",
+    "build_mnist1d_reg",
+    "build_diabetes",
+    "REGRESSION_DATASETS",
+]
+
+#: Names registered by this module.
+REGRESSION_DATASETS: tuple[str, ...] = ("rotated-digits", "mnist1d-reg", "diabetes")
+
+log = logging.getLogger(__name__)
+
+
+def _options(cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``cfg.options``; unknown keys raise :class:`DatasetError`."""
+    raw = dict(cfg.options or {})
+    unknown = sorted(set(raw) - set(defaults))
+    if unknown:
+        raise DatasetError(
+            f"unknown data.options for dataset '{cfg.name}': {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **raw}
+
+
+def build_rotated_digits(cfg: Any) -> DataBundle:
+    """``rotated-digits``: 16x16 digit images, target = rotation angle in ``[0, 90)`` degrees."""
+    from contrastmix.data.augment2d import ImageBatchAugment
+    from contrastmix.data.rotated_digits import SHOT_NAMES, load_rotated_digits, shot_groups
+
+    o = _options(cfg, {"long_tailed": False, "imbalance_ratio": 100.0, "test_fraction": 0.25})
+    kw = {"seed": int(cfg.seed), "long_tailed": bool(o["long_tailed"]),
+          "imbalance_ratio": float(o["imbalance_ratio"]),
+          "test_fraction": float(o["test_fraction"])}
+    try:
+        xtr, ytr = load_rotated_digits("train", **kw)
+        xte, yte = load_rotated_digits("test", **kw)
+    except ValueError as e:
+        raise DatasetError(f"rotated-digits: {e}") from None
+    a = cfg.image_aug
+    if a.rotation != 0 or a.shear != 0:
+        log.info("rotated-digits: rotation/shear augmentation disabled (they change the target)")
+    aug = ImageBatchAugment(
+        scale=(a.scale[0], a.scale[1]), rotation=0.0, translate=a.translate, shear=0.0,
+        brightness=a.brightness, contrast=(a.contrast[0], a.contrast[1]), noise_std=a.noise_std,
+    )
+    train = TensorIndexDataset(xtr, ytr)
+    return DataBundle(
+        pretrain=train, train=train, test=TensorIndexDataset(xte, yte), batch_augment=aug,
+        in_channels=1, num_classes=0, task="regression",
+        test_groups=shot_groups(ytr, yte), group_names=tuple(SHOT_NAMES),
+    )
+
+
+def build_mnist1d_reg(cfg: Any) -> DataBundle:
+    """``mnist1d-reg``: 40-sample MNIST-1D signals, target = time scale or shift."""
+    from contrastmix.data.augment1d import SignalAugment
+    from contrastmix.data.mnist1d_reg import load_mnist1d_reg
+
+    o = _options(cfg, {"target": "time_scale", "num_samples": 5000, "test_fraction": 0.2,
+                       "target_range": None, "preserve_target": True})
+    tr = o["target_range"]
+    kw = {"seed": int(cfg.seed), "target": str(o["target"]),
+          "num_samples": int(o["num_samples"]), "test_fraction": float(o["test_fraction"]),
+          "target_range": None if tr is None else (float(tr[0]), float(tr[1]))}
+    try:
+        xtr, ytr = load_mnist1d_reg("train", **kw)
+        xte, yte = load_mnist1d_reg("test", **kw)
+    except ValueError as e:
+        raise DatasetError(f"mnist1d-reg: {e}") from None
+    a = cfg.signal_aug
+    crop = (float(a.crop_scale[0]), float(a.crop_scale[1]))
+    shift = float(a.max_shift)
+    if o["preserve_target"]:
+        crop = (1.0, 1.0)  # a resized crop dilates and translates the signal
+        if kw["target"] == "shift":
+            shift = 0.0
+    aug = SignalAugment(
+        crop_scale=crop, max_shift=shift, amplitude=(a.amplitude[0], a.amplitude[1]),
+        shear=a.shear, noise_std=a.noise_std, flip_prob=a.flip_prob,
+    )
+    train = TensorIndexDataset(xtr, ytr)
+    return DataBundle(
+        pretrain=train, train=train, test=TensorIndexDataset(xte, yte), batch_augment=aug,
+        in_channels=1, num_classes=0, task="regression",
+    )
+
+
+def build_diabetes(cfg: Any) -> DataBundle:
+    """``diabetes``: 10 standardised features, target = disease progression (25..346)."""
+    from contrastmix.data.diabetes import DIABETES_FEATURES, load_diabetes_reg
+    from contrastmix.data.tabular_augment import TabularAugment
+
+    o = _options(cfg, {"test_fraction": 0.25, "standardize_target": False,
+                       "noise_std": 0.1, "dropout": 0.1})
+    kw = {"seed": int(cfg.seed), "test_fraction": float(o["test_fraction"]),
+          "standardize_target": bool(o["standardize_target"])}
+    try:
+        xtr, ytr = load_diabetes_reg("train", **kw)
+        xte, yte = load_diabetes_reg("test", **kw)
+        aug = TabularAugment(noise_std=float(o["noise_std"]), dropout=float(o["dropout"]))
+    except ValueError as e:
+        raise DatasetError(f"diabetes: {e}") from None
+    train = TensorIndexDataset(xtr, ytr)
+    return DataBundle(
+        pretrain=train, train=train, test=TensorIndexDataset(xte, yte), batch_augment=aug,
+        in_channels=DIABETES_FEATURES, num_classes=0, task="regression",
+    )
+
+
+register_dataset("rotated-digits", build_rotated_digits)
+register_dataset("mnist1d-reg", build_mnist1d_reg)
+register_dataset("diabetes", build_diabetes)

@@ -1,0 +1,407 @@
+"""Evaluation of multimodal runs (``contrastmix probe RUN --json`` for ``task == "multimodal"``).
+
+Two-tower runs (``clip``, ``m2mix``; METHODS.md §5) on the test split:
+
+- image->text and text->image **retrieval**: recall@k (k = 1, 5) and mean average precision.
+  The digits captions describe only the class (one of six templates per class, so ~60 distinct
+  strings), hence relevance is *class-level*: a retrieved caption (image) is relevant when its
+  class is the query's class. Instance-level recall is meaningless here — the image carries no
+  information about which template its caption used.
+- **zero-shot** classification from one prompt per class (``argmax_c cos(I, P_c)``), and the
+  expected calibration error (Guo et al., 2017; 15 equal-width bins) and NLL of the zero-shot
+  probabilities ``softmax(cos / τ_zs)`` with ``τ_zs`` = ``method.zero_shot_temperature`` or the
+  model's CLIP temperature.
+- **geometry** (Wang & Isola, ICML 2020; Liang et al., NeurIPS 2022): alignment of the test pairs,
+  uniformity (t = 2) of the image embeddings, of the caption embeddings and of their union, and
+  the modality gap ``||mean(I) - mean(T)||`` (:func:`eval.geometry.multimodal_geometry`).
+
+Fusion runs (``m3col``, ``concat``; METHODS.md §6): fusion-head accuracy (the inference path),
+each unimodal head's accuracy, the fusion head's ECE, and the geometry of every cyclic pair of
+projected modality embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from contrastmix._validation import check_same_length, check_tensor
+from contrastmix.errors import CheckpointError, RunDirError
+
+__all__ = [
+    "RECALL_KS",
+    "ECE_BINS",
+    "retrieval_recall",
+    "mean_average_precision",
+    "load_multimodal_model",
+    "two_tower_metrics",
+    "fusion_metrics",
+    "probe_multimodal_run",
+]
+
+#: k values of recall@k.
+RECALL_KS: tuple[int, ...] = (1, 5)
+#: Equal-width confidence bins of the ECE.
+ECE_BINS = 15
+
+
+def _check_retrieval(sim: Tensor, query_labels: Tensor, gallery_labels: Tensor) -> None:
+    check_tensor("sim", sim, ndim=2, floating=True)
+    check_tensor("query_labels", query_labels, ndim=1)
+    check_tensor("gallery_labels", gallery_labels, ndim=1)
+    if sim.shape[0] != query_labels.shape[0] or sim.shape[1] != gallery_labels.shape[0]:
+        raise ValueError(
+            f"`sim` must be [len(query_labels), len(gallery_labels)] = "
+            f"[{query_labels.shape[0]}, {gallery_labels.shape[0]}], got {tuple(sim.shape)}"
+        )
+    if sim.shape[1] == 0:
+        raise ValueError("the gallery is empty (`sim` has no columns)")
+
+
+def retrieval_recall(
+    sim: Tensor, query_labels: Tensor, gallery_labels: Tensor, ks: Sequence[int] = RECALL_KS
+) -> dict[int, float]:
+    """Class-level recall@k: share of queries with a same-class item among their top ``k``.
+
+    Args:
+        sim: ``[Q, G]`` query-gallery similarities.
+        query_labels: ``[Q]`` class of each query.
+        gallery_labels: ``[G]`` class of each gallery item.
+        ks: ``k`` values (each clamped to ``G``).
+
+    Returns:
+        ``{k: recall}`` with values in ``[0, 1]``.
+
+    Raises:
+        ValueError: on shape mismatch, NaN, an empty gallery or ``k < 1``.
+    """
+    _check_retrieval(sim, query_labels, gallery_labels)
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"`ks` must be >= 1, got {list(ks)}")
+    kmax = min(max(int(k) for k in ks), sim.shape[1])
+    top = sim.topk(kmax, dim=1).indices
+    rel = gallery_labels.to(sim.device)[top] == query_labels.to(sim.device)[:, None]
+    return {int(k): float(rel[:, : min(int(k), kmax)].any(dim=1).float().mean()) for k in ks}
+
+
+def mean_average_precision(sim: Tensor, query_labels: Tensor, gallery_labels: Tensor) -> float:
+    """Class-level mean average precision over the queries (queries without relevant item skip).
+
+    ``AP_q = mean over relevant ranks r of precision@r`` with the gallery sorted by decreasing
+    similarity (stable sort).
+
+    Args:
+        sim: ``[Q, G]`` similarities; query_labels: ``[Q]``; gallery_labels: ``[G]``.
+
+    Returns:
+        mAP in ``[0, 1]`` (NaN when no query has a relevant item).
+    """
+    _check_retrieval(sim, query_labels, gallery_labels)
+    order = sim.double().argsort(dim=1, descending=True, stable=True)
+    rel = (gallery_labels.to(sim.device)[order] == query_labels.to(sim.device)[:, None]).double()
+    hits = rel.cumsum(dim=1)
+    ranks = torch.arange(1, sim.shape[1] + 1, device=sim.device, dtype=torch.float64)
+    n_rel = rel.sum(dim=1)
+    ap = (rel * hits / ranks).sum(dim=1) / n_rel.clamp_min(1)
+    valid = n_rel > 0
+    return float(ap[valid].mean()) if bool(valid.any()) else float("nan")
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        out = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(out, dict)
+        return out  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def load_multimodal_model(run_dir: str | Path, cfg: Any, data: Any) -> nn.Module:
+    """Rebuild a run's multimodal model and load ``backbone.pt`` and ``model.pt`` (weights only).
+
+    Args:
+        run_dir: The run directory.
+        cfg: Its recipe.
+        data: Its :class:`~contrastmix.data.registry.DataBundle`.
+
+    Returns:
+        The model in eval mode on the CPU.
+
+    Raises:
+        RunDirError: ``model.pt`` is missing.
+        CheckpointError: a file is unreadable or does not match the recipe's model.
+    """
+    from contrastmix.methods.multimodal import build_multimodal_model, image_encoder_of
+    from contrastmix.runs import load_backbone
+    from contrastmix.train.multimodal import MODEL_FILE
+
+    plain = _plain(cfg)
+    extras = dict(data.extras or {})
+    model = build_multimodal_model(
+        plain, data.in_channels, data.num_classes,
+        signal_channels=int(extras.get("signal_channels", 1)),
+    )
+    encoder, prefix = image_encoder_of(model)
+    encoder.load_state_dict(load_backbone(run_dir, cfg, data.in_channels).state_dict())
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise RunDirError(
+            f"{run_dir} has no {MODEL_FILE} (the text tower / heads of a multimodal run); was it "
+            "trained to the end?"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} does not hold a state_dict")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{path} does not match the recipe's model: {first}") from None
+    missing = [k for k in missing if not k.startswith(prefix)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not match the recipe's model: missing keys {missing[:5]}, "
+            f"unexpected keys {list(unexpected)[:5]}"
+        )
+    return model.eval()
+
+
+def _batches(
+    dataset: Any, collate: Any, batch_size: int
+) -> Iterator[tuple[dict[str, Any], Tensor]]:
+    for inputs, y, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                   collate_fn=collate):
+        yield inputs, y
+
+
+def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in inputs.items()}
+
+
+def _calibration(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    from eval.calibration import expected_calibration_error
+
+    logp = torch.log_softmax(logits.double(), dim=1)
+    conf = logp.exp().max(dim=1).values
+    return {
+        "ece": expected_calibration_error(logp.exp(), labels, ECE_BINS, logits=False),
+        "nll": float(-logp.gather(1, labels[:, None]).mean()),
+        "mean_confidence": float(conf.mean()),
+    }
+
+
+@torch.no_grad()
+def two_tower_metrics(
+    model: nn.Module,
+    images: Tensor,
+    captions: Sequence[str],
+    labels: Tensor,
+    prompts: Sequence[str],
+    *,
+    zero_shot_temperature: float | None = None,
+    batch_size: int = 1024,
+) -> dict[str, Any]:
+    """Retrieval, zero-shot, calibration and geometry of a two-tower model on paired data.
+
+    Args:
+        model: A :class:`~contrastmix.models.multimodal.TwoTower` (any device).
+        images: ``[N, C, H, W]`` test images.
+        captions: ``N`` captions, caption ``i`` paired with image ``i``.
+        labels: ``[N]`` classes.
+        prompts: One prompt per class, in class order.
+        zero_shot_temperature: τ of the zero-shot probabilities (default: the model's).
+        batch_size: Embedding batch size.
+
+    Returns:
+        Flat dict of floats (see the module docstring) plus ``zero_shot_temperature``.
+    """
+    from eval.geometry import multimodal_geometry
+
+    check_tensor("images", images, floating=True)
+    check_tensor("labels", labels, ndim=1)
+    check_same_length(images=images, labels=labels)
+    if len(captions) != len(labels):
+        raise ValueError(f"`captions` has {len(captions)} entries but `labels` has {len(labels)}")
+    device = next(model.parameters()).device
+    model.eval()
+    img = torch.cat([model.encode_image(images[i:i + batch_size].to(device))
+                     for i in range(0, len(images), batch_size)]).double().cpu()
+    caps = list(captions)
+    txt = torch.cat([model.encode_text(caps[i:i + batch_size])
+                     for i in range(0, len(caps), batch_size)]).double().cpu()
+    pro = model.encode_text(list(prompts)).double().cpu()
+    y = labels.cpu().long()
+    out: dict[str, Any] = {}
+    sim = img @ txt.T
+    for k, v in retrieval_recall(sim, y, y).items():
+        out[f"i2t_recall@{k}"] = v
+    for k, v in retrieval_recall(sim.T, y, y).items():
+        out[f"t2i_recall@{k}"] = v
+    out["i2t_map"] = mean_average_precision(sim, y, y)
+    out["t2i_map"] = mean_average_precision(sim.T, y, y)
+    cos = img @ pro.T
+    tau = float(zero_shot_temperature) if zero_shot_temperature is not None else float(
+        model.temperature  # type: ignore[arg-type]
+    )
+    if not tau > 0:
+        raise ValueError(f"`zero_shot_temperature` must be > 0, got {tau}")
+    out["zero_shot_accuracy"] = float((cos.argmax(dim=1) == y).float().mean())
+    cal = _calibration(cos / tau, y)
+    out["zero_shot_ece"] = cal["ece"]
+    out["zero_shot_nll"] = cal["nll"]
+    out["zero_shot_confidence"] = cal["mean_confidence"]
+    out["zero_shot_temperature"] = tau
+    g = multimodal_geometry(img, txt)
+    out["alignment"] = g["alignment"]
+    out["uniformity_image"] = g["uniformity_a"]
+    out["uniformity_text"] = g["uniformity_b"]
+    out["uniformity_union"] = g["uniformity_union"]
+    out["modality_gap"] = g["modality_gap"]
+    return out
+
+
+@torch.no_grad()
+def fusion_metrics(
+    model: nn.Module, batches: Iterator[tuple[dict[str, Any], Tensor]]
+) -> dict[str, Any]:
+    """Fusion / unimodal accuracies, fusion ECE and embedding geometry of an M3CoL model.
+
+    Args:
+        model: A :class:`~contrastmix.models.multimodal.M3CoLModel`.
+        batches: ``({modality: batch}, labels)`` pairs of the test split.
+
+    Returns:
+        ``fusion_accuracy``, ``unimodal_accuracy`` (per modality), ``fusion_ece``,
+        ``fusion_nll``, ``embedding_geometry`` (per cyclic modality pair ``"a|b"``).
+    """
+    from eval.geometry import multimodal_geometry
+
+    device = next(model.parameters()).device
+    mods: list[str] = list(model.modalities)  # type: ignore[arg-type]
+    model.eval()
+    fusion, ys = [], []
+    uni: dict[str, list[Tensor]] = {m: [] for m in mods}
+    emb: dict[str, list[Tensor]] = {m: [] for m in mods}
+    for inputs, y in batches:
+        out = model(_to({m: inputs[m] for m in mods}, device))
+        fusion.append(out.fusion_logits.double().cpu())
+        for m in mods:
+            uni[m].append(out.unimodal_logits[m].double().cpu())
+            emb[m].append(out.embeddings[m].double().cpu())
+        ys.append(y.cpu().long())
+    if not ys:
+        raise ValueError("`batches` is empty")
+    y = torch.cat(ys)
+    f = torch.cat(fusion)
+    res: dict[str, Any] = {"fusion_accuracy": float((f.argmax(1) == y).float().mean())}
+    res["unimodal_accuracy"] = {
+        m: float((torch.cat(uni[m]).argmax(1) == y).float().mean()) for m in mods
+    }
+    cal = _calibration(f, y)
+    res["fusion_ece"] = cal["ece"]
+    res["fusion_nll"] = cal["nll"]
+    z = {m: torch.cat(emb[m]) for m in mods}
+    geo: dict[str, dict[str, float]] = {}
+    for i, a in enumerate(mods):
+        b = mods[(i + 1) % len(mods)]
+        if f"{b}|{a}" in geo:  # two modalities: one pair
+            continue
+        geo[f"{a}|{b}"] = multimodal_geometry(z[a], z[b])
+    res["embedding_geometry"] = geo
+    return res
+
+
+def probe_multimodal_run(
+    run_dir: str | Path, cfg: Any, device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """Evaluate a finished multimodal run on its test split.
+
+    Args:
+        run_dir: The run directory (``config.yaml``, ``backbone.pt``, ``model.pt``).
+        cfg: Its validated recipe.
+        device: Evaluation device (default: CUDA when available, else CPU).
+
+    Returns:
+        A JSON-serialisable dict with ``task: "multimodal"``, the metrics and a ``protocol``
+        entry naming every evaluation choice.
+    """
+    from contrastmix.data.registry import build_data
+    from contrastmix.methods.multimodal import FUSION_METHODS, TWO_TOWER_METHODS
+
+    data = build_data(cfg.data)
+    dev = torch.device(device) if device else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    model = load_multimodal_model(run_dir, cfg, data).to(dev)
+    name = str(cfg.method.name)
+    extras = dict(data.extras or {})
+    bs = int(cfg.data.eval_batch_size)
+    out: dict[str, Any] = {
+        "run": str(run_dir), "method": name, "dataset": str(cfg.data.name), "task": "multimodal",
+        "n_test": len(data.test),
+    }
+    common = {
+        "split": "test split of the recipe's dataset (data.seed fixes split, captions, pairing)",
+        "inputs": "test-time inputs, no augmentation; model in eval mode; embeddings computed "
+        "once in float32, metrics in float64",
+        "text_tower": "all-MiniLM-L6-v2 sentence embeddings (frozen unless "
+        "method.text_frozen=false) + the run's trained projection",
+    }
+    if name in TWO_TOWER_METHODS:
+        images, captions, labels = [], [], []
+        for inputs, y in _batches(data.test, data.collate_fn, bs):
+            images.append(inputs["image"])
+            captions += list(inputs["text"])
+            labels.append(y)
+        zs_t = cfg.method.zero_shot_temperature
+        prompts = list(extras["class_prompts"])
+        metrics = two_tower_metrics(
+            model, torch.cat(images), captions, torch.cat(labels), prompts,
+            zero_shot_temperature=zs_t, batch_size=bs,
+        )
+        out.update(metrics)
+        out["protocol"] = {
+            **common,
+            "embeddings": "L2-normalised outputs of each tower's projection",
+            "retrieval": "image->text: every test image queries all test captions; text->image: "
+            "every test caption queries all test images; similarity = cosine; relevance is "
+            "class-level (captions describe only the class); recall@k = share of queries with a "
+            "relevant item in the top k; map = mean average precision",
+            "recall_k": list(RECALL_KS),
+            "zero_shot": "predict argmax_c cos(image, prompt_c), one prompt per class",
+            "prompts": prompts,
+            "prompt_template": extras.get("prompt_template"),
+            "zero_shot_temperature": metrics["zero_shot_temperature"],
+            "zero_shot_temperature_source": "method.zero_shot_temperature" if zs_t is not None
+            else "the model's CLIP temperature",
+            "calibration": f"ECE with {ECE_BINS} equal-width confidence bins (Guo et al. 2017) "
+            "and NLL of softmax(cos / zero_shot_temperature)",
+            "geometry": "alignment = mean ||I_i - T_i||^2 over test pairs; uniformity = "
+            "log mean_{i<j} exp(-2 ||x_i - x_j||^2) of the images, the captions and their union "
+            "(float64); modality_gap = ||mean(I) - mean(T)||",
+        }
+        return out
+    if name in FUSION_METHODS:
+        res = fusion_metrics(model, ((_to(x, dev), y) for x, y in
+                                     _batches(data.test, data.collate_fn, bs)))
+        out.update(res)
+        out["protocol"] = {
+            **common,
+            "modalities": list(model.modalities),  # type: ignore[arg-type]
+            "fusion": "fusion head on the concatenated projections (the inference path); "
+            "accuracy = argmax of its logits",
+            "unimodal": "each modality's own head on its projection",
+            "calibration": f"ECE ({ECE_BINS} equal-width bins) and NLL of softmax(fusion logits)",
+            "geometry": "per cyclic modality pair: alignment, uniformity (t = 2) of each and of "
+            "the union, modality gap, on L2-normalised projected embeddings z_m",
+        }
+        return out
+    raise ValueError(f"method '{name}' is not a multimodal method")

@@ -1,0 +1,242 @@
+"""Regression training end to end: recipes, data bundles, modules, pretrain -> probe_run."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from contrastmix.config import RECIPES_DIR, load_recipe
+from contrastmix.data.registry import DataBundle, TensorIndexDataset, build_data
+from contrastmix.errors import DatasetError
+from contrastmix.runs import probe_run
+from contrastmix.train.pretrain import build_module, pretrain
+from contrastmix.train.regression import (
+    ContrastiveRegressionModule,
+    L1RegressionModule,
+    SeededGenerators,
+    label_bin_edges,
+)
+
+TINY = [
+    "trainer.num_threads=1", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+    "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", "model.width=4",
+    "model.proj_hidden_dim=16", "model.proj_output_dim=8", "data.batch_size=32",
+]
+DATASETS = {"rotated_digits": "rotated-digits", "mnist1d_reg": "mnist1d-reg",
+            "diabetes": "diabetes"}
+METHODS = {"supremix": "supremix", "rnc": "rnc", "supcon": "supcon", "l1": "l1",
+           "l1_cmixup": "l1"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """pretrain() applies trainer.num_threads globally; give other test files theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _plain(cfg: object) -> dict:
+    out = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[arg-type]
+    assert isinstance(out, dict)
+    return out
+
+
+def _check_probe(res: dict, *, groups: bool) -> None:
+    assert res["task"] == "regression"
+    for k in ("mae", "mse", "gmean", "spearman"):
+        assert isinstance(res[k], float) and math.isfinite(res[k]), k
+    assert 0 < res["gmean"] <= res["mae"] and res["mae"] ** 2 <= res["mse"] + 1e-9
+    assert -1.0 <= res["spearman"] <= 1.0
+    if groups:
+        assert set(res["groups"]) <= {"many", "medium", "few"} and len(res["groups"]) >= 2
+        n = 0
+        for g in res["groups"].values():
+            assert math.isfinite(g["mae"]) and math.isfinite(g["gmean"]) and g["n"] > 0
+            n += g["n"]
+        assert n == res["n_test"]
+    else:
+        assert "groups" not in res
+
+
+# ------------------------------------------------------------------------------ recipes
+def test_every_recipe_loads_and_matches_its_name() -> None:
+    found = 0
+    for stem, method in METHODS.items():
+        for ds_stem, ds in DATASETS.items():
+            path = RECIPES_DIR / f"{stem}_{ds_stem}.yaml"
+            assert path.is_file(), path
+            cfg = load_recipe(path)
+            assert cfg.name == f"{stem}_{ds_stem}" and cfg.method.name == method
+            assert cfg.data.name == ds
+            assert cfg.method.get("cmixup", False) == (stem == "l1_cmixup")
+            if ds == "rotated-digits":
+                assert cfg.data.image_aug.rotation == 0 and cfg.data.image_aug.shear == 0
+            if ds == "mnist1d-reg":
+                assert list(cfg.data.signal_aug.crop_scale) == [1.0, 1.0]
+            found += 1
+    assert found == 15
+    lt = load_recipe("supremix_rotated_digits", ["data.options.long_tailed=true"])
+    assert lt.data.options.long_tailed is True
+
+
+# ------------------------------------------------------------------------------ data
+def test_regression_bundles() -> None:
+    cfg = load_recipe("supremix_rotated_digits", ["data.image_aug.rotation=30"]).data
+    data = build_data(cfg)
+    assert data.task == "regression" and data.num_classes == 0 and data.in_channels == 1
+    assert data.batch_augment is not None
+    assert data.batch_augment.rotation == 0 and data.batch_augment.shear == 0  # type: ignore
+    assert data.test_groups is not None and data.group_names == ("many", "medium", "few")
+    assert len(data.test_groups) == len(data.test)  # type: ignore[arg-type]
+    x, y, i = data.pretrain[3]
+    assert x.shape == (1, 16, 16) and y.dtype == torch.float32 and 0 <= float(y) < 90 and i == 3
+
+    mcfg = load_recipe("rnc_mnist1d_reg", ["data.signal_aug.crop_scale=[0.5,1.0]",
+                                           "data.options.num_samples=200"]).data
+    aug = build_data(mcfg).batch_augment
+    assert tuple(aug.crop_scale) == (1.0, 1.0) and aug.max_shift == 1.0  # type: ignore
+    mcfg = load_recipe("rnc_mnist1d_reg", ["data.options.target=shift",
+                                           "data.options.num_samples=200"]).data
+    aug = build_data(mcfg).batch_augment
+    assert tuple(aug.crop_scale) == (1.0, 1.0) and aug.max_shift == 0.0  # type: ignore
+
+    d = build_data(load_recipe("l1_diabetes").data)
+    assert d.in_channels == 10 and d.test_groups is None
+    xb = torch.randn(5, 10)
+    g = torch.Generator().manual_seed(0)
+    assert d.batch_augment(xb, generator=g).shape == (5, 10)  # type: ignore[misc]
+
+    with pytest.raises(DatasetError, match="long_tailled"):
+        build_data(load_recipe("l1_rotated_digits", ["data.options.long_tailled=true"]).data)
+    with pytest.raises(DatasetError, match="target"):
+        build_data(load_recipe("l1_mnist1d_reg", ["data.options.target=amplitude"]).data)
+
+
+# ------------------------------------------------------------------------------ helpers
+def test_label_bins_and_supcon_labels() -> None:
+    edges = label_bin_edges(torch.tensor([0.0, 90.0]), 10, None)
+    assert torch.allclose(edges, torch.arange(9, 90, 9, dtype=torch.float64))
+    cfg = _plain(load_recipe("supcon_rotated_digits", TINY))
+    m = ContrastiveRegressionModule(cfg, 1, None, 1, train_labels=torch.tensor([0.0, 89.0]))
+    bins = m.loss_labels(torch.tensor([0.0, 8.9, 9.0, 45.0, 89.99, 90.0, -1.0, 100.0]))
+    assert bins.tolist() == [0, 0, 1, 5, 9, 9, 0, 9]
+    with pytest.raises(ValueError, match="num_bins"):
+        label_bin_edges(torch.tensor([0.0, 1.0]), 0, None)
+    with pytest.raises(ValueError, match="bin_range"):
+        label_bin_edges(torch.tensor([0.0, 1.0]), 3, [2.0, 1.0])
+
+
+def test_seeded_generators_round_trip() -> None:
+    gens = SeededGenerators(5)
+    a = torch.rand(3, generator=gens.get("views", "cpu"))
+    state = gens.state_dict()
+    b = torch.rand(3, generator=gens.get("views", "cpu"))
+    restored = SeededGenerators(5)
+    restored.load_state_dict(state)  # pending until first use
+    assert torch.equal(torch.rand(3, generator=restored.get("views", "cpu")), b)
+    assert not torch.equal(a, b)
+    other = SeededGenerators(6)
+    assert not torch.equal(torch.rand(3, generator=other.get("views", "cpu")), a)
+
+
+def test_cmixup_partners_are_label_close_and_mixing_is_consistent() -> None:
+    cfg = _plain(load_recipe("l1_cmixup_rotated_digits",
+                             [*TINY, "method.augment=false", "method.cmixup_sigma=1.0",
+                              "method.mixup_per_sample=true"]))
+    data = build_data(load_recipe("l1_cmixup_rotated_digits").data)
+    module = build_module(cfg, data, 1)
+    assert isinstance(module, L1RegressionModule)
+    tx, ty = data.pretrain.x, data.pretrain.y  # type: ignore[attr-defined]
+    idx = torch.arange(64)
+    xm, ym, lam, yp = module.mixed_batch(tx[idx], ty[idx], idx)
+    assert lam.unique().numel() > 1 and bool(((lam >= 0) & (lam <= 1)).all())
+    torch.testing.assert_close(ym, lam * ty[idx] + (1 - lam) * yp)
+    # sigma = 1 degree: every partner lies within a few sigma of its anchor's label
+    assert float((ty[idx] - yp).abs().max()) < 6.0
+    # the partner's *input* is the one of the partner's label (labels are distinct floats)
+    j = (ty[None, :] == yp[:, None]).float().argmax(dim=1)
+    assert torch.equal(ty[j], yp)
+    lx = lam.view(-1, 1, 1, 1)
+    torch.testing.assert_close(xm, lx * tx[idx] + (1 - lx) * tx[j])
+    # a vanishing bandwidth mixes every sample with itself
+    cfg["method"]["cmixup_sigma"] = 1e-4
+    same = build_module(cfg, data, 1)
+    xs, ys, _, yps = same.mixed_batch(tx[idx], ty[idx], idx)  # type: ignore[operator]
+    assert torch.equal(yps, ty[idx])
+    torch.testing.assert_close(xs, tx[idx])
+    torch.testing.assert_close(ys, ty[idx])
+
+
+def test_module_errors() -> None:
+    cfg = _plain(load_recipe("l1_cmixup_diabetes", TINY))
+    cfg["method"]["cmixup_scope"] = "everywhere"
+    with pytest.raises(ValueError, match="cmixup_scope"):
+        L1RegressionModule(cfg, 10, None, 1, train_labels=torch.rand(8))
+    cfg["method"]["cmixup_scope"] = "dataset"
+    with pytest.raises(ValueError, match="in-memory"):
+        L1RegressionModule(cfg, 10, None, 1, train_labels=torch.rand(8))
+    scfg = _plain(load_recipe("supremix_diabetes", [*TINY, "method.label_scale=0"]))
+    with pytest.raises(ValueError, match="label_scale"):
+        ContrastiveRegressionModule(scfg, 10, None, 1)
+    clf = DataBundle(TensorIndexDataset(torch.zeros(4, 10), torch.zeros(4)),
+                     TensorIndexDataset(torch.zeros(4, 10), torch.zeros(4)),
+                     TensorIndexDataset(torch.zeros(4, 10), torch.zeros(4)), None, 10, 2)
+    with pytest.raises(ValueError, match="regression dataset"):
+        build_module(_plain(load_recipe("rnc_diabetes", TINY)), clf, 1)
+
+
+# ------------------------------------------------------------------------------ training
+@pytest.mark.parametrize("method", ["rnc", "supcon"])
+def test_contrastive_step_trains(method: str) -> None:
+    """One fast_dev_run step of RnC / SupCon(binned) on diabetes updates the backbone."""
+    cfg = load_recipe(f"{method}_diabetes", TINY)
+    data = build_data(cfg.data)
+    module = build_module(_plain(cfg), data, 1)
+    before = {k: v.clone() for k, v in module.backbone.state_dict().items()}  # type: ignore
+    trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", enable_progress_bar=False,
+                         enable_model_summary=False, logger=False)
+    trainer.fit(module, DataLoader(data.pretrain, batch_size=32, shuffle=True, drop_last=True))
+    loss = float(trainer.callback_metrics["train_loss"])
+    assert math.isfinite(loss) and loss > 0
+    after = module.backbone.state_dict()  # type: ignore[operator]
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+
+
+def test_supremix_long_tailed_end_to_end(tmp_path: Path) -> None:
+    cfg = load_recipe("supremix_rotated_digits", [*TINY, "data.options.long_tailed=true"])
+    run = pretrain(cfg, tmp_path / "sm")
+    for name in ("config.yaml", "backbone.pt", "checkpoints/last.ckpt", "metrics.csv", "run.json"):
+        assert (run / name).is_file(), name
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["cfg"]["method"]["name"] == "supremix"
+    assert {"views", "loss"} <= set(ckpt["generator_states"])
+    assert "train_loss_epoch" in (run / "metrics.csv").read_text().splitlines()[0]
+    res = probe_run(run)
+    _check_probe(res, groups=True)
+    assert res["method"] == "supremix" and res["dataset"] == "rotated-digits"
+    assert res["n_test"] == 450
+
+
+def test_l1_cmixup_end_to_end(tmp_path: Path) -> None:
+    cfg = load_recipe("l1_cmixup_diabetes", [*TINY, "model.width=8"])
+    run = pretrain(cfg, tmp_path / "l1")
+    assert "cmixup_label_gap" in (run / "metrics.csv").read_text().splitlines()[0]
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert "cmixup" in ckpt["generator_states"] and "head.weight" in ckpt["state_dict"]
+    res = probe_run(run)
+    _check_probe(res, groups=False)
+    assert res["n_test"] == 111 and res["num_features"] == 128
+    # resume: the checkpoint (with its generator states) continues to a second epoch
+    more = load_recipe("l1_cmixup_diabetes", [*TINY, "model.width=8", "trainer.max_epochs=2"])
+    pretrain(more, run, resume=True)
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["resumed"] is True and summary["epochs"] == 2
