@@ -18,6 +18,7 @@ __all__ = [
     "check_same_length",
     "check_unit_norm",
     "check_positive",
+    "check_features",
 ]
 
 
@@ -112,3 +113,8 @@ def check_positive(name: str, value: float | int, *, allow_zero: bool = False) -
     if not ok:
         rel = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"`{name}` must be {rel}, got {value}")
+
+
+def check_features(name: str, x: object, *, dim: int | None = None) -> Tensor:
+    """Validate a 2-D floating feature matrix ``[N, d]`` (finite; last dimension ``dim``)."""
+    return check_tensor(name, x, ndim=2, dim=dim, floating=True)

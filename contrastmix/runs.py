@@ -62,18 +62,20 @@ def load_backbone(run_dir: str | Path, cfg: DictConfig, in_channels: int) -> nn.
 
 
 def extract_run_features(
-    run_dir: str | Path, device: str | torch.device | None = None
+    run_dir: str | Path, device: str | torch.device | None = None, *,
+    cfg: DictConfig | None = None, data: Any = None,
 ) -> dict[str, Any]:
     """Frozen backbone features of the run's train and test splits (test-time inputs).
 
     Returns:
-        ``{"cfg", "task", "train_x", "train_y", "test_x", "test_y"}``.
+        ``{"cfg", "task", "data", "train_x", "train_y", "test_x", "test_y"}``; pass ``cfg``
+        and ``data`` to reuse an already built recipe and data bundle.
     """
     from contrastmix.data.registry import build_data
     from eval.probe import extract_features
 
-    cfg = load_run(run_dir)
-    data = build_data(cfg.data)
+    cfg = load_run(run_dir) if cfg is None else cfg
+    data = build_data(cfg.data) if data is None else data  # reuse the caller's bundle
     net = load_backbone(run_dir, cfg, data.in_channels)
     dev = torch.device(device) if device else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,13 +101,13 @@ def probe_run(
     cfg = load_run(run_dir)
     from contrastmix.data.registry import build_data
 
-    task = build_data(cfg.data).task
-    if task == "multimodal":  # retrieval, zero-shot, calibration, modality gap / fusion heads
+    bundle = build_data(cfg.data)
+    if bundle.task == "multimodal":  # retrieval, zero-shot, gap, fusion heads
         from eval.multimodal import probe_multimodal_run
 
         return probe_multimodal_run(run_dir, cfg, device)
-    f = extract_run_features(run_dir, device)
-    data = f["data"]
+    f = extract_run_features(run_dir, device, cfg=cfg, data=bundle)
+    data = bundle
     out: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name,
                            "dataset": cfg.data.name}
     res = linear_probe(

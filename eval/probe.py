@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from contrastmix._validation import (
-    check_finite,
+    check_features,
     check_positive,
     check_same_length,
     check_tensor,
@@ -86,20 +86,6 @@ SHOT_GROUP_NAMES: tuple[str, str, str] = ("many", "medium", "few")
 _SOLVER = "lbfgs (torch.optim.LBFGS, strong-Wolfe line search, full batch, history 10)"
 _STD_EPS = 1e-12
 _ROWS_ELEMENTS = 2**24  # logits entries per chunk inside the logistic objective
-
-
-def _check_features(name: str, x: object, *, dim: int | None = None) -> Tensor:
-    """``check_tensor`` for large 2-D feature matrices with a one-pass finiteness test.
-
-    A finite ``x.sum()`` proves every entry finite (NaN and inf propagate); only when it is
-    not (including a mere overflow) does the full element-wise check run, which then raises
-    the usual message naming ``name``. Measured ~15x cheaper than ``isfinite(x).all()``.
-    """
-    check_tensor(name, x, ndim=2, dim=dim, floating=True, finite=False)
-    assert isinstance(x, Tensor)
-    if not bool(torch.isfinite(x.detach().sum())):
-        check_finite(name, x)
-    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +238,7 @@ def fit_logistic(
     Returns:
         :class:`LogisticFit` ``(weight, bias, loss, n_iter, n_evals)``.
     """
-    _check_features("x", x)
+    check_features("x", x)
     n, d = x.shape
     y = _check_class_labels("y", y, n)
     if n == 0:
@@ -354,7 +340,7 @@ def fit_ridge(x: Tensor, y: Tensor, penalty: float) -> tuple[Tensor, Tensor]:
     Returns:
         ``weight [k, d]`` and ``bias [k]`` (float64; ``k = 1`` for 1-D targets).
     """
-    _check_features("x", x)
+    check_features("x", x)
     check_tensor("y", y, ndim=(1, 2), floating=True)
     check_same_length(x=x, y=y)
     if not penalty >= 0:
@@ -562,8 +548,8 @@ def linear_probe(
     """
     if task not in ("classification", "regression"):
         raise ValueError(f"`task` must be 'classification' or 'regression', got {task!r}")
-    _check_features("train_x", train_x)
-    _check_features("test_x", test_x, dim=train_x.shape[1])
+    check_features("train_x", train_x)
+    check_features("test_x", test_x, dim=train_x.shape[1])
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"`val_fraction` must be in (0, 1), got {val_fraction}")
     grid_default = (
