@@ -61,16 +61,49 @@ def _probe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
-    if res.get("task") == "regression":
-        print(f"linear probe (ridge) MAE: {res['mae']:.4f}  MSE: {res['mse']:.4f}  "
-              f"GM: {res['gmean']:.4f}  (n_train={res['n_train']}, n_test={res['n_test']})")
-    else:
-        print(f"linear probe accuracy: {res['accuracy']:.4f}  (penalty {res['penalty']:.3g}, "
-              f"n_train={res['n_train']}, n_test={res['n_test']})")
-    if "knn_accuracy" in res:
-        print(f"kNN accuracy (k={res['knn']['k']}, tau={res['knn']['temperature']}): "
-              f"{res['knn_accuracy']:.4f}")
+    for line in _probe_lines(res):
+        print(line)
     return 0
+
+
+def _probe_lines(res: dict) -> list[str]:
+    """The human-readable summary of a probe result (``--json`` prints everything)."""
+    lines: list[str] = []
+    task = res.get("task")
+    if task == "regression":
+        lines.append(f"linear probe (ridge, penalty {res['penalty']:.3g}) MAE: {res['mae']:.4f}  "
+                     f"MSE: {res['mse']:.4f}  GM: {res['gmean']:.4f}  "
+                     f"(n_train={res['n_train']}, n_test={res['n_test']})")
+        for group, g in (res.get("groups") or {}).items():
+            lines.append(f"  {group:>8s}-shot: MAE {g['mae']:.4f}  MSE {g['mse']:.4f}  "
+                         f"GM {g['gmean']:.4f}  (n={g['n']})")
+        if "spearman" in res:
+            lines.append("ordering (Spearman, embedding vs label distances): "
+                         f"{res['spearman']:.4f}")
+    elif task == "multimodal":
+        if "fusion_accuracy" in res:
+            uni = "  ".join(f"{m} {a:.4f}" for m, a in res["unimodal_accuracy"].items())
+            lines.append(f"fusion-head accuracy: {res['fusion_accuracy']:.4f}  "
+                         f"(ECE {res['fusion_ece']:.4f}); unimodal heads: {uni}")
+        if "zero_shot_accuracy" in res:
+            lines.append(f"retrieval (class-level) image->text R@1 {res['i2t_recall@1']:.4f} "
+                         f"R@5 {res['i2t_recall@5']:.4f}; text->image R@1 "
+                         f"{res['t2i_recall@1']:.4f} R@5 {res['t2i_recall@5']:.4f}")
+            lines.append(f"zero-shot accuracy: {res['zero_shot_accuracy']:.4f}  "
+                         f"(ECE {res['zero_shot_ece']:.4f})")
+            lines.append(f"alignment {res['alignment']:.4f}  uniformity image "
+                         f"{res['uniformity_image']:.4f} text {res['uniformity_text']:.4f} "
+                         f"union {res['uniformity_union']:.4f}  modality gap "
+                         f"{res['modality_gap']:.4f}")
+        lines.append(f"(n_test={res['n_test']}; --json for every metric and the protocol)")
+    else:
+        extra = f", ECE {res['ece']:.4f}" if "ece" in res else ""
+        lines.append(f"linear probe accuracy: {res['accuracy']:.4f}  (penalty {res['penalty']:.3g}"
+                     f"{extra}, n_train={res['n_train']}, n_test={res['n_test']})")
+    if "knn_accuracy" in res:
+        lines.append(f"kNN accuracy (k={res['knn']['k']}, tau={res['knn']['temperature']}): "
+                     f"{res['knn_accuracy']:.4f}")
+    return lines
 
 
 def _report(args: argparse.Namespace) -> int:

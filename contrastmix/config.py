@@ -149,6 +149,9 @@ class MoCoConfig:
     end_momentum: float | None = None
     bank_backend: str = "torch"
     symmetric: bool = False
+    # Queue rows holding the query's own sample (an older key of the same image) are not
+    # negatives: masked out of the softmax. Matters when the queue is close to the dataset size.
+    exclude_same_instance: bool = True
 
 
 @dataclass

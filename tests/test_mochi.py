@@ -326,3 +326,25 @@ def test_loss_leaves_torch_thread_count_alone() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_mask_same_instance_reduces_to_moco_with_ids() -> None:
+    """With the mask on and no mixing, MoCHi equals MoCo InfoNCE given the same ids."""
+    torch.manual_seed(5)
+    q = F.normalize(torch.randn(6, 16), dim=1)
+    k = F.normalize(torch.randn(6, 16), dim=1)
+    queue = F.normalize(torch.randn(40, 16), dim=1)
+    queue_ids = torch.arange(40) % 10
+    query_ids = torch.tensor([0, 1, 2, 3, 11, 12])
+    masked = MoCHiLoss(num_hard=8, num_mix=0, num_query_mix=0, mask_same_instance=True)
+    plain = MoCHiLoss(num_hard=8, num_mix=0, num_query_mix=0)
+    got = masked(q, k, queue, queue_ids=queue_ids, query_ids=query_ids)
+    want = moco_infonce(q, k, queue, 0.2, queue_ids=queue_ids, query_ids=query_ids)
+    torch.testing.assert_close(got, want)
+    unmasked = plain(q, k, queue, queue_ids=queue_ids, query_ids=query_ids)
+    assert unmasked.item() > got.item()  # the own keys were extra negatives
+    # with mixing on, the masked loss stays finite with finite gradients
+    qg = q.clone().requires_grad_()
+    mixed = MoCHiLoss(num_hard=8, num_mix=16, num_query_mix=4, mask_same_instance=True)
+    mixed(qg, k, queue, queue_ids=queue_ids, query_ids=query_ids).backward()
+    assert torch.isfinite(qg.grad).all()

@@ -55,3 +55,37 @@ def test_empty_queue_gives_zero_loss_and_fp32_under_autocast() -> None:
 def test_bad_input(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         moco_infonce(q, k, queue)
+
+
+def test_same_instance_rows_leave_the_negatives() -> None:
+    """With ids, the query's own older keys are masked: equal to a per-query queue without them."""
+    torch.manual_seed(3)
+    q = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
+    k = F.normalize(torch.randn(4, 8), dim=1)
+    queue = F.normalize(torch.randn(10, 8), dim=1)
+    queue_ids = torch.tensor([0, 1, 2, 0, 7, 8, 9, 3, 3, 5])
+    query_ids = torch.tensor([0, 3, 4, 9])
+    loss = moco_infonce(q, k, queue, 0.2, queue_ids=queue_ids, query_ids=query_ids)
+    ref = torch.stack([
+        moco_infonce(q[b : b + 1], k[b : b + 1], queue[queue_ids != query_ids[b]], 0.2)
+        for b in range(4)
+    ]).mean()
+    torch.testing.assert_close(loss, ref)
+    loss.backward()
+    assert torch.isfinite(q.grad).all()
+    # every row is the query's own sample: only the positive is left, loss 0, finite gradient
+    q2 = q.detach().clone().requires_grad_()
+    loss2 = moco_infonce(q2, k, queue[:1].expand(4, 8).contiguous(), 0.2,
+                         queue_ids=torch.zeros(4, dtype=torch.long),
+                         query_ids=torch.zeros(4, dtype=torch.long))
+    loss2.backward()
+    assert loss2.item() == pytest.approx(0.0, abs=1e-6)
+    assert torch.isfinite(q2.grad).all()
+
+
+def test_ids_must_come_together() -> None:
+    q = F.normalize(torch.randn(2, 4), dim=1)
+    with pytest.raises(ValueError, match="together"):
+        moco_infonce(q, q, q, 0.2, queue_ids=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="query_ids"):
+        moco_infonce(q, q, q, 0.2, queue_ids=torch.tensor([0, 1]), query_ids=torch.tensor([0]))

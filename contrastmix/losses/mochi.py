@@ -17,6 +17,7 @@ from contrastmix._validation import (
     check_tensor,
     check_unit_norm,
 )
+from contrastmix.losses.moco import same_instance_mask
 from contrastmix.mixing.mochi import _check_hparams, _mochi_logits_unchecked
 
 __all__ = ["MoCHiLoss"]
@@ -40,6 +41,10 @@ class MoCHiLoss(nn.Module):
         num_hard: ``N``, hard-set size per query (1024).
         num_mix: ``s``, type-1 synthetic negatives per query (1024).
         num_query_mix: ``s'``, type-2 synthetic negatives per query (128).
+        mask_same_instance: Also leave queue rows of the query's own sample (given by
+            ``queue_ids``/``query_ids``) out of the InfoNCE denominator, as
+            :func:`~contrastmix.losses.moco.moco_infonce` does when given ids. Off by default
+            (MoCo keeps them); they are always kept out of the hard set.
 
     Attributes:
         mix_enabled: Default of ``forward(..., mix=None)``.
@@ -57,6 +62,7 @@ class MoCHiLoss(nn.Module):
         num_hard: int = 1024,
         num_mix: int = 1024,
         num_query_mix: int = 128,
+        mask_same_instance: bool = False,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)
@@ -65,6 +71,7 @@ class MoCHiLoss(nn.Module):
         self.num_hard = num_hard
         self.num_mix = num_mix
         self.num_query_mix = num_query_mix
+        self.mask_same_instance = bool(mask_same_instance)
         self.mix_enabled = True
         self.last_mixed = False
         self._last_proxy: Tensor | None = None
@@ -77,7 +84,8 @@ class MoCHiLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, num_hard={self.num_hard}, "
-            f"num_mix={self.num_mix}, num_query_mix={self.num_query_mix}"
+            f"num_mix={self.num_mix}, num_query_mix={self.num_query_mix}, "
+            f"mask_same_instance={self.mask_same_instance}"
         )
 
     def forward(
@@ -99,8 +107,8 @@ class MoCHiLoss(nn.Module):
             queue: ``[K, d]`` L2-normalised filled queue rows (no gradient flows into them).
             queue_ids: Optional ``[K]`` sample ids of the queue rows.
             query_ids: Optional ``[B]`` sample ids of the queries: queue rows of the same
-                sample are kept out of that query's hard set (they stay in the InfoNCE
-                denominator, as in MoCo).
+                sample are kept out of that query's hard set (and out of the InfoNCE
+                denominator when ``mask_same_instance``).
             generator: Optional ``torch.Generator`` for the mixing draws.
             mix: Override :attr:`mix_enabled` for this call.
 
@@ -114,6 +122,11 @@ class MoCHiLoss(nn.Module):
         check_unit_norm("query", query)
         check_unit_norm("key", key)
         check_unit_norm("queue", queue)
+        same = (
+            same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
+                               query.device)
+            if self.mask_same_instance else None
+        )
         do_mix = (
             (self.mix_enabled if mix is None else mix)
             and self.num_mix + self.num_query_mix > 0
@@ -125,13 +138,14 @@ class MoCHiLoss(nn.Module):
             pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
             n = queue.detach().to(dtype)
             sims = q @ n.T
+            real = sims if same is None else sims.masked_fill(same, float("-inf"))
             with torch.no_grad():
                 if sims.shape[1]:
-                    beats = pos.squeeze(1) > sims.max(dim=1).values
+                    beats = pos.squeeze(1) > real.max(dim=1).values
                 else:
                     beats = torch.ones_like(pos.squeeze(1), dtype=torch.bool)
                 self._last_proxy = beats.float().mean()
-            parts = [pos, sims]
+            parts = [pos, real]
             if do_mix:
                 parts.append(
                     _mochi_logits_unchecked(

@@ -13,17 +13,50 @@ from torch import Tensor
 
 from contrastmix._validation import check_positive, check_same_length, check_tensor
 
-__all__ = ["moco_logits", "moco_infonce"]
+__all__ = ["moco_logits", "moco_infonce", "same_instance_mask"]
 
 
-def moco_logits(query: Tensor, key: Tensor, queue: Tensor, temperature: float) -> Tensor:
+def same_instance_mask(queue_ids: Tensor | None, query_ids: Tensor | None, n_queue: int,
+                       n_query: int, device: torch.device) -> Tensor | None:
+    """``[B, K]`` bool, True where queue row ``j`` holds the query ``b``'s own sample.
+
+    Returns ``None`` when no ids are given. Both or neither must be given, as 1-D tensors of
+    ``K`` and ``B`` entries.
+    """
+    if queue_ids is None and query_ids is None:
+        return None
+    if queue_ids is None or query_ids is None:
+        raise ValueError("`queue_ids` and `query_ids` must be given together (or neither)")
+    for name, t, n in (("queue_ids", queue_ids, n_queue), ("query_ids", query_ids, n_query)):
+        check_tensor(name, t, ndim=1)
+        if t.shape[0] != n:
+            raise ValueError(f"`{name}` must have {n} entries, got shape {tuple(t.shape)}")
+    return query_ids.to(device).unsqueeze(1) == queue_ids.to(device).unsqueeze(0)
+
+
+def moco_logits(
+    query: Tensor,
+    key: Tensor,
+    queue: Tensor,
+    temperature: float,
+    *,
+    queue_ids: Tensor | None = None,
+    query_ids: Tensor | None = None,
+) -> Tensor:
     """Logits ``[q·k, q·n_1 .. q·n_K] / τ`` computed in fp32 (or wider).
+
+    With sample ids, queue rows that hold the query's own sample (an older key of the same
+    image: with a queue as large as the dataset every query meets one) are not negatives:
+    their logit is ``-inf`` (zero probability, zero gradient; the positive keeps every row
+    finite).
 
     Args:
         query: ``[B, d]`` L2-normalised queries (with gradient).
         key: ``[B, d]`` L2-normalised keys of the momentum encoder (detached here).
         queue: ``[K, d]`` L2-normalised negatives (detached here), ``K`` may be 0.
         temperature: τ > 0.
+        queue_ids: Optional ``[K]`` sample ids of the queue rows.
+        query_ids: Optional ``[B]`` sample ids of the queries.
 
     Returns:
         ``[B, 1 + K]`` logits; column 0 is the positive.
@@ -33,15 +66,26 @@ def moco_logits(query: Tensor, key: Tensor, queue: Tensor, temperature: float) -
     check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
     check_same_length(query=query, key=key)
     check_positive("temperature", temperature)
+    same = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
     dtype = torch.promote_types(query.dtype, torch.float32)
     with torch.autocast(device_type=query.device.type, enabled=False):
         q = query.to(dtype)
         pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
         neg = q @ queue.detach().to(dtype).T
+        if same is not None:
+            neg = neg.masked_fill(same, float("-inf"))
         return torch.cat([pos, neg], dim=1) / temperature
 
 
-def moco_infonce(query: Tensor, key: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+def moco_infonce(
+    query: Tensor,
+    key: Tensor,
+    queue: Tensor,
+    temperature: float = 0.2,
+    *,
+    queue_ids: Tensor | None = None,
+    query_ids: Tensor | None = None,
+) -> Tensor:
     """MoCo InfoNCE: cross-entropy of :func:`moco_logits` with target 0.
 
     Args:
@@ -49,10 +93,14 @@ def moco_infonce(query: Tensor, key: Tensor, queue: Tensor, temperature: float =
         key: ``[B, d]`` L2-normalised momentum keys (no gradient flows into them).
         queue: ``[K, d]`` L2-normalised negatives (no gradient flows into them).
         temperature: τ (0.2 for MoCo v2).
+        queue_ids: Optional ``[K]`` sample ids of the queue rows; with ``query_ids``, rows of
+            the query's own sample are left out of its negatives.
+        query_ids: Optional ``[B]`` sample ids of the queries.
 
     Returns:
         Scalar mean loss (fp32).
     """
-    logits = moco_logits(query, key, queue, temperature)
+    logits = moco_logits(query, key, queue, temperature, queue_ids=queue_ids,
+                         query_ids=query_ids)
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     return F.cross_entropy(logits, target)

@@ -96,6 +96,12 @@ def load_minilm(
     except ImportError as err:
         raise ImportError(_EXTRA_HINT) from err
     dev = str(device) if device is not None else "cpu"
+    try:  # the weight-loading progress bar is noise in CLI output and logs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers comes with sentence-transformers
+        pass
     with _offline():
         return SentenceTransformer(str(path), device=dev)
 

@@ -69,6 +69,7 @@ class MoCoModule(pl.LightningModule):
             self.mochi = MoCHiLoss(
                 temperature=self.temperature, num_hard=m["num_hard"], num_mix=m["num_mix"],
                 num_query_mix=m["num_query_mix"],
+                mask_same_instance=m["exclude_same_instance"],
             )
 
     # ------------------------------------------------------------------ forward
@@ -91,9 +92,13 @@ class MoCoModule(pl.LightningModule):
                 q, k, queue, queue_ids=self.queue.indices, query_ids=idx, mix=mixing
             )
             return loss, float(self.mochi.last_proxy_accuracy)
-        loss = moco_infonce(q, k, queue, self.temperature)
+        ids = (
+            {"queue_ids": self.queue.indices, "query_ids": idx}
+            if self.cfg["method"]["exclude_same_instance"] else {}
+        )
+        loss = moco_infonce(q, k, queue, self.temperature, **ids)
         with torch.no_grad():
-            logits = moco_logits(q.detach(), k, queue, self.temperature)
+            logits = moco_logits(q.detach(), k, queue, self.temperature, **ids)
             proxy = (logits[:, 0:1] > logits[:, 1:]).all(dim=1).float().mean().item()
         return loss, proxy
 
