@@ -18,9 +18,70 @@ from contrastmix._validation import (
     check_unit_norm,
 )
 from contrastmix.losses.moco import same_instance_mask
-from contrastmix.mixing.mochi import _check_hparams, _mochi_logits_unchecked
+from contrastmix.mixing.mochi import (
+    MochiCoefficients,
+    _check_hparams,
+    _mochi_coefficients,
+)
 
 __all__ = ["MoCHiLoss"]
+
+
+class _MixedInfoNCE(torch.autograd.Function):
+    """Mean cross-entropy, target 0, of the logits ``[pos | real | W real[positions] + c_q q·q̄]``.
+
+    Inputs are logits already (divided by τ). The same value and gradient as
+    ``F.cross_entropy(torch.cat([pos, real, syn]), 0)`` with the synthetic logits of
+    :func:`~contrastmix.mixing.mochi.synthetic_logits_from`, without the concatenated
+    ``[B, 1 + K + s + s']`` tensor: one shared row maximum, ``exp(real - max)`` is kept from
+    the forward pass, and the backward writes the softmax of the real part straight into the
+    gradient of ``real`` and scatter-adds the synthetic part's share into it (no zero-filled
+    gather gradient, no accumulation of two gradient branches). Rows of ``real`` may hold
+    ``-inf`` (masked entries); invalid queries' synthetic logits are ``-inf``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        pos: Tensor,
+        real: Tensor,
+        q_dot_qbar: Tensor,
+        real_max: Tensor,
+        coef: MochiCoefficients,
+    ) -> Tensor:
+        s = coef.num_mix
+        with torch.no_grad():
+            g = real.gather(1, coef.positions).mul_(coef.weights)
+            syn = torch.cat([g[:, :s] + g[:, s : 2 * s],
+                             coef.c_q * q_dot_qbar + g[:, 2 * s :]], dim=1)
+            syn.masked_fill_(~coef.valid.unsqueeze(1), float("-inf"))
+            m = torch.maximum(torch.maximum(pos, real_max.unsqueeze(1)),
+                              syn.amax(dim=1, keepdim=True) if syn.shape[1] else pos)
+            e_real = torch.sub(real, m).exp_()
+            e_pos = torch.exp(pos - m)
+            e_syn = torch.exp(syn - m)
+            total = e_pos + e_real.sum(dim=1, keepdim=True) + e_syn.sum(dim=1, keepdim=True)
+            loss = (m + total.log() - pos).mean()
+        ctx.save_for_backward(e_real, e_pos, e_syn, total, coef.positions, coef.weights,
+                              coef.c_q)
+        ctx.num_mix = s
+        return loss
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        e_real, e_pos, e_syn, total, positions, weights, c_q = ctx.saved_tensors  # type: ignore[attr-defined]
+        s = ctx.num_mix  # type: ignore[attr-defined]
+        b = e_real.shape[0]
+        scale = (grad / b) / total  # d loss / d logit = (softmax - onehot) / B
+        g_pos = e_pos * scale - grad / b
+        g_real = e_real * scale
+        p_syn = e_syn * scale
+        src = torch.cat([p_syn[:, :s], p_syn[:, :s], p_syn[:, s:]], dim=1).mul_(weights)
+        g_real.scatter_add_(1, positions, src)
+        g_qq = (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True)
+        return g_pos, g_real, g_qq, None, None
 
 
 class MoCHiLoss(nn.Module):
@@ -135,25 +196,50 @@ class MoCHiLoss(nn.Module):
         dtype = torch.promote_types(query.dtype, torch.float32)
         with torch.autocast(device_type=query.device.type, enabled=False):
             q = query.to(dtype)
-            pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
             n = queue.detach().to(dtype)
+            self.last_mixed = bool(do_mix)
+            if do_mix:
+                return self._mixed_loss(q, key.detach().to(dtype), n, same, queue_ids,
+                                        query_ids, generator)
+            pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
             sims = q @ n.T
             real = sims if same is None else sims.masked_fill(same, float("-inf"))
-            with torch.no_grad():
-                if sims.shape[1]:
-                    beats = pos.squeeze(1) > real.max(dim=1).values
-                else:
-                    beats = torch.ones_like(pos.squeeze(1), dtype=torch.bool)
-                self._last_proxy = beats.float().mean()
-            parts = [pos, real]
-            if do_mix:
-                parts.append(
-                    _mochi_logits_unchecked(
-                        q, n, sims, self.num_hard, self.num_mix, self.num_query_mix,
-                        queue_ids=queue_ids, query_ids=query_ids, generator=generator,
-                    )
-                )
-            self.last_mixed = bool(do_mix)
-            logits = torch.cat(parts, dim=1) / self.temperature
+            self._record_proxy(pos, real.max(dim=1).values if real.shape[1] else None)
+            logits = torch.cat([pos, real], dim=1) / self.temperature
             target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
             return F.cross_entropy(logits, target)
+
+    def _record_proxy(self, pos: Tensor, real_max: Tensor | None) -> None:
+        with torch.no_grad():
+            if real_max is None:
+                beats = torch.ones_like(pos.squeeze(1), dtype=torch.bool)
+            else:
+                beats = pos.squeeze(1) > real_max
+            self._last_proxy = beats.float().mean()
+
+    def _mixed_loss(
+        self,
+        q: Tensor,
+        key: Tensor,
+        n: Tensor,
+        same: Tensor | None,
+        queue_ids: Tensor | None,
+        query_ids: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """The loss with synthetic negatives: logits computed as ``(q / τ)·x`` (scaling the
+        ``[B, d]`` query, not the ``[B, K]`` logits) and :class:`_MixedInfoNCE`."""
+        inv_t = 1.0 / self.temperature
+        qs = q * inv_t
+        pos = (qs * key).sum(dim=1, keepdim=True)
+        real = qs @ n.T
+        if same is not None:
+            real = real.masked_fill(same, float("-inf"))
+        real_max = real.detach().amax(dim=1)
+        self._record_proxy(pos.detach(), real_max)
+        coef = _mochi_coefficients(
+            q, n, real, self.num_hard, self.num_mix, self.num_query_mix,
+            queue_ids=queue_ids, query_ids=query_ids, generator=generator, logit_scale=inv_t,
+        )
+        q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
+        return _MixedInfoNCE.apply(pos, real, q_dot_qbar, real_max, coef)

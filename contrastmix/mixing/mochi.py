@@ -150,6 +150,33 @@ def mochi_draws(
     if k == 0:
         raise ValueError("`sims` has no queue column: MoCHi needs at least one queue entry")
     _check_ids(queue_ids, query_ids, k, b)
+    draws, _ = _select_and_draw(
+        sims, num_hard, num_mix, num_query_mix, queue_ids=queue_ids, query_ids=query_ids,
+        generator=generator,
+    )
+    return draws
+
+
+def _select_and_draw(
+    sims: Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_query_mix: int,
+    *,
+    queue_ids: Tensor | None,
+    query_ids: Tensor | None,
+    generator: torch.Generator | None,
+    queue: Tensor | None = None,
+) -> tuple[MochiDraws, Tensor | None]:
+    """:func:`mochi_draws` on checked inputs; with ``queue``, also the ``[B, s]`` type-1 norms.
+
+    On the CPU (float32, numba) one fused kernel selects each query's hard set, maps the draws
+    to queue rows and, given ``queue``, computes the type-1 norms while that query's hard set
+    is in cache; otherwise ``torch.topk`` + ``gather`` (+ :func:`_pair_norms`). Both give the
+    same positions (up to the order of exactly equal similarities, which the kernel breaks
+    by queue row).
+    """
+    b, k = sims.shape
     dev = sims.device
     n_eff = min(num_hard, k)
     s_det = sims.detach().to(torch.promote_types(sims.dtype, torch.float32))
@@ -158,25 +185,43 @@ def mochi_draws(
         assert queue_ids is not None and query_ids is not None
         same = queue_ids.to(dev).unsqueeze(0) == query_ids.to(dev).unsqueeze(1)
         s_det = s_det.masked_fill(same, float("-inf"))
-    vals, hard = torch.topk(s_det, n_eff, dim=1, largest=True, sorted=True)
-    if excluded:
-        counts = torch.isfinite(vals).sum(dim=1)  # eligible entries come first (sorted)
-    else:
-        counts = torch.full((b,), n_eff, dtype=torch.long, device=dev)
-    valid = counts > 0
-    cnt = counts.clamp_min(1).unsqueeze(1)
-
-    # one draw for everything: per query [u_i (s) | u_j (s) | u_k (s') | alpha (s) | beta (s')]
-    n_idx = 2 * num_mix + num_query_mix
-    u = _rand((b, n_idx + num_mix + num_query_mix), dev, generator)
-    # rank floor(u * count) in [0, count); the clamp only guards fp rounding at u -> 1
-    if excluded:
-        ranks = torch.minimum((u[:, :n_idx] * cnt).long(), cnt - 1)
-    else:
-        ranks = (u[:, :n_idx] * n_eff).long().clamp_max_(n_eff - 1)
-    pos = hard.gather(1, ranks)
     s = num_mix
-    return MochiDraws(
+    n_idx = 2 * s + num_query_mix
+    # one draw for everything: per query [u_i (s) | u_j (s) | u_k (s') | alpha (s) | beta (s')]
+    u = _rand((b, n_idx + s + num_query_mix), dev, generator)
+    norm1: Tensor | None = None
+    kern = _cpu_kernels(s_det) if s_det.dtype == torch.float32 else None
+    with_norms = (
+        queue is not None and queue.dtype == torch.float32 and queue.device.type == "cpu"
+    )
+    if kern is not None:
+        numba, _, select_kernel = kern
+        pos = torch.empty(b, n_idx, dtype=torch.long)
+        counts = torch.empty(b, dtype=torch.long)
+        norm1 = torch.empty(b, s if with_norms else 0, dtype=torch.float32)
+        q_np = (queue.contiguous() if with_norms and queue is not None
+                else s_det.new_empty(1, 1)).numpy()
+        _run_numba(
+            numba, select_kernel, s_det.contiguous().numpy(), u.contiguous().numpy(), n_eff, s,
+            num_query_mix, q_np, with_norms, pos.numpy(), counts.numpy(), norm1.numpy(),
+        )
+        if not with_norms:
+            norm1 = None
+    else:
+        vals, hard = torch.topk(s_det, n_eff, dim=1, largest=True, sorted=True)
+        if excluded:
+            counts = torch.isfinite(vals).sum(dim=1)  # eligible entries come first (sorted)
+        else:
+            counts = torch.full((b,), n_eff, dtype=torch.long, device=dev)
+        cnt = counts.clamp_min(1).unsqueeze(1)
+        # rank floor(u * count) in [0, count); the clamp only guards fp rounding at u -> 1
+        if excluded:
+            ranks = torch.minimum((u[:, :n_idx] * cnt).long(), cnt - 1)
+        else:
+            ranks = (u[:, :n_idx] * n_eff).long().clamp_max_(n_eff - 1)
+        pos = hard.gather(1, ranks)
+    valid = counts > 0
+    draws = MochiDraws(
         pos_i=pos[:, :s],
         pos_j=pos[:, s : 2 * s],
         alpha=u[:, n_idx : n_idx + s],
@@ -186,6 +231,7 @@ def mochi_draws(
         positions=pos,
         excluded=excluded,
     )
+    return draws, norm1
 
 
 def mochi_negatives(
@@ -237,8 +283,12 @@ def mochi_negatives(
         return h * draws.valid.view(-1, 1, 1).to(dtype)
 
 
-def _numba_kernel() -> Any:
-    """Compile (once, cached on disk) the CPU kernel of :func:`_pair_norms`; None if no numba."""
+def _numba_kernels() -> Any:
+    """Compile (once, cached on disk) the CPU kernels; None without numba.
+
+    Returns:
+        ``(numba, pair_norms, select)``: the module and the two parallel ``njit`` kernels.
+    """
     global _NUMBA_KERNEL
     if _NUMBA_KERNEL is None:
         try:
@@ -258,13 +308,142 @@ def _numba_kernel() -> Any:
                     acc += v * v
                 out[r] = np.sqrt(acc)
 
-        _NUMBA_KERNEL = (numba, pair_norms)
+        @numba.njit(fastmath=True, cache=True)
+        def pair_norm(queue, x, y, a, b):  # type: ignore[no-untyped-def]
+            qx = queue[x]
+            qy = queue[y]
+            acc = a - a
+            for c in range(qx.shape[0]):
+                v = a * qx[c] + b * qy[c]
+                acc += v * v
+            return np.sqrt(acc)
+
+        @numba.njit(parallel=True, cache=True)
+        def select(sims, u, n, s, s2, queue, with_norms, out_pos, out_cnt, out_norm
+                   ):  # type: ignore[no-untyped-def]
+            # Per float32 row (query), in parallel over rows:
+            # 1. a threshold from a 1-in-4 sample (the lower edge, minus one bin, of the
+            #    histogram bin where the sample's descending count passes n/4 plus a margin);
+            #    one pass keeps every value >= it (if fewer than n survive, every finite
+            #    value is kept instead), so the hard set is exact whatever the sample says;
+            # 2. a stable LSD radix sort (4 x 8 bits) of the survivors on order-preserving
+            #    float bits: descending value, equal values by increasing queue row;
+            # 3. rank floor(u * count) -> queue row, as the torch path does;
+            # 4. with_norms: the type-1 norms ||a n_i + (1-a) n_j|| (hard set in cache).
+            k = sims.shape[1]
+            nb = 1024
+            n_idx = 2 * s + s2
+            target = n // 4 + 3 * np.int64(np.sqrt(n / 4.0)) + 8
+            for r in numba.prange(sims.shape[0]):
+                row = sims[r]
+                lo = np.float32(np.inf)
+                hi = np.float32(-np.inf)
+                for j in range(0, k, 4):
+                    v = row[j]
+                    if v > -np.inf:
+                        lo = min(lo, v)
+                        hi = max(hi, v)
+                thr = np.float32(-np.inf)
+                if hi > lo:
+                    scale = np.float32(nb) / (hi - lo)
+                    hist = np.zeros(nb + 1, np.int64)
+                    for j in range(0, k, 4):
+                        v = row[j]
+                        if v > -np.inf:
+                            hist[min(np.int64((v - lo) * scale), nb)] += 1
+                    acc = 0
+                    cut = nb
+                    while cut > 0 and acc + hist[cut] < target:
+                        acc += hist[cut]
+                        cut -= 1
+                    if cut > 0:
+                        thr = lo + np.float32(cut - 1) / scale
+                keys = np.empty(k, np.uint32)
+                cols = np.empty(k, np.int64)
+                c = 0
+                for _attempt in range(2):
+                    c = 0
+                    nfin = 0
+                    for j in range(k):
+                        v = row[j]
+                        if v > -np.inf:
+                            nfin += 1
+                            if v >= thr:
+                                # + 0.0 maps -0.0 to +0.0 (equal values, one key)
+                                bits = np.float32(v + np.float32(0.0)).view(np.uint32)
+                                if bits >> np.uint32(31):
+                                    keys[c] = bits
+                                else:
+                                    keys[c] = ~(bits | np.uint32(0x80000000))
+                                cols[c] = j
+                                c += 1
+                    if c >= n or c == nfin:
+                        break
+                    thr = np.float32(-np.inf)
+                kb = np.empty(c, np.uint32)
+                cb = np.empty(c, np.int64)
+                count = np.empty(257, np.int64)
+                for shift in range(0, 32, 8):
+                    count[:] = 0
+                    for t in range(c):
+                        count[((keys[t] >> np.uint32(shift)) & np.uint32(255)) + 1] += 1
+                    if count[1:].max() == c:
+                        continue  # every key shares this byte
+                    for t in range(256):
+                        count[t + 1] += count[t]
+                    for t in range(c):
+                        byte = (keys[t] >> np.uint32(shift)) & np.uint32(255)
+                        dst = count[byte]
+                        kb[dst] = keys[t]
+                        cb[dst] = cols[t]
+                        count[byte] = dst + 1
+                    tk = keys
+                    keys = kb
+                    kb = tk
+                    tc = cols
+                    cols = cb
+                    cb = tc
+                cnt = min(c, n)
+                out_cnt[r] = cnt
+                m = max(cnt, 1)
+                cf = np.float32(m)
+                for t in range(n_idx):
+                    out_pos[r, t] = cols[min(np.int64(u[r, t] * cf), m - 1)] if cnt > 0 else 0
+                if with_norms:
+                    for t in range(s):
+                        a = u[r, n_idx + t]
+                        out_norm[r, t] = pair_norm(
+                            queue, out_pos[r, t], out_pos[r, s + t], a, np.float32(1.0) - a
+                        )
+
+        _NUMBA_KERNEL = (numba, pair_norms, select)
     return _NUMBA_KERNEL or None
 
 
 _NUMBA_KERNEL: Any = None
-#: Use the numba CPU kernel for the pair norms (set ``CONTRASTMIX_NUMBA=0`` to disable).
+#: Use the numba CPU kernels (set ``CONTRASTMIX_NUMBA=0`` to disable).
 USE_NUMBA = os.environ.get("CONTRASTMIX_NUMBA", "1") != "0"
+
+
+def _cpu_kernels(t: Tensor) -> Any:
+    """The numba kernels when ``t`` is a float32/float64 CPU tensor and numba is on, else None."""
+    if not (USE_NUMBA and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)):
+        return None
+    return _numba_kernels()
+
+
+def _run_numba(numba: Any, fn: Any, *args: Any) -> None:
+    """Run a parallel numba kernel with torch's thread count, then restore it.
+
+    numba's OpenMP layer shares the OpenMP runtime with torch and resets its thread count on
+    launch.
+    """
+    torch_threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        fn(*args)
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: Tensor
@@ -278,29 +457,18 @@ def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: T
     out = queue.new_empty(b, s)
     if b * s == 0:
         return out
-    kern = (
-        _numba_kernel()
-        if USE_NUMBA and queue.device.type == "cpu"
-        and queue.dtype in (torch.float32, torch.float64)
-        else None
-    )
+    kern = _cpu_kernels(queue)
     if kern is not None:
-        numba, fn = kern
-        torch_threads = torch.get_num_threads()
-        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            fn(
-                queue.contiguous().numpy(),
-                pos_i.reshape(-1).contiguous().numpy(),
-                pos_j.reshape(-1).contiguous().numpy(),
-                w_i.to(queue.dtype).reshape(-1).contiguous().numpy(),
-                w_j.to(queue.dtype).reshape(-1).contiguous().numpy(),
-                out.view(-1).numpy(),
-            )
-        finally:
-            # numba's OpenMP layer shares the OpenMP runtime with torch and resets its
-            # thread count on launch: restore torch's setting
-            torch.set_num_threads(torch_threads)
+        numba, pair_norms, _ = kern
+        _run_numba(
+            numba, pair_norms,
+            queue.contiguous().numpy(),
+            pos_i.reshape(-1).contiguous().numpy(),
+            pos_j.reshape(-1).contiguous().numpy(),
+            w_i.to(queue.dtype).reshape(-1).contiguous().numpy(),
+            w_j.to(queue.dtype).reshape(-1).contiguous().numpy(),
+            out.view(-1).numpy(),
+        )
         return out
     flat = out.view(-1)
     fi, fj = pos_i.reshape(-1), pos_j.reshape(-1)
@@ -367,6 +535,81 @@ def mochi_logits(
         )
 
 
+class MochiCoefficients(NamedTuple):
+    """The constant part of the fast path: ``q·h = W l[positions]`` (+ ``c_q q·q̄`` for type 2).
+
+    Attributes:
+        positions: ``[B, 2s + s']`` queue rows ``[pos_i | pos_j | pos_k]``.
+        weights: ``[B, 2s + s']`` coefficients ``[α/‖·‖ | (1−α)/‖·‖ | (1−β)/‖·‖]``.
+        c_q: ``[B, s']`` coefficients of ``q·q̄`` in the type-2 logits ``β/‖·‖``.
+        valid: ``[B]`` False for queries without an eligible queue entry (their synthetic
+            logits are ``-inf``).
+        num_mix: ``s``.
+    """
+
+    positions: Tensor
+    weights: Tensor
+    c_q: Tensor
+    valid: Tensor
+    num_mix: int
+
+
+def _mochi_coefficients(
+    q: Tensor,
+    n: Tensor,
+    l: Tensor,
+    num_hard: int,
+    num_mix: int,
+    num_query_mix: int,
+    *,
+    queue_ids: Tensor | None,
+    query_ids: Tensor | None,
+    generator: torch.Generator | None,
+    logit_scale: float = 1.0,
+) -> MochiCoefficients:
+    """Draws and constant coefficients of the fast path (validated inputs, one dtype).
+
+    ``l`` may be scaled similarities ``logit_scale · q·n`` (e.g. logits ``q·n / τ``): the
+    hard set is the same, and the coefficients then give scaled synthetic logits
+    ``W l[positions] + c_q (q·q̄)`` (``c_q`` carries the scale).
+    """
+    _check_ids(queue_ids, query_ids, l.shape[1], l.shape[0])
+    draws, norm1 = _select_and_draw(
+        l, num_hard, num_mix, num_query_mix,
+        queue_ids=queue_ids, query_ids=query_ids, generator=generator, queue=n,
+    )
+    with torch.no_grad():
+        a = draws.alpha.to(n.dtype)
+        if norm1 is None:
+            norm1 = _pair_norms(n, draws.pos_i, draws.pos_j, a, 1 - a)
+        norm1 = norm1.clamp_min(1e-12)
+        bt = draws.beta.to(n.dtype)
+        qbar = q.detach()
+        qq = (qbar * qbar).sum(dim=1, keepdim=True)
+        sq_k = torch.linalg.vector_norm(n, dim=1).square()[draws.pos_k]
+        qn = l.detach().gather(1, draws.pos_k) / logit_scale
+        norm2 = (bt * bt * qq + (1 - bt) ** 2 * sq_k
+                 + 2 * bt * (1 - bt) * qn).clamp_min(0).sqrt().clamp_min(1e-12)
+        # constant coefficients: q·h = c_i l_i + c_j l_j, q·h' = c_q (q·q̄) + c_k l_k
+        weights = torch.cat([a / norm1, (1 - a) / norm1, (1 - bt) / norm2], dim=1)
+        c_q = bt / norm2 * logit_scale
+    return MochiCoefficients(draws.positions, weights, c_q, draws.valid, num_mix)
+
+
+def synthetic_logits_from(coef: MochiCoefficients, l: Tensor, q_dot_qbar: Tensor) -> Tensor:
+    """``[B, s + s']`` synthetic logits from the coefficients (differentiable in ``l`` and
+    ``q_dot_qbar`` = ``[B, 1]`` ``q·q̄``); ``-inf`` for queries without eligible entries."""
+    s = coef.num_mix
+    g = l.gather(1, coef.positions)  # one gather (one scatter in backward) carries the grad
+    w = coef.weights * g
+    syn1 = w[:, :s] + w[:, s : 2 * s]
+    syn2 = coef.c_q * q_dot_qbar + w[:, 2 * s :]
+    out = torch.cat([syn1, syn2], dim=1)
+    if not bool(coef.valid.all()):
+        out = out.masked_fill(~coef.valid.unsqueeze(1), float("-inf"))
+    return out
+
+
 def _mochi_logits_unchecked(
     q: Tensor,
     n: Tensor,
@@ -380,31 +623,9 @@ def _mochi_logits_unchecked(
     generator: torch.Generator | None,
 ) -> Tensor:
     """:func:`mochi_logits` on validated inputs of one float dtype, autocast off."""
-    draws = mochi_draws(
-        l, num_hard, num_mix, num_query_mix,
+    coef = _mochi_coefficients(
+        q, n, l, num_hard, num_mix, num_query_mix,
         queue_ids=queue_ids, query_ids=query_ids, generator=generator,
     )
-    s = num_mix
-    with torch.no_grad():
-        a = draws.alpha.to(n.dtype)
-        norm1 = _pair_norms(n, draws.pos_i, draws.pos_j, a, 1 - a).clamp_min(1e-12)
-        bt = draws.beta.to(n.dtype)
-        qbar = q.detach()
-        qq = (qbar * qbar).sum(dim=1, keepdim=True)
-        sq_k = torch.linalg.vector_norm(n, dim=1).square()[draws.pos_k]
-        qn = l.detach().gather(1, draws.pos_k)
-        norm2 = (bt * bt * qq + (1 - bt) ** 2 * sq_k
-                 + 2 * bt * (1 - bt) * qn).clamp_min(0).sqrt().clamp_min(1e-12)
-        # constant coefficients: q·h = c_i l_i + c_j l_j, q·h' = c_q (q·q̄) + c_k l_k
-        c1 = torch.cat([a / norm1, (1 - a) / norm1], dim=1)
-        c_q = bt / norm2
-        c_k = (1 - bt) / norm2
-    g = l.gather(1, draws.positions)  # one gather (one scatter in backward) carries the grad
-    w = c1 * g[:, : 2 * s]
-    syn1 = w[:, :s] + w[:, s:]
     q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
-    syn2 = c_q * q_dot_qbar + c_k * g[:, 2 * s :]
-    out = torch.cat([syn1, syn2], dim=1)
-    if draws.excluded:
-        out = out.masked_fill(~draws.valid.unsqueeze(1), float("-inf"))
-    return out
+    return synthetic_logits_from(coef, l, q_dot_qbar)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix.banks import MemoryBank
-from contrastmix.losses.moco import moco_infonce, moco_logits
+from contrastmix.losses.moco import moco_logits
 from contrastmix.models.build import build_backbone, build_projector
 from contrastmix.models.momentum import MomentumEncoder
 from contrastmix.train.optim import build_optimizer
@@ -96,10 +96,16 @@ class MoCoModule(pl.LightningModule):
             {"queue_ids": self.queue.indices, "query_ids": idx}
             if self.cfg["method"]["exclude_same_instance"] else {}
         )
-        loss = moco_infonce(q, k, queue, self.temperature, **ids)
+        # one logits matrix for the loss and the proxy task (= moco_infonce(q, k, queue, ...))
+        logits = moco_logits(q, k, queue, self.temperature, **ids)
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        loss = F.cross_entropy(logits, target)
         with torch.no_grad():
-            logits = moco_logits(q.detach(), k, queue, self.temperature, **ids)
-            proxy = (logits[:, 0:1] > logits[:, 1:]).all(dim=1).float().mean().item()
+            lg = logits.detach()
+            proxy = (
+                (lg[:, 0] > lg[:, 1:].amax(dim=1)).float().mean().item() if lg.shape[1] > 1
+                else 1.0
+            )
         return loss, proxy
 
     def contrastive_step(
