@@ -73,7 +73,9 @@ def main() -> None:
     p.add_argument("--separation", type=float, default=0.12)
     p.add_argument("-k", type=int, default=200)
     p.add_argument("--tau", type=float, default=0.1)
-    p.add_argument("--backends", default="torch,faiss", help="comma list of knn backends")
+    p.add_argument("--backends", default=None,
+                   help="comma list of knn backends (default: torch, bf16 where the CPU has "
+                        "AVX512-BF16/AMX, faiss)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0,
@@ -89,9 +91,14 @@ def main() -> None:
 
         torch.set_num_threads(a.threads)
         threadpool_limits(limits=a.threads)
+    if a.backends is None:
+        from eval._knn_rescore import bf16_matmul_available
+
+        a.backends = "torch,bf16,faiss" if bf16_matmul_available() else "torch,faiss"
     backends = [b for b in a.backends.split(",") if b]
     xtr, ytr, xte, yte = make_data(a.n, a.m, a.dim, a.classes, a.separation)
-    knn_predict(xtr[:1000], ytr[:1000], xte[:100], a.k, a.tau, backend="torch")  # warm-up
+    for b in backends:  # warm-up (numba compiles the bf16 kernel on its first call)
+        knn_predict(xtr[: 4 * a.k], ytr[: 4 * a.k], xte[:100], a.k, a.tau, backend=b)
 
     times: dict[str, list[float]] = {b: [] for b in [*backends, "sklearn"]}
     preds: dict[str, np.ndarray] = {}

@@ -23,8 +23,12 @@ Determinism:
   are both exact limits.
 
 Back-ends: ``"torch"`` (exact matmul + ``topk`` on the features' device, chunked over query
-rows so peak memory is ``chunk_size x N`` similarities), ``"faiss"`` (``IndexFlatIP``, exact
-inner product on CPU, for large banks) and ``"auto"`` (faiss for CPU banks with at least
+rows so peak memory is ``chunk_size x N`` similarities), ``"bf16"`` (CPU, float32: a bf16
+screening product on the CPU's bf16 matrix units, then an exact fp32 re-ranking of the rows
+that can still be neighbours — the same neighbours as ``"torch"``, see
+:mod:`eval._knn_rescore`), ``"faiss"`` (``IndexFlatIP``, exact inner product on CPU, for large
+banks) and ``"auto"`` (``"bf16"`` for float32 CPU problems of at least ``BF16_MIN_WORK``
+similarities when the CPU has bf16 instructions, faiss for CPU banks with at least
 ``faiss_min_bank`` rows when faiss is importable, torch otherwise).
 """
 
@@ -40,14 +44,19 @@ from contrastmix._validation import (
     check_same_length,
     check_tensor,
 )
+from eval._knn_rescore import bf16_matmul_available, rescored_topk
 
-__all__ = ["knn_scores", "knn_predict", "knn_accuracy", "FAISS_MIN_BANK"]
+__all__ = ["knn_scores", "knn_predict", "knn_accuracy", "FAISS_MIN_BANK", "BF16_MIN_WORK"]
 
 #: Bank size from which ``backend="auto"`` uses faiss on CPU. Measured on a 2-core CPU,
 #: faiss-cpu's ``IndexFlatIP`` was 2x (50k x 512 bank) and 4.5x (400k x 128) slower than the
 #: torch path, so faiss is only used once the torch path's query chunks get small
 #: (``2**25 // N <= 16`` rows; not measured at that size).
 FAISS_MIN_BANK = 2_000_000
+
+#: ``N x M`` from which ``backend="auto"`` uses the bf16-screened path on a CPU with bf16
+#: instructions (below it the fixed costs dominate).
+BF16_MIN_WORK = 10_000_000
 
 #: Similarity entries per chunk for the torch back-end (2**25 floats = 128 MiB in float32).
 _CHUNK_ELEMENTS = 2**25
@@ -149,7 +158,7 @@ def knn_scores(
         k: number of neighbours ``>= 1``; clamped to ``N``.
         temperature: ``tau > 0`` of the weights ``exp(s / tau)``.
         num_classes: number of classes ``C`` (default ``max(train_y) + 1``).
-        backend: ``"auto"``, ``"torch"`` or ``"faiss"``.
+        backend: ``"auto"``, ``"torch"``, ``"bf16"`` or ``"faiss"``.
         chunk_size: query rows per chunk (default: ``2**25 // N`` rows, at least 1).
         faiss_min_bank: bank size from which ``"auto"`` picks faiss on CPU.
 
@@ -167,8 +176,10 @@ def knn_scores(
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"`k` must be an int >= 1, got {k!r}")
     check_positive("temperature", temperature)
-    if backend not in ("auto", "torch", "faiss"):
-        raise ValueError(f"`backend` must be 'auto', 'torch' or 'faiss', got {backend!r}")
+    if backend not in ("auto", "torch", "faiss", "bf16"):
+        raise ValueError(
+            f"`backend` must be 'auto', 'torch', 'bf16' or 'faiss', got {backend!r}"
+        )
     max_label = int(train_y.max())
     if num_classes is None:
         num_classes = max_label + 1
@@ -181,6 +192,14 @@ def knn_scores(
 
     dtype = torch.promote_types(torch.promote_types(train_x.dtype, test_x.dtype), torch.float32)
     device = train_x.device
+    bf16_ok = device.type == "cpu" and dtype == torch.float32 and bf16_matmul_available()
+    if backend == "bf16" and not bf16_ok:
+        raise ValueError(
+            "backend 'bf16' needs float32 CPU features and a CPU with AVX512-BF16/AMX-BF16 "
+            "(and numba); use backend='torch'"
+        )
+    if backend == "auto" and bf16_ok and n * test_x.shape[0] >= BF16_MIN_WORK and n > k:
+        backend = "bf16"
     if backend == "auto":
         use_faiss = device.type == "cpu" and n >= faiss_min_bank
         if use_faiss:
@@ -196,6 +215,8 @@ def knn_scores(
         labels = train_y.to(device)
         if backend == "faiss":
             parts = _neighbours_faiss(bank, queries, k, chunk_size)
+        elif backend == "bf16":
+            parts = rescored_topk(bank, queries, k, chunk_size)
         else:
             parts = _neighbours_torch(bank, queries, k, chunk_size)
         scores = []

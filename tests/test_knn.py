@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.knn import knn_accuracy, knn_predict, knn_scores
+from eval._knn_rescore import bf16_matmul_available, rescored_topk
+from eval.knn import _neighbours_torch, knn_accuracy, knn_predict, knn_scores
 
-BACKENDS = ("torch", "faiss")
+BF16 = bf16_matmul_available()
+BACKENDS = ("torch", "faiss", *(("bf16",) if BF16 else ()))
 
 
 def _scores_loop(
@@ -190,3 +192,47 @@ def test_bad_input() -> None:
         knn_predict(bank, labels, q, num_classes=1)
     with pytest.raises(ValueError, match="empty"):
         knn_predict(bank[:0], labels[:0], q)
+
+
+@pytest.mark.skipif(not BF16, reason="CPU without AVX512-BF16/AMX-BF16")
+@pytest.mark.parametrize("case", ["clustered", "near_duplicates", "k_equals_n"])
+def test_bf16_screening_gives_the_exact_neighbours(case: str) -> None:
+    """The bf16 screen + fp32 re-ranking returns the fp32 path's neighbours, also when rows
+    differ by less than bf16 can resolve (the screen sees ties, the re-ranking does not)."""
+    g = torch.Generator().manual_seed(4)
+    n, d, k = 3000, 64, 50
+    centres = torch.randn(20, d, generator=g)
+    bank = centres[torch.randint(0, 20, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
+    q = centres[torch.randint(0, 20, (300,), generator=g)] + 0.5 * torch.randn(300, d, generator=g)
+    if case == "near_duplicates":
+        # cosines to the queries ~0.998 +- 0.001: below bf16's resolution (2^-8) near 1
+        bank[1000:1400] = bank[999] + 0.05 * torch.randn(400, d, generator=g)
+        q[:50] = bank[999] + 0.05 * torch.randn(50, d, generator=g)
+    if case == "k_equals_n":
+        bank, k = bank[:40], 40
+    bank, q = F.normalize(bank, dim=1), F.normalize(q, dim=1)
+    got = rescored_topk(bank, q, k, chunk_size=128)
+    ref = _neighbours_torch(bank, q, k, chunk_size=128)
+    gv, gi = torch.cat([v for v, _ in got]), torch.cat([i for _, i in got])
+    rv, ri = torch.cat([v for v, _ in ref]), torch.cat([i for _, i in ref])
+    torch.testing.assert_close(gv, rv, atol=2e-6, rtol=0)
+    exact = q.double() @ bank.double().T
+    kth = exact.topk(k, dim=1).values[:, -1:]
+    assert bool((exact.gather(1, gi) >= kth - 1e-6).all())  # a true top-k (up to fp32 ties)
+    same = sum(set(gi[r].tolist()) == set(ri[r].tolist()) for r in range(q.shape[0]))
+    assert same >= 0.95 * q.shape[0]
+    gap = (rv[:, 1:] - rv[:, :-1]).abs() > 1e-5  # gap[:, t]: ranks t and t+1 are separated
+    sep = torch.ones_like(rv, dtype=torch.bool)
+    sep[:, 1:] &= gap
+    sep[:, :-1] &= gap
+    assert sep.float().mean() > 0.5
+    assert torch.equal(gi[sep], ri[sep])
+    labels = torch.randint(0, 5, (bank.shape[0],), generator=g)
+    assert torch.equal(knn_predict(bank, labels, q, k=k, backend="bf16"),
+                       knn_predict(bank, labels, q, k=k, backend="torch"))
+
+
+def test_bf16_backend_needs_float32_cpu() -> None:
+    bank = torch.randn(10, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="bf16"):
+        knn_scores(bank, torch.zeros(10, dtype=torch.long), bank, k=3, backend="bf16")
