@@ -389,7 +389,7 @@ def test_mask_same_instance_reduces_to_moco_with_ids() -> None:
 
 
 @pytest.mark.parametrize("case", ["gauss", "excluded", "ties", "few_eligible", "signed_zero",
-                                  "none_eligible"])
+                                  "none_eligible", "wide_ties"])
 @pytest.mark.parametrize("numba_on", [True, False])
 def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bool,
                                                          monkeypatch) -> None:
@@ -421,6 +421,14 @@ def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bo
             pytest.skip("torch.topk orders equal values arbitrarily")
         sims[:, ::3] = 0.0
         sims[:, 1::5] = -0.0
+    elif case == "wide_ties":  # far more survivors of the threshold than the kernel's first room
+        if not numba_on:
+            pytest.skip("torch.topk orders equal values arbitrarily")
+        b, k, n = 4, 20000, 10
+        sims = torch.rand(b, k, generator=g) * 0.5
+        sims[:, 3:12003] = 1.0
+        queue_ids = torch.arange(k)
+        query_ids = torch.full((b,), -5)
     draws = mochi_draws(sims, n, s, s2, queue_ids=queue_ids, query_ids=query_ids,
                         generator=torch.Generator().manual_seed(1))
     u = torch.rand((b, 3 * s + 2 * s2), generator=torch.Generator().manual_seed(1))

@@ -358,10 +358,12 @@ def _numba_kernels() -> Any:
                         cut -= 1
                     if cut > 0:
                         thr = lo + np.float32(cut - 1) / scale
-                keys = np.empty(k, np.uint32)
-                cols = np.empty(k, np.int64)
+                # room for the expected survivors (a small allocation, not k-sized per row)
+                cap = min(k, 2 * n + 2048)
+                keys = np.empty(cap, np.uint32)
+                cols = np.empty(cap, np.int64)
                 c = 0
-                for _attempt in range(2):
+                for _attempt in range(3):
                     c = 0
                     nfin = 0
                     for j in range(k):
@@ -369,17 +371,24 @@ def _numba_kernels() -> Any:
                         if v > -np.inf:
                             nfin += 1
                             if v >= thr:
-                                # + 0.0 maps -0.0 to +0.0 (equal values, one key)
-                                bits = np.float32(v + np.float32(0.0)).view(np.uint32)
-                                if bits >> np.uint32(31):
-                                    keys[c] = bits
-                                else:
-                                    keys[c] = ~(bits | np.uint32(0x80000000))
-                                cols[c] = j
+                                if c < cap:
+                                    # + 0.0 maps -0.0 to +0.0 (equal values, one key)
+                                    bits = np.float32(v + np.float32(0.0)).view(np.uint32)
+                                    if bits >> np.uint32(31):
+                                        keys[c] = bits
+                                    else:
+                                        keys[c] = ~(bits | np.uint32(0x80000000))
+                                    cols[c] = j
                                 c += 1
-                    if c >= n or c == nfin:
+                    if c <= cap and (c >= n or c == nfin):
                         break
-                    thr = np.float32(-np.inf)
+                    if c >= n:  # more survivors than room: collect again with room for all
+                        cap = k
+                    else:  # the sample misled the threshold: keep every finite value
+                        thr = np.float32(-np.inf)
+                        cap = k
+                    keys = np.empty(cap, np.uint32)
+                    cols = np.empty(cap, np.int64)
                 kb = np.empty(c, np.uint32)
                 cb = np.empty(c, np.int64)
                 count = np.empty(257, np.int64)
