@@ -125,10 +125,11 @@ def _kernel() -> Any:
                     thr = lo + np.float32(cut - 1) / scale
             # 2. collect every screening value >= thr - band (a superset of the band below the
             #    k-th largest when at least k values are >= thr; otherwise take every row)
-            vals = np.empty(n, np.float32)
-            cols = np.empty(n, np.int64)
+            cap = min(n, 8 * k + 8192)  # room for the expected survivors, regrown if needed
+            vals = np.empty(cap, np.float32)
+            cols = np.empty(cap, np.int64)
             c = 0
-            for _attempt in range(2):
+            for _attempt in range(3):
                 c = 0
                 above = 0
                 low = thr - band
@@ -141,8 +142,9 @@ def _kernel() -> Any:
                         if signed[j] >= lowbits:
                             v = bf16(row[j])
                             if v >= low:
-                                vals[c] = v
-                                cols[c] = j
+                                if c < cap:
+                                    vals[c] = v
+                                    cols[c] = j
                                 c += 1
                                 if v >= thr:
                                     above += 1
@@ -150,14 +152,19 @@ def _kernel() -> Any:
                     for j in range(n):
                         v = bf16(row[j])
                         if v >= low:
-                            vals[c] = v
-                            cols[c] = j
+                            if c < cap:
+                                vals[c] = v
+                                cols[c] = j
                             c += 1
                             if v >= thr:
                                 above += 1
-                if above >= k or thr == -np.inf:
+                if c <= cap and (above >= k or thr == -np.inf):
                     break
-                thr = np.float32(-np.inf)
+                if above < k:  # the sample misled the threshold: keep every row
+                    thr = np.float32(-np.inf)
+                cap = n
+                vals = np.empty(cap, np.float32)
+                cols = np.empty(cap, np.int64)
             # 3. the k-th largest screening value t~, the lower bound L of the exact k-th value,
             #    and the rows that can still reach it
             kk = min(k, c)
