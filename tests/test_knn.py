@@ -236,3 +236,17 @@ def test_bf16_backend_needs_float32_cpu() -> None:
     bank = torch.randn(10, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="bf16"):
         knn_scores(bank, torch.zeros(10, dtype=torch.long), bank, k=3, backend="bf16")
+
+
+@pytest.mark.skipif(not BF16, reason="CPU without AVX512-BF16/AMX-BF16")
+def test_bf16_screening_with_more_survivors_than_its_first_buffer() -> None:
+    """9000 equal bank rows: every row survives the screen (more than the kernel's first
+    buffer); the result is still the exact top-k, ties by bank index."""
+    g = torch.Generator().manual_seed(5)
+    bank = torch.cat([F.normalize(torch.ones(9000, 8), dim=1),
+                      F.normalize(torch.randn(100, 8, generator=g), dim=1)])
+    q = F.normalize(torch.ones(3, 8) + 0.01 * torch.randn(3, 8, generator=g), dim=1)
+    (vals, idx), = rescored_topk(bank, q, 10, chunk_size=3)
+    ref_v, ref_i = _neighbours_torch(bank, q, 10, chunk_size=3)[0]
+    torch.testing.assert_close(vals, ref_v, atol=2e-6, rtol=0)
+    assert idx.tolist() == [list(range(10))] * 3
