@@ -57,6 +57,9 @@ class TrainerConfig:
     gradient_clip_val: float | None = None
     num_threads: int = 0  # torch.set_num_threads for CPU runs; 0 leaves torch's default
     checkpoint_every_n_epochs: int = 1
+    # Lightning's SyncBatchNorm conversion: BatchNorm statistics over the global batch under
+    # DDP (otherwise each rank normalises with, and keeps, its own statistics)
+    sync_batchnorm: bool = False
 
 
 @dataclass

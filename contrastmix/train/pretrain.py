@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from contrastmix.data.registry import DataBundle, build_data
-from contrastmix.errors import CheckpointError, RunDirError
+from contrastmix.errors import CheckpointError, RecipeError, RunDirError
 
 __all__ = ["pretrain", "register_module", "build_module", "run_paths", "read_run_config"]
 
@@ -151,6 +151,17 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
+def _check_trainer(cfg: DictConfig) -> None:
+    """Trainer settings that would only fail deep inside Lightning / DDP, named up front."""
+    t = cfg.trainer
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    if t.sync_batchnorm and on_cpu:
+        raise RecipeError(
+            "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs only on CUDA "
+            "modules); set it to false for CPU runs"
+        )
+
+
 def pretrain(
     cfg: DictConfig, out: str | Path | None = None, *, resume: bool = False,
     extra_callbacks: list[pl.Callback] | None = None,
@@ -166,12 +177,14 @@ def pretrain(
     Raises:
         RunDirError: resuming without a checkpoint, or starting over an existing run.
         CheckpointError: resuming a checkpoint of another method.
+        RecipeError: trainer settings that cannot work here (``sync_batchnorm`` on CPUs).
     """
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from contrastmix.train.callbacks import OnlineKNN, SaveOnInterrupt
 
+    _check_trainer(cfg)
     run_dir = Path(out if out is not None else Path("runs") / cfg.name)
     paths = run_paths(run_dir)
     method = cfg.method.name
@@ -245,7 +258,8 @@ def pretrain(
         log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         limit_train_batches=_limit(t.limit_train_batches),
-        gradient_clip_val=t.gradient_clip_val, callbacks=callbacks,
+        gradient_clip_val=t.gradient_clip_val, sync_batchnorm=t.sync_batchnorm,
+        callbacks=callbacks,
         logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tb")],
         enable_model_summary=False, default_root_dir=str(run_dir),
     )
