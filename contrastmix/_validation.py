@@ -19,6 +19,8 @@ __all__ = [
     "check_unit_norm",
     "check_positive",
     "check_features",
+    "check_sample_ids",
+    "same_instance_mask",
 ]
 
 
@@ -105,6 +107,40 @@ def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor:
             f"(max | ||x|| - 1 | = {worst:.3g}); call torch.nn.functional.normalize first"
         )
     return x
+
+
+def check_sample_ids(
+    queue_ids: Tensor | None, query_ids: Tensor | None, n_queue: int, n_query: int
+) -> bool:
+    """Validate optional per-row sample ids of a queue (``[K]``) and of queries (``[B]``).
+
+    Returns:
+        Whether ids were given. Raises ``ValueError`` when only one is given or a length is
+        wrong.
+    """
+    if queue_ids is None and query_ids is None:
+        return False
+    if queue_ids is None or query_ids is None:
+        raise ValueError("`queue_ids` and `query_ids` must be given together (or neither)")
+    for name, t, n in (("queue_ids", queue_ids, n_queue), ("query_ids", query_ids, n_query)):
+        check_tensor(name, t, ndim=1)
+        if t.shape[0] != n:
+            raise ValueError(f"`{name}` must have {n} entries, got shape {tuple(t.shape)}")
+    return True
+
+
+def same_instance_mask(queue_ids: Tensor | None, query_ids: Tensor | None, n_queue: int,
+                       n_query: int, device: torch.device) -> Tensor | None:
+    """``[B, K]`` bool, True where queue row ``j`` holds the query ``b``'s own sample.
+
+    Returns ``None`` when no ids are given. Both or neither must be given, as 1-D tensors of
+    ``K`` and ``B`` entries (:func:`check_sample_ids`). Re-exported by
+    :mod:`contrastmix.losses.moco`.
+    """
+    if not check_sample_ids(queue_ids, query_ids, n_queue, n_query):
+        return None
+    assert queue_ids is not None and query_ids is not None
+    return query_ids.to(device).unsqueeze(1) == queue_ids.to(device).unsqueeze(0)
 
 
 def check_positive(name: str, value: float | int, *, allow_zero: bool = False) -> None:

@@ -34,18 +34,28 @@ def load_run(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_backbone(run_dir: str | Path, cfg: DictConfig, in_channels: int) -> nn.Module:
-    """Build the recipe's backbone and load ``backbone.pt`` strictly (weights only)."""
-    from contrastmix.models.build import build_backbone
-    from contrastmix.train.pretrain import run_paths
+def load_state_file(path: str | Path) -> dict[str, Any]:
+    """A ``state_dict`` file read with ``torch.load(..., weights_only=True)``.
 
-    path = run_paths(run_dir)["backbone"]
+    Raises:
+        CheckpointError: the file cannot be read or does not hold a dict.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state_dict")
+    return state
+
+
+def load_backbone(run_dir: str | Path, cfg: DictConfig, in_channels: int) -> nn.Module:
+    """Build the recipe's backbone and load ``backbone.pt`` strictly (weights only)."""
+    from contrastmix.models.build import build_backbone
+    from contrastmix.train.pretrain import run_paths
+
+    path = run_paths(run_dir)["backbone"]
+    state = load_state_file(path)
     m = cfg.model
     net = build_backbone(
         m.backbone, in_channels=in_channels, width=m.width, cifar_stem=m.cifar_stem

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contrastmix._numba import run_parallel, sampled_threshold_kernel
+
 __all__ = ["bf16_matmul_available", "bank_rounding", "screening_eps", "rescored_topk"]
 
 
@@ -64,11 +66,12 @@ def bank_rounding(bank: Tensor, bank_bf16: Tensor) -> tuple[float, float]:
     return e_f, n_f
 
 
-def screening_eps(queries: Tensor, e_f: float, n_f: float, dim: int) -> Tensor:
+def screening_eps(queries: Tensor, queries_bf16: Tensor, e_f: float, n_f: float, dim: int
+                  ) -> Tensor:
     """``[M]`` input-error bounds ``e_in`` of the bf16 product (see module docstring), each
     raised by 1 % and ``2^-20`` for the rounding of this very computation."""
     q64 = queries.double()
-    qb = queries.to(torch.bfloat16).double()
+    qb = queries_bf16.double()
     e_q = torch.linalg.vector_norm(qb - q64, dim=1)
     n_q = torch.linalg.vector_norm(q64, dim=1)
     n_qb = torch.linalg.vector_norm(qb, dim=1)
@@ -91,65 +94,42 @@ def _kernel() -> Any:
     def bf16(x):  # type: ignore[no-untyped-def]
         return np.uint32(np.uint32(x) << np.uint32(16)).view(np.float32)
 
+    sampled_threshold = sampled_threshold_kernel()
+    step = 8
+
     @numba.njit(parallel=True, cache=True)
     def rescored(sims16, queries, bank, k, e_in, c_out, out_v, out_i
                  ):  # type: ignore[no-untyped-def]
         n = sims16.shape[1]
-        nb = 1024
-        step = 8
-        target = k // step + 3 * np.int64(np.sqrt(k / step)) + 8
         for r in numba.prange(sims16.shape[0]):
             row = sims16[r]
             e = e_in[r]
             # superset band for the first pass (|s~| <= 1.01 for unit rows)
             band = np.float32(2.0 * e + 2.1 * c_out)
-            # 1. threshold from a 1-in-8 sample (one bin of slack)
-            lo = np.float32(np.inf)
-            hi = np.float32(-np.inf)
-            for j in range(0, n, step):
-                v = bf16(row[j])
-                lo = min(lo, v)
-                hi = max(hi, v)
-            thr = np.float32(-np.inf)
-            if hi > lo:
-                scale = np.float32(nb) / (hi - lo)
-                hist = np.zeros(nb + 1, np.int64)
-                for j in range(0, n, step):
-                    hist[min(np.int64((bf16(row[j]) - lo) * scale), nb)] += 1
-                acc = 0
-                cut = nb
-                while cut > 0 and acc + hist[cut] < target:
-                    acc += hist[cut]
-                    cut -= 1
-                if cut > 0:
-                    thr = lo + np.float32(cut - 1) / scale
+            # 1. threshold from a 1-in-8 sample (contrastmix._numba.sampled_threshold_kernel)
+            sample = np.empty((n + step - 1) // step, np.float32)
+            for t in range(sample.shape[0]):
+                sample[t] = bf16(row[t * step])
+            thr = sampled_threshold(sample, k, step)
             # 2. collect every screening value >= thr - band (a superset of the band below the
             #    k-th largest when at least k values are >= thr; otherwise take every row)
             cap = min(n, 8 * k + 8192)  # room for the expected survivors, regrown if needed
             vals = np.empty(cap, np.float32)
             cols = np.empty(cap, np.int64)
+            signed = row.view(np.int16)
             c = 0
             for _attempt in range(3):
                 c = 0
                 above = 0
                 low = thr - band
+                # integer pre-filter: positive bf16 bit patterns order like int16 values and
+                # negative ones are negative int16s, so for low > 0 the rounded-down bits of
+                # low reject most rows without decoding; otherwise every row passes it
+                lowbits = np.int16(-32768)
                 if low > 0:
-                    # positive bf16 bit patterns order like int16 values and negative ones are
-                    # negative int16s: an integer compare against the rounded-down bound
                     lowbits = np.int16(np.float32(low).view(np.uint32) >> np.uint32(16))
-                    signed = row.view(np.int16)
-                    for j in range(n):
-                        if signed[j] >= lowbits:
-                            v = bf16(row[j])
-                            if v >= low:
-                                if c < cap:
-                                    vals[c] = v
-                                    cols[c] = j
-                                c += 1
-                                if v >= thr:
-                                    above += 1
-                else:
-                    for j in range(n):
+                for j in range(n):
+                    if signed[j] >= lowbits:
                         v = bf16(row[j])
                         if v >= low:
                             if c < cap:
@@ -201,8 +181,6 @@ def rescored_topk(bank: Tensor, queries: Tensor, k: int, chunk_size: int
     Returns:
         Per chunk, ``(values [m, k] float32, indices [m, k] int64)``.
     """
-    import numba
-
     kern = _kernel()
     bank_bf = bank.to(torch.bfloat16)
     e_f, n_f = bank_rounding(bank, bank_bf)
@@ -214,18 +192,14 @@ def rescored_topk(bank: Tensor, queries: Tensor, k: int, chunk_size: int
     rows = min(chunk_size, queries.shape[0])
     buf = torch.empty(rows, bank.shape[0], dtype=torch.bfloat16)
     out = []
-    torch_threads = torch.get_num_threads()
     for s in range(0, queries.shape[0], chunk_size):
         q = queries[s : s + chunk_size].contiguous()
-        e_in = screening_eps(q, e_f, n_f, bank.shape[1])
-        sims = torch.mm(q.to(torch.bfloat16), bank_bf_t, out=buf[: q.shape[0]])
+        qb = q.to(torch.bfloat16)
+        e_in = screening_eps(q, qb, e_f, n_f, bank.shape[1])
+        sims = torch.mm(qb, bank_bf_t, out=buf[: q.shape[0]])
         vals = torch.empty(q.shape[0], k, dtype=torch.float32)
         idx = torch.empty(q.shape[0], k, dtype=torch.long)
-        numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            kern(sims.view(torch.int16).numpy().view(np.uint16), q.numpy(), bank_np, k,
-                 e_in.numpy(), np.float32(OUT_REL), vals.numpy(), idx.numpy())
-        finally:
-            torch.set_num_threads(torch_threads)
+        run_parallel(kern, sims.view(torch.int16).numpy().view(np.uint16), q.numpy(), bank_np,
+                     k, e_in.numpy(), np.float32(OUT_REL), vals.numpy(), idx.numpy())
         out.append((vals, idx))
     return out

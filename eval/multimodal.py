@@ -137,7 +137,7 @@ def load_multimodal_model(run_dir: str | Path, cfg: Any, data: Any) -> nn.Module
         CheckpointError: a file is unreadable or does not match the recipe's model.
     """
     from contrastmix.methods.multimodal import build_multimodal_model, image_encoder_of
-    from contrastmix.runs import load_backbone
+    from contrastmix.runs import load_backbone, load_state_file
     from contrastmix.train.multimodal import MODEL_FILE
 
     plain = _plain(cfg)
@@ -154,12 +154,7 @@ def load_multimodal_model(run_dir: str | Path, cfg: Any, data: Any) -> nn.Module
             f"{run_dir} has no {MODEL_FILE} (the text tower / heads of a multimodal run); was it "
             "trained to the end?"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state_dict")
+    state = load_state_file(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:

@@ -36,7 +36,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from contrastmix.data.registry import DataBundle, register_dataset
+from contrastmix.data.registry import (
+    DataBundle,
+    dataset_options,
+    image_augment,
+    register_dataset,
+    signal_augment,
+)
 from contrastmix.errors import DatasetError
 
 __all__ = [
@@ -160,44 +166,6 @@ def subsample_per_class(labels: Tensor, per_class: int, generator: torch.Generat
 _COMMON = {"test_fraction": 0.25, "prompt_template": None, "augment": True}
 
 
-def _options(cfg: Any, allowed: Mapping[str, Any]) -> dict[str, Any]:
-    given = dict(cfg.options or {})
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise DatasetError(
-            f"unknown data.options key(s) {unknown} for dataset '{cfg.name}'; known: "
-            f"{sorted(allowed)}"
-        )
-    out = dict(allowed)
-    out.update(given)
-    tf = out["test_fraction"]
-    if not isinstance(tf, (int, float)) or not 0.0 < float(tf) < 1.0:
-        raise DatasetError(f"data.options.test_fraction must lie in (0, 1), got {tf!r}")
-    return out
-
-
-def _image_augment(cfg: Any) -> Any:
-    from contrastmix.data.augment2d import ImageBatchAugment
-
-    a = cfg.image_aug
-    return ImageBatchAugment(
-        scale=(a.scale[0], a.scale[1]), rotation=a.rotation, translate=a.translate,
-        shear=a.shear, brightness=a.brightness, contrast=(a.contrast[0], a.contrast[1]),
-        noise_std=a.noise_std,
-    )
-
-
-def _signal_augment(cfg: Any) -> Any:
-    from contrastmix.data.augment1d import SignalAugment
-
-    a = cfg.signal_aug
-    return SignalAugment(
-        crop_scale=(a.crop_scale[0], a.crop_scale[1]), max_shift=a.max_shift,
-        amplitude=(a.amplitude[0], a.amplitude[1]), shear=a.shear, noise_std=a.noise_std,
-        flip_prob=a.flip_prob,
-    )
-
-
 def _prompts(template: str | None) -> tuple[str, list[str]]:
     from contrastmix.data.digits_captions import ZERO_SHOT_TEMPLATE, class_prompts
 
@@ -216,7 +184,7 @@ def build_digits_captions(cfg: Any) -> DataBundle:
         load_digits_captions,
     )
 
-    opt = _options(cfg, _COMMON)
+    opt = dataset_options(cfg, _COMMON)
     tf = float(opt["test_fraction"])
     xtr, ctr, ytr = load_digits_captions("train", seed=cfg.seed, test_fraction=tf)
     xte, cte, yte = load_digits_captions("test", seed=cfg.seed, test_fraction=tf)
@@ -225,7 +193,7 @@ def build_digits_captions(cfg: Any) -> DataBundle:
     test = MultimodalDataset({"image": xte, "text": cte}, yte)
     return DataBundle(
         pretrain=train, train=train, test=test,
-        batch_augment=_image_augment(cfg) if opt["augment"] else None,
+        batch_augment=image_augment(cfg) if opt["augment"] else None,
         in_channels=1, num_classes=10, task="multimodal", collate_fn=collate_multimodal,
         extras={
             "modalities": ("image", "text"),
@@ -243,7 +211,7 @@ def build_digits_tri(cfg: Any) -> DataBundle:
     from contrastmix.data.digits_captions import CAPTION_TEMPLATES, NUMBER_WORDS
     from contrastmix.data.digits_tri import DIGITS_TRI_MODALITIES, load_digits_tri
 
-    opt = _options(
+    opt = dataset_options(
         cfg, {**_COMMON, "mnist1d_seed": 42, "caption_noise": 0.0, "image_noise": 0.0,
               "train_per_class": None}
     )
@@ -282,12 +250,12 @@ def build_digits_tri(cfg: Any) -> DataBundle:
     train = ds(tr, 0)
     return DataBundle(
         pretrain=train, train=train, test=ds(te, 1),
-        batch_augment=_image_augment(cfg) if opt["augment"] else None,
+        batch_augment=image_augment(cfg) if opt["augment"] else None,
         in_channels=1, num_classes=10, task="multimodal", collate_fn=collate_multimodal,
         extras={
             "modalities": DIGITS_TRI_MODALITIES,
             "signal_channels": int(tr.signals.shape[1]),
-            "signal_augment": _signal_augment(cfg) if opt["augment"] else None,
+            "signal_augment": signal_augment(cfg) if opt["augment"] else None,
             "class_prompts": prompts,
             "prompt_template": template,
             "class_names": list(NUMBER_WORDS),

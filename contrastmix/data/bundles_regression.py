@@ -26,9 +26,19 @@ The split (and, for the synthetic sets, the generated data) is fixed by ``data.s
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from contrastmix.data.registry import DataBundle, TensorIndexDataset, register_dataset
+from torch import Tensor
+
+from contrastmix.data.registry import (
+    DataBundle,
+    TensorIndexDataset,
+    dataset_options,
+    image_augment,
+    register_dataset,
+    signal_augment,
+)
 from contrastmix.errors import DatasetError
 
 __all__ = [
@@ -44,39 +54,32 @@ REGRESSION_DATASETS: tuple[str, ...] = ("rotated-digits", "mnist1d-reg", "diabet
 log = logging.getLogger(__name__)
 
 
-def _options(cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with ``cfg.options``; unknown keys raise :class:`DatasetError`."""
-    raw = dict(cfg.options or {})
-    unknown = sorted(set(raw) - set(defaults))
-    if unknown:
-        raise DatasetError(
-            f"unknown data.options for dataset '{cfg.name}': {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(defaults))}"
-        )
-    return {**defaults, **raw}
+def _load_splits(name: str, load: Callable[..., tuple[Tensor, Tensor]], kw: dict[str, Any]
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(x_train, y_train, x_test, y_test)`` from ``load(split, **kw)``; a ``ValueError`` of
+    the loader becomes a :class:`DatasetError` naming the dataset."""
+    try:
+        xtr, ytr = load("train", **kw)
+        xte, yte = load("test", **kw)
+    except ValueError as e:
+        raise DatasetError(f"{name}: {e}") from None
+    return xtr, ytr, xte, yte
 
 
 def build_rotated_digits(cfg: Any) -> DataBundle:
     """``rotated-digits``: 16x16 digit images, target = rotation angle in ``[0, 90)`` degrees."""
-    from contrastmix.data.augment2d import ImageBatchAugment
     from contrastmix.data.rotated_digits import SHOT_NAMES, load_rotated_digits, shot_groups
 
-    o = _options(cfg, {"long_tailed": False, "imbalance_ratio": 100.0, "test_fraction": 0.25})
+    o = dataset_options(
+        cfg, {"long_tailed": False, "imbalance_ratio": 100.0, "test_fraction": 0.25}
+    )
     kw = {"seed": int(cfg.seed), "long_tailed": bool(o["long_tailed"]),
           "imbalance_ratio": float(o["imbalance_ratio"]),
           "test_fraction": float(o["test_fraction"])}
-    try:
-        xtr, ytr = load_rotated_digits("train", **kw)
-        xte, yte = load_rotated_digits("test", **kw)
-    except ValueError as e:
-        raise DatasetError(f"rotated-digits: {e}") from None
-    a = cfg.image_aug
-    if a.rotation != 0 or a.shear != 0:
+    xtr, ytr, xte, yte = _load_splits("rotated-digits", load_rotated_digits, kw)
+    if cfg.image_aug.rotation != 0 or cfg.image_aug.shear != 0:
         log.info("rotated-digits: rotation/shear augmentation disabled (they change the target)")
-    aug = ImageBatchAugment(
-        scale=(a.scale[0], a.scale[1]), rotation=0.0, translate=a.translate, shear=0.0,
-        brightness=a.brightness, contrast=(a.contrast[0], a.contrast[1]), noise_std=a.noise_std,
-    )
+    aug = image_augment(cfg, rotation=0.0, shear=0.0)
     train = TensorIndexDataset(xtr, ytr)
     return DataBundle(
         pretrain=train, train=train, test=TensorIndexDataset(xte, yte), batch_augment=aug,
@@ -87,31 +90,22 @@ def build_rotated_digits(cfg: Any) -> DataBundle:
 
 def build_mnist1d_reg(cfg: Any) -> DataBundle:
     """``mnist1d-reg``: 40-sample MNIST-1D signals, target = time scale or shift."""
-    from contrastmix.data.augment1d import SignalAugment
     from contrastmix.data.mnist1d_reg import load_mnist1d_reg
 
-    o = _options(cfg, {"target": "time_scale", "num_samples": 5000, "test_fraction": 0.2,
-                       "target_range": None, "preserve_target": True})
+    o = dataset_options(cfg, {"target": "time_scale", "num_samples": 5000,
+                              "test_fraction": 0.2, "target_range": None,
+                              "preserve_target": True})
     tr = o["target_range"]
     kw = {"seed": int(cfg.seed), "target": str(o["target"]),
           "num_samples": int(o["num_samples"]), "test_fraction": float(o["test_fraction"]),
           "target_range": None if tr is None else (float(tr[0]), float(tr[1]))}
-    try:
-        xtr, ytr = load_mnist1d_reg("train", **kw)
-        xte, yte = load_mnist1d_reg("test", **kw)
-    except ValueError as e:
-        raise DatasetError(f"mnist1d-reg: {e}") from None
-    a = cfg.signal_aug
-    crop = (float(a.crop_scale[0]), float(a.crop_scale[1]))
-    shift = float(a.max_shift)
+    xtr, ytr, xte, yte = _load_splits("mnist1d-reg", load_mnist1d_reg, kw)
+    override: dict[str, Any] = {}
     if o["preserve_target"]:
-        crop = (1.0, 1.0)  # a resized crop dilates and translates the signal
+        override["crop_scale"] = (1.0, 1.0)  # a resized crop dilates and translates the signal
         if kw["target"] == "shift":
-            shift = 0.0
-    aug = SignalAugment(
-        crop_scale=crop, max_shift=shift, amplitude=(a.amplitude[0], a.amplitude[1]),
-        shear=a.shear, noise_std=a.noise_std, flip_prob=a.flip_prob,
-    )
+            override["max_shift"] = 0.0
+    aug = signal_augment(cfg, **override)
     train = TensorIndexDataset(xtr, ytr)
     return DataBundle(
         pretrain=train, train=train, test=TensorIndexDataset(xte, yte), batch_augment=aug,
@@ -124,13 +118,12 @@ def build_diabetes(cfg: Any) -> DataBundle:
     from contrastmix.data.diabetes import DIABETES_FEATURES, load_diabetes_reg
     from contrastmix.data.tabular_augment import TabularAugment
 
-    o = _options(cfg, {"test_fraction": 0.25, "standardize_target": False,
-                       "noise_std": 0.1, "dropout": 0.1})
+    o = dataset_options(cfg, {"test_fraction": 0.25, "standardize_target": False,
+                              "noise_std": 0.1, "dropout": 0.1})
     kw = {"seed": int(cfg.seed), "test_fraction": float(o["test_fraction"]),
           "standardize_target": bool(o["standardize_target"])}
+    xtr, ytr, xte, yte = _load_splits("diabetes", load_diabetes_reg, kw)
     try:
-        xtr, ytr = load_diabetes_reg("train", **kw)
-        xte, yte = load_diabetes_reg("test", **kw)
         aug = TabularAugment(noise_std=float(o["noise_std"]), dropout=float(o["dropout"]))
     except ValueError as e:
         raise DatasetError(f"diabetes: {e}") from None

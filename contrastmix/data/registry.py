@@ -95,10 +95,58 @@ def build_data(cfg: Any) -> DataBundle:
     return _BUILDERS[cfg.name](cfg)
 
 
+def dataset_options(cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with the recipe's ``data.options`` for one dataset.
+
+    Raises:
+        DatasetError: an option the dataset does not know, or a ``test_fraction`` outside
+            ``(0, 1)``.
+    """
+    given = dict(cfg.options or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise DatasetError(
+            f"unknown data.options for dataset '{cfg.name}': {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(defaults))}"
+        )
+    out = {**defaults, **given}
+    tf = out.get("test_fraction", 0.5)
+    if not isinstance(tf, (int, float)) or not 0.0 < float(tf) < 1.0:
+        raise DatasetError(f"data.options.test_fraction must lie in (0, 1), got {tf!r}")
+    return out
+
+
+def image_augment(cfg: Any, **override: Any) -> Any:
+    """The on-device :class:`~contrastmix.data.augment2d.ImageBatchAugment` of
+    ``cfg.image_aug``; ``override`` replaces arguments (e.g. ``rotation=0.0``)."""
+    from contrastmix.data.augment2d import ImageBatchAugment
+
+    a = cfg.image_aug
+    kw: dict[str, Any] = {
+        "scale": (a.scale[0], a.scale[1]), "rotation": a.rotation, "translate": a.translate,
+        "shear": a.shear, "brightness": a.brightness,
+        "contrast": (a.contrast[0], a.contrast[1]), "noise_std": a.noise_std,
+    }
+    return ImageBatchAugment(**{**kw, **override})
+
+
+def signal_augment(cfg: Any, **override: Any) -> Any:
+    """The on-device :class:`~contrastmix.data.augment1d.SignalAugment` of ``cfg.signal_aug``;
+    ``override`` replaces arguments (e.g. ``max_shift=0.0``)."""
+    from contrastmix.data.augment1d import SignalAugment
+
+    a = cfg.signal_aug
+    kw: dict[str, Any] = {
+        "crop_scale": (a.crop_scale[0], a.crop_scale[1]), "max_shift": a.max_shift,
+        "amplitude": (a.amplitude[0], a.amplitude[1]), "shear": a.shear,
+        "noise_std": a.noise_std, "flip_prob": a.flip_prob,
+    }
+    return SignalAugment(**{**kw, **override})
+
+
 def _builtin(cfg: Any) -> DataBundle:
     name = cfg.name
     if name == "mnist1d":
-        from contrastmix.data.augment1d import SignalAugment
         from contrastmix.data.mnist1d import load_mnist1d, load_mnist1d_pool
 
         xtr, ytr = load_mnist1d("train", seed=cfg.seed)
@@ -111,27 +159,15 @@ def _builtin(cfg: Any) -> DataBundle:
                 pool, torch.full((len(pool),), -1, dtype=torch.long), offset=len(train)
             )
             pretrain = ConcatDataset([train, pool_ds])
-        a = cfg.signal_aug
-        aug = SignalAugment(
-            crop_scale=(a.crop_scale[0], a.crop_scale[1]), max_shift=a.max_shift,
-            amplitude=(a.amplitude[0], a.amplitude[1]), shear=a.shear, noise_std=a.noise_std,
-            flip_prob=a.flip_prob,
-        )
-        return DataBundle(pretrain, train, TensorIndexDataset(xte, yte), aug, 1, 10)
+        return DataBundle(pretrain, train, TensorIndexDataset(xte, yte), signal_augment(cfg),
+                          1, 10)
     if name == "digits":
-        from contrastmix.data.augment2d import ImageBatchAugment
         from contrastmix.data.digits import load_digits_images
 
         xtr, ytr = load_digits_images("train", seed=cfg.seed)
         xte, yte = load_digits_images("test", seed=cfg.seed)
-        a = cfg.image_aug
-        aug2 = ImageBatchAugment(
-            scale=(a.scale[0], a.scale[1]), rotation=a.rotation, translate=a.translate,
-            shear=a.shear, brightness=a.brightness, contrast=(a.contrast[0], a.contrast[1]),
-            noise_std=a.noise_std,
-        )
         train = TensorIndexDataset(xtr, ytr)
-        return DataBundle(train, train, TensorIndexDataset(xte, yte), aug2, 1, 10)
+        return DataBundle(train, train, TensorIndexDataset(xte, yte), image_augment(cfg), 1, 10)
     if name in ("cifar10", "cifar100", "imagefolder"):
         from contrastmix.data.images import (
             IndexedDataset,

@@ -22,6 +22,7 @@ from contrastmix.mixing.mochi import (
     MochiCoefficients,
     _check_hparams,
     _mochi_coefficients,
+    synthetic_logits_from,
 )
 
 __all__ = ["MoCHiLoss"]
@@ -51,10 +52,7 @@ class _MixedInfoNCE(torch.autograd.Function):
     ) -> Tensor:
         s = coef.num_mix
         with torch.no_grad():
-            g = real.gather(1, coef.positions).mul_(coef.weights)
-            syn = torch.cat([g[:, :s] + g[:, s : 2 * s],
-                             coef.c_q * q_dot_qbar + g[:, 2 * s :]], dim=1)
-            syn.masked_fill_(~coef.valid.unsqueeze(1), float("-inf"))
+            syn = synthetic_logits_from(coef, real, q_dot_qbar)
             m = torch.maximum(torch.maximum(pos, real_max.unsqueeze(1)),
                               syn.amax(dim=1, keepdim=True) if syn.shape[1] else pos)
             e_real = torch.sub(real, m).exp_()
@@ -183,11 +181,11 @@ class MoCHiLoss(nn.Module):
         check_unit_norm("query", query)
         check_unit_norm("key", key)
         check_unit_norm("queue", queue)
-        same = (
-            same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
-                               query.device)
-            if self.mask_same_instance else None
-        )
+        # [B, K] rows of each query's own sample: out of its hard set, and out of its
+        # denominator too when mask_same_instance (None without ids)
+        own = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
+                                 query.device)
+        same = own if self.mask_same_instance else None
         do_mix = (
             (self.mix_enabled if mix is None else mix)
             and self.num_mix + self.num_query_mix > 0
@@ -199,7 +197,7 @@ class MoCHiLoss(nn.Module):
             n = queue.detach().to(dtype)
             self.last_mixed = bool(do_mix)
             if do_mix:
-                return self._mixed_loss(q, key.detach().to(dtype), n, same, queue_ids,
+                return self._mixed_loss(q, key.detach().to(dtype), n, own, same, queue_ids,
                                         query_ids, generator)
             pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
             sims = q @ n.T
@@ -222,6 +220,7 @@ class MoCHiLoss(nn.Module):
         q: Tensor,
         key: Tensor,
         n: Tensor,
+        own: Tensor | None,
         same: Tensor | None,
         queue_ids: Tensor | None,
         query_ids: Tensor | None,
@@ -240,6 +239,7 @@ class MoCHiLoss(nn.Module):
         coef = _mochi_coefficients(
             q, n, real, self.num_hard, self.num_mix, self.num_query_mix,
             queue_ids=queue_ids, query_ids=query_ids, generator=generator, logit_scale=inv_t,
+            same=own,
         )
         q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
         return _MixedInfoNCE.apply(pos, real, q_dot_qbar, real_max, coef)

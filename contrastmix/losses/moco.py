@@ -11,27 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastmix._validation import check_positive, check_same_length, check_tensor
+from contrastmix._validation import (
+    check_positive,
+    check_same_length,
+    check_tensor,
+    same_instance_mask,
+)
 
 __all__ = ["moco_logits", "moco_infonce", "same_instance_mask"]
-
-
-def same_instance_mask(queue_ids: Tensor | None, query_ids: Tensor | None, n_queue: int,
-                       n_query: int, device: torch.device) -> Tensor | None:
-    """``[B, K]`` bool, True where queue row ``j`` holds the query ``b``'s own sample.
-
-    Returns ``None`` when no ids are given. Both or neither must be given, as 1-D tensors of
-    ``K`` and ``B`` entries.
-    """
-    if queue_ids is None and query_ids is None:
-        return None
-    if queue_ids is None or query_ids is None:
-        raise ValueError("`queue_ids` and `query_ids` must be given together (or neither)")
-    for name, t, n in (("queue_ids", queue_ids, n_queue), ("query_ids", query_ids, n_query)):
-        check_tensor(name, t, ndim=1)
-        if t.shape[0] != n:
-            raise ValueError(f"`{name}` must have {n} entries, got shape {tuple(t.shape)}")
-    return query_ids.to(device).unsqueeze(1) == queue_ids.to(device).unsqueeze(0)
 
 
 def moco_logits(

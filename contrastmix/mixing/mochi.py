@@ -36,11 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastmix._numba import run_parallel, sampled_threshold_kernel
 from contrastmix._validation import (
     check_positive,
     check_same_length,
+    check_sample_ids,
     check_tensor,
     check_unit_norm,
+    same_instance_mask,
 )
 
 __all__ = ["MochiDraws", "mochi_draws", "mochi_negatives", "mochi_logits"]
@@ -82,18 +85,6 @@ def _check_hparams(num_hard: int, num_mix: int, num_query_mix: int) -> None:
     check_positive("num_hard", num_hard)
     check_positive("num_mix", num_mix, allow_zero=True)
     check_positive("num_query_mix", num_query_mix, allow_zero=True)
-
-
-def _check_ids(
-    queue_ids: Tensor | None, query_ids: Tensor | None, n_queue: int, n_query: int
-) -> None:
-    if (queue_ids is None) != (query_ids is None):
-        raise ValueError("`queue_ids` and `query_ids` must be given together (or neither)")
-    if queue_ids is not None and query_ids is not None:
-        for name, t, n in (("queue_ids", queue_ids, n_queue), ("query_ids", query_ids, n_query)):
-            check_tensor(name, t, ndim=1)
-            if t.shape[0] != n:
-                raise ValueError(f"`{name}` must have {n} entries, got shape {tuple(t.shape)}")
 
 
 def _check_inputs(query: Tensor, queue: Tensor) -> None:
@@ -149,7 +140,7 @@ def mochi_draws(
     b, k = sims.shape
     if k == 0:
         raise ValueError("`sims` has no queue column: MoCHi needs at least one queue entry")
-    _check_ids(queue_ids, query_ids, k, b)
+    check_sample_ids(queue_ids, query_ids, k, b)
     draws, _ = _select_and_draw(
         sims, num_hard, num_mix, num_query_mix, queue_ids=queue_ids, query_ids=query_ids,
         generator=generator,
@@ -167,8 +158,12 @@ def _select_and_draw(
     query_ids: Tensor | None,
     generator: torch.Generator | None,
     queue: Tensor | None = None,
+    same: Tensor | None = None,
 ) -> tuple[MochiDraws, Tensor | None]:
     """:func:`mochi_draws` on checked inputs; with ``queue``, also the ``[B, s]`` type-1 norms.
+
+    ``same`` is the ``[B, K]`` mask of :func:`~contrastmix.losses.moco.same_instance_mask`
+    when the caller has it already (otherwise it is built from the ids).
 
     On the CPU (float32, numba) one fused kernel selects each query's hard set, maps the draws
     to queue rows and, given ``queue``, computes the type-1 norms while that query's hard set
@@ -180,10 +175,10 @@ def _select_and_draw(
     dev = sims.device
     n_eff = min(num_hard, k)
     s_det = sims.detach().to(torch.promote_types(sims.dtype, torch.float32))
-    excluded = queue_ids is not None and query_ids is not None
-    if excluded:
-        assert queue_ids is not None and query_ids is not None
-        same = queue_ids.to(dev).unsqueeze(0) == query_ids.to(dev).unsqueeze(1)
+    if same is None:
+        same = same_instance_mask(queue_ids, query_ids, k, b, dev)
+    excluded = same is not None
+    if same is not None:
         s_det = s_det.masked_fill(same, float("-inf"))
     s = num_mix
     n_idx = 2 * s + num_query_mix
@@ -195,14 +190,14 @@ def _select_and_draw(
         queue is not None and queue.dtype == torch.float32 and queue.device.type == "cpu"
     )
     if kern is not None:
-        numba, _, select_kernel = kern
+        _, _, select_kernel = kern
         pos = torch.empty(b, n_idx, dtype=torch.long)
         counts = torch.empty(b, dtype=torch.long)
         norm1 = torch.empty(b, s if with_norms else 0, dtype=torch.float32)
         q_np = (queue.contiguous() if with_norms and queue is not None
                 else s_det.new_empty(1, 1)).numpy()
-        _run_numba(
-            numba, select_kernel, s_det.contiguous().numpy(), u.contiguous().numpy(), n_eff, s,
+        run_parallel(
+            select_kernel, s_det.contiguous().numpy(), u.contiguous().numpy(), n_eff, s,
             num_query_mix, q_np, with_norms, pos.numpy(), counts.numpy(), norm1.numpy(),
         )
         if not with_norms:
@@ -296,6 +291,7 @@ def _numba_kernels() -> Any:
         except ImportError:  # pragma: no cover - numba comes with umap-learn
             _NUMBA_KERNEL = False
             return None
+        sampled_threshold = sampled_threshold_kernel()
 
         @numba.njit(parallel=True, fastmath=True, cache=True)
         def pair_norms(queue, pos_i, pos_j, w_i, w_j, out):  # type: ignore[no-untyped-def]
@@ -322,8 +318,7 @@ def _numba_kernels() -> Any:
         def select(sims, u, n, s, s2, queue, with_norms, out_pos, out_cnt, out_norm
                    ):  # type: ignore[no-untyped-def]
             # Per float32 row (query), in parallel over rows:
-            # 1. a threshold from a 1-in-4 sample (the lower edge, minus one bin, of the
-            #    histogram bin where the sample's descending count passes n/4 plus a margin);
+            # 1. a threshold from a 1-in-4 sample (contrastmix._numba.sampled_threshold_kernel);
             #    one pass keeps every value >= it (if fewer than n survive, every finite
             #    value is kept instead), so the hard set is exact whatever the sample says;
             # 2. a stable LSD radix sort (4 x 8 bits) of the survivors on order-preserving
@@ -331,33 +326,10 @@ def _numba_kernels() -> Any:
             # 3. rank floor(u * count) -> queue row, as the torch path does;
             # 4. with_norms: the type-1 norms ||a n_i + (1-a) n_j|| (hard set in cache).
             k = sims.shape[1]
-            nb = 1024
             n_idx = 2 * s + s2
-            target = n // 4 + 3 * np.int64(np.sqrt(n / 4.0)) + 8
             for r in numba.prange(sims.shape[0]):
                 row = sims[r]
-                lo = np.float32(np.inf)
-                hi = np.float32(-np.inf)
-                for j in range(0, k, 4):
-                    v = row[j]
-                    if v > -np.inf:
-                        lo = min(lo, v)
-                        hi = max(hi, v)
-                thr = np.float32(-np.inf)
-                if hi > lo:
-                    scale = np.float32(nb) / (hi - lo)
-                    hist = np.zeros(nb + 1, np.int64)
-                    for j in range(0, k, 4):
-                        v = row[j]
-                        if v > -np.inf:
-                            hist[min(np.int64((v - lo) * scale), nb)] += 1
-                    acc = 0
-                    cut = nb
-                    while cut > 0 and acc + hist[cut] < target:
-                        acc += hist[cut]
-                        cut -= 1
-                    if cut > 0:
-                        thr = lo + np.float32(cut - 1) / scale
+                thr = sampled_threshold(row[::4], n, 4)
                 # room for the expected survivors (a small allocation, not k-sized per row)
                 cap = min(k, 2 * n + 2048)
                 keys = np.empty(cap, np.uint32)
@@ -441,20 +413,6 @@ def _cpu_kernels(t: Tensor) -> Any:
     return _numba_kernels()
 
 
-def _run_numba(numba: Any, fn: Any, *args: Any) -> None:
-    """Run a parallel numba kernel with torch's thread count, then restore it.
-
-    numba's OpenMP layer shares the OpenMP runtime with torch and resets its thread count on
-    launch.
-    """
-    torch_threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        fn(*args)
-    finally:
-        torch.set_num_threads(torch_threads)
-
-
 def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: Tensor
                 ) -> Tensor:
     """``[B, s]`` norms ``‖w_i n_{pos_i} + w_j n_{pos_j}‖`` (no ``B × s × d`` tensor kept).
@@ -468,9 +426,9 @@ def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: T
         return out
     kern = _cpu_kernels(queue)
     if kern is not None:
-        numba, pair_norms, _ = kern
-        _run_numba(
-            numba, pair_norms,
+        _, pair_norms, _ = kern
+        run_parallel(
+            pair_norms,
             queue.contiguous().numpy(),
             pos_i.reshape(-1).contiguous().numpy(),
             pos_j.reshape(-1).contiguous().numpy(),
@@ -537,11 +495,12 @@ def mochi_logits(
         )
     dtype = torch.promote_types(torch.promote_types(query.dtype, sims.dtype), torch.float32)
     with torch.autocast(device_type=query.device.type, enabled=False):
-        return _mochi_logits_unchecked(
-            query.to(dtype), queue.detach().to(dtype), sims.to(dtype),
-            num_hard, num_mix, num_query_mix,
+        q, l = query.to(dtype), sims.to(dtype)
+        coef = _mochi_coefficients(
+            q, queue.detach().to(dtype), l, num_hard, num_mix, num_query_mix,
             queue_ids=queue_ids, query_ids=query_ids, generator=generator,
         )
+        return synthetic_logits_from(coef, l, (q * q.detach()).sum(dim=1, keepdim=True))
 
 
 class MochiCoefficients(NamedTuple):
@@ -575,17 +534,19 @@ def _mochi_coefficients(
     query_ids: Tensor | None,
     generator: torch.Generator | None,
     logit_scale: float = 1.0,
+    same: Tensor | None = None,
 ) -> MochiCoefficients:
     """Draws and constant coefficients of the fast path (validated inputs, one dtype).
 
     ``l`` may be scaled similarities ``logit_scale · q·n`` (e.g. logits ``q·n / τ``): the
     hard set is the same, and the coefficients then give scaled synthetic logits
-    ``W l[positions] + c_q (q·q̄)`` (``c_q`` carries the scale).
+    ``W l[positions] + c_q (q·q̄)`` (``c_q`` carries the scale). ``same``: see
+    :func:`_select_and_draw`.
     """
-    _check_ids(queue_ids, query_ids, l.shape[1], l.shape[0])
+    check_sample_ids(queue_ids, query_ids, l.shape[1], l.shape[0])
     draws, norm1 = _select_and_draw(
         l, num_hard, num_mix, num_query_mix,
-        queue_ids=queue_ids, query_ids=query_ids, generator=generator, queue=n,
+        queue_ids=queue_ids, query_ids=query_ids, generator=generator, queue=n, same=same,
     )
     with torch.no_grad():
         a = draws.alpha.to(n.dtype)
@@ -617,24 +578,3 @@ def synthetic_logits_from(coef: MochiCoefficients, l: Tensor, q_dot_qbar: Tensor
     if not bool(coef.valid.all()):
         out = out.masked_fill(~coef.valid.unsqueeze(1), float("-inf"))
     return out
-
-
-def _mochi_logits_unchecked(
-    q: Tensor,
-    n: Tensor,
-    l: Tensor,
-    num_hard: int,
-    num_mix: int,
-    num_query_mix: int,
-    *,
-    queue_ids: Tensor | None,
-    query_ids: Tensor | None,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """:func:`mochi_logits` on validated inputs of one float dtype, autocast off."""
-    coef = _mochi_coefficients(
-        q, n, l, num_hard, num_mix, num_query_mix,
-        queue_ids=queue_ids, query_ids=query_ids, generator=generator,
-    )
-    q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
-    return synthetic_logits_from(coef, l, q_dot_qbar)
