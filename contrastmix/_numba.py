@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["sampled_threshold_kernel", "run_parallel"]
+__all__ = ["sampled_threshold_kernel", "prefetch_kernel", "run_parallel"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,6 +57,71 @@ def sampled_threshold_kernel() -> Any:
         return lo + np.float32(cut - 1) / scale
 
     return sampled_threshold
+
+
+@functools.lru_cache(maxsize=1)
+def prefetch_kernel() -> Any:
+    """The ``njit`` function ``prefetch_row(array2d, i)``: a software prefetch (LLVM
+    ``llvm.prefetch``, read, keep in all cache levels) of every 64-byte line of row ``i``.
+
+    Loops that visit rows in an order the hardware cannot guess (the MoCHi type-1 pairs)
+    call it a few iterations ahead. Where the intrinsic does not compile (an LLVM without
+    it), a no-op is returned: the result is the same, only slower.
+    """
+    import numba
+    import numpy as np
+    from llvmlite import binding as llvm
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    # opaque pointers (LLVM >= 15) name the intrinsic by address space only
+    name = "llvm.prefetch.p0" if llvm.llvm_version_info[0] >= 15 else "llvm.prefetch.p0i8"
+
+    @intrinsic
+    def prefetch_line(typingctx, arr, i, j):  # type: ignore[no-untyped-def]
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            idx = [context.cast(builder, v, t, types.intp)
+                   for v, t in zip(args[1:], signature.args[1:], strict=True)]
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, idx, wraparound=False)
+            i8p = ir.PointerType(ir.IntType(8))
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), name
+            )
+            # rw = 0 (read), locality = 3 (keep), cache type = 1 (data)
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.void(arr, i, j), codegen
+
+    global _prefetch_line
+    _prefetch_line = prefetch_line
+    prefetch_row = numba.njit(cache=True)(_prefetch_row_py)
+    try:
+        prefetch_row(np.zeros((2, 20), np.float32), 1)
+    except Exception:  # pragma: no cover - an LLVM without the intrinsic
+        return numba.njit(cache=True)(_no_prefetch_py)
+    return prefetch_row
+
+
+# The intrinsic, set by prefetch_kernel(). A module global, not a closure variable: numba keys
+# its disk cache on a function's closure, and an intrinsic there changes key in every process.
+_prefetch_line: Any = None
+
+
+def _prefetch_row_py(a, i):  # type: ignore[no-untyped-def]
+    step = max(1, 64 // a.itemsize)
+    for j in range(0, a.shape[1], step):
+        _prefetch_line(a, i, j)
+
+
+def _no_prefetch_py(a, i):  # type: ignore[no-untyped-def]
+    pass
 
 
 def run_parallel(fn: Any, *args: Any) -> None:

@@ -96,17 +96,21 @@ def check_same_length(**tensors: Tensor | None) -> int:
 
 
 def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor:
-    """Raise ``ValueError`` unless every row of ``x`` has unit L2 norm (within ``atol``)."""
+    """Raise ``ValueError`` unless every row of ``x`` has unit L2 norm (within ``atol``).
+
+    Returns:
+        The row norms (detached, fp32 or wider), for callers that need them too.
+    """
+    norms = x.detach().to(torch.promote_types(x.dtype, torch.float32)).norm(dim=-1)
     if x.numel() == 0:
-        return x
-    norms = x.detach().float().norm(dim=-1)
+        return norms
     worst = float((norms - 1).abs().max())
     if worst > atol:
         raise ValueError(
             f"`{name}` must be L2-normalised along the last dimension "
             f"(max | ||x|| - 1 | = {worst:.3g}); call torch.nn.functional.normalize first"
         )
-    return x
+    return norms
 
 
 def check_sample_ids(

@@ -79,93 +79,106 @@ def screening_eps(queries: Tensor, queries_bf16: Tensor, e_f: float, n_f: float,
     return (e_in * 1.01 + 2.0**-20).float()
 
 
-@functools.lru_cache(maxsize=1)
-def _kernel() -> Any:
-    import numba
+# The kernel and its helpers: plain functions compiled by _kernel() into these globals (not a
+# closure: numba keys its disk cache on a function's closure, and jitted functions there change
+# key in every process, so nothing would load from the cache).
+_STEP = 8  # 1-in-8 sample for the threshold
+_prange: Any = None
+_dot: Any = None
+_bf16: Any = None
+_sampled_threshold: Any = None
 
-    @numba.njit(fastmath=True, cache=True)
-    def dot(a, b):  # type: ignore[no-untyped-def]
-        acc = np.float32(0.0)
-        for c in range(a.shape[0]):
-            acc += a[c] * b[c]
-        return acc
 
-    @numba.njit(cache=True, inline="always")
-    def bf16(x):  # type: ignore[no-untyped-def]
-        return np.uint32(np.uint32(x) << np.uint32(16)).view(np.float32)
+def _dot_py(a, b):  # type: ignore[no-untyped-def]
+    acc = np.float32(0.0)
+    for c in range(a.shape[0]):
+        acc += a[c] * b[c]
+    return acc
 
-    sampled_threshold = sampled_threshold_kernel()
-    step = 8
 
-    @numba.njit(parallel=True, cache=True)
-    def rescored(sims16, queries, bank, k, e_in, c_out, out_v, out_i
-                 ):  # type: ignore[no-untyped-def]
-        n = sims16.shape[1]
-        for r in numba.prange(sims16.shape[0]):
-            row = sims16[r]
-            e = e_in[r]
-            # superset band for the first pass (|s~| <= 1.01 for unit rows)
-            band = np.float32(2.0 * e + 2.1 * c_out)
-            # 1. threshold from a 1-in-8 sample (contrastmix._numba.sampled_threshold_kernel)
-            sample = np.empty((n + step - 1) // step, np.float32)
-            for t in range(sample.shape[0]):
-                sample[t] = bf16(row[t * step])
-            thr = sampled_threshold(sample, k, step)
-            # 2. collect every screening value >= thr - band (a superset of the band below the
-            #    k-th largest when at least k values are >= thr; otherwise take every row)
-            cap = min(n, 8 * k + 8192)  # room for the expected survivors, regrown if needed
+def _bf16_py(x):  # type: ignore[no-untyped-def]
+    return np.uint32(np.uint32(x) << np.uint32(16)).view(np.float32)
+
+
+def _rescored_py(sims16, queries, bank, k, e_in, c_out, out_v, out_i
+             ):  # type: ignore[no-untyped-def]
+    n = sims16.shape[1]
+    for r in _prange(sims16.shape[0]):
+        row = sims16[r]
+        e = e_in[r]
+        # superset band for the first pass (|s~| <= 1.01 for unit rows)
+        band = np.float32(2.0 * e + 2.1 * c_out)
+        # 1. threshold from a 1-in-8 sample (contrastmix._numba.sampled_threshold_kernel)
+        sample = np.empty((n + _STEP - 1) // _STEP, np.float32)
+        for t in range(sample.shape[0]):
+            sample[t] = _bf16(row[t * _STEP])
+        thr = _sampled_threshold(sample, k, _STEP)
+        # 2. collect every screening value >= thr - band (a superset of the band below the
+        #    k-th largest when at least k values are >= thr; otherwise take every row)
+        cap = min(n, 8 * k + 8192)  # room for the expected survivors, regrown if needed
+        vals = np.empty(cap, np.float32)
+        cols = np.empty(cap, np.int64)
+        signed = row.view(np.int16)
+        c = 0
+        for _attempt in range(3):
+            c = 0
+            above = 0
+            low = thr - band
+            # integer pre-filter: positive bf16 bit patterns order like int16 values and
+            # negative ones are negative int16s, so for low > 0 the rounded-down bits of
+            # low reject most rows without decoding; otherwise every row passes it
+            lowbits = np.int16(-32768)
+            if low > 0:
+                lowbits = np.int16(np.float32(low).view(np.uint32) >> np.uint32(16))
+            for j in range(n):
+                if signed[j] >= lowbits:
+                    v = _bf16(row[j])
+                    if v >= low:
+                        if c < cap:
+                            vals[c] = v
+                            cols[c] = j
+                        c += 1
+                        if v >= thr:
+                            above += 1
+            if c <= cap and (above >= k or thr == -np.inf):
+                break
+            if above < k:  # the sample misled the threshold: keep every row
+                thr = np.float32(-np.inf)
+            cap = n
             vals = np.empty(cap, np.float32)
             cols = np.empty(cap, np.int64)
-            signed = row.view(np.int16)
-            c = 0
-            for _attempt in range(3):
-                c = 0
-                above = 0
-                low = thr - band
-                # integer pre-filter: positive bf16 bit patterns order like int16 values and
-                # negative ones are negative int16s, so for low > 0 the rounded-down bits of
-                # low reject most rows without decoding; otherwise every row passes it
-                lowbits = np.int16(-32768)
-                if low > 0:
-                    lowbits = np.int16(np.float32(low).view(np.uint32) >> np.uint32(16))
-                for j in range(n):
-                    if signed[j] >= lowbits:
-                        v = bf16(row[j])
-                        if v >= low:
-                            if c < cap:
-                                vals[c] = v
-                                cols[c] = j
-                            c += 1
-                            if v >= thr:
-                                above += 1
-                if c <= cap and (above >= k or thr == -np.inf):
-                    break
-                if above < k:  # the sample misled the threshold: keep every row
-                    thr = np.float32(-np.inf)
-                cap = n
-                vals = np.empty(cap, np.float32)
-                cols = np.empty(cap, np.int64)
-            # 3. the k-th largest screening value t~, the lower bound L of the exact k-th value,
-            #    and the rows that can still reach it
-            kk = min(k, c)
-            kth = np.partition(vals[:c].copy(), c - kk)[c - kk]
-            lim = kth - e - c_out * abs(kth)
-            m = 0
-            for t in range(c):
-                if vals[t] + e + c_out * abs(vals[t]) >= lim:
-                    cols[m] = cols[t]
-                    m += 1
-            # 4. fp32 re-scoring and a stable sort (candidates are in bank order)
-            q = queries[r]
-            exact = np.empty(m, np.float32)
-            for t in range(m):
-                exact[t] = -dot(q, bank[cols[t]])
-            order = np.argsort(exact, kind="mergesort")
-            for t in range(min(k, m)):
-                out_v[r, t] = -exact[order[t]]
-                out_i[r, t] = cols[order[t]]
+        # 3. the k-th largest screening value t~, the lower bound L of the exact k-th value,
+        #    and the rows that can still reach it
+        kk = min(k, c)
+        kth = np.partition(vals[:c].copy(), c - kk)[c - kk]
+        lim = kth - e - c_out * abs(kth)
+        m = 0
+        for t in range(c):
+            if vals[t] + e + c_out * abs(vals[t]) >= lim:
+                cols[m] = cols[t]
+                m += 1
+        # 4. fp32 re-scoring and a stable sort (candidates are in bank order)
+        q = queries[r]
+        exact = np.empty(m, np.float32)
+        for t in range(m):
+            exact[t] = -_dot(q, bank[cols[t]])
+        order = np.argsort(exact, kind="mergesort")
+        for t in range(min(k, m)):
+            out_v[r, t] = -exact[order[t]]
+            out_i[r, t] = cols[order[t]]
 
-    return rescored
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel() -> Any:
+    global _prange, _dot, _bf16, _sampled_threshold
+    import numba
+
+    _prange = numba.prange
+    _dot = numba.njit(fastmath=True, cache=True)(_dot_py)
+    _bf16 = numba.njit(cache=True, inline="always")(_bf16_py)
+    _sampled_threshold = sampled_threshold_kernel()
+    return numba.njit(parallel=True, cache=True)(_rescored_py)
 
 
 def rescored_topk(bank: Tensor, queries: Tensor, k: int, chunk_size: int

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contrastmix._counter_rng import counter_uniform, draw_seed
 from contrastmix.losses.mochi import MoCHiLoss
 from contrastmix.losses.moco import moco_infonce
 from contrastmix.mixing.mochi import mochi_draws, mochi_logits, mochi_negatives
@@ -290,6 +291,34 @@ def test_proxy_accuracy_matches_loop() -> None:
     assert loss.last_proxy_accuracy == pytest.approx(wins / 32)
 
 
+@pytest.mark.parametrize("mask_same_instance", [True, False])
+@pytest.mark.parametrize("numba_on", [True, False])
+def test_proxy_accuracy_with_own_rows(mask_same_instance: bool, numba_on: bool,
+                                      monkeypatch) -> None:
+    """The mixed path takes the row maximum from the hard-set selection; it must still be
+    the maximum over the denominator's real negatives (own rows in it or not)."""
+    from contrastmix.mixing import mochi as mochi_mod
+
+    monkeypatch.setattr(mochi_mod, "USE_NUMBA", numba_on)
+    g = _gen(13)
+    q, queue = _unit(32, 4, g=g, dtype=torch.float32), _unit(60, 4, g=g, dtype=torch.float32)
+    key = F.normalize(q + 0.8 * torch.randn(32, 4, generator=g), dim=1)
+    query_ids = torch.arange(32)
+    queue_ids = torch.arange(60) % 40
+    queue[:32] = key  # each query's own key sits in the queue, and beats the query's key
+    queue[:32, 0] += 1e-3
+    queue = F.normalize(queue, dim=1)
+    loss = MoCHiLoss(0.2, 8, 8, 2, mask_same_instance=mask_same_instance)
+    loss(q, key, queue, queue_ids=queue_ids, query_ids=query_ids, generator=_gen(0))
+    assert loss.last_mixed
+    wins = 0
+    for b in range(32):
+        negs = [n for n, i in zip(queue, queue_ids, strict=True)
+                if not (mask_same_instance and int(i) == b)]
+        wins += all(float(q[b] @ key[b]) > float(q[b] @ n) for n in negs)
+    assert loss.last_proxy_accuracy == pytest.approx(wins / 32)
+
+
 def test_autocast_computes_in_fp32() -> None:
     g = _gen(12)
     q, key, queue = (_unit(n, 16, g=g, dtype=torch.float32) for n in (8, 8, 64))
@@ -389,12 +418,13 @@ def test_mask_same_instance_reduces_to_moco_with_ids() -> None:
 
 
 @pytest.mark.parametrize("case", ["gauss", "excluded", "ties", "few_eligible", "signed_zero",
-                                  "none_eligible", "wide_ties"])
+                                  "none_eligible", "wide_ties", "skewed"])
 @pytest.mark.parametrize("numba_on", [True, False])
 def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bool,
                                                          monkeypatch) -> None:
     """Both selection paths (CPU kernel, torch.topk) map draw u to rank floor(u * |H_q|) of
-    the eligible entries sorted by decreasing similarity (kernel: equal values by queue row)."""
+    the eligible entries sorted by decreasing similarity (kernel: equal values by queue row),
+    with u the counter-based stream keyed by one seed drawn from the generator."""
     from contrastmix.mixing import mochi as mochi_mod
 
     monkeypatch.setattr(mochi_mod, "USE_NUMBA", numba_on)
@@ -421,6 +451,9 @@ def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bo
             pytest.skip("torch.topk orders equal values arbitrarily")
         sims[:, ::3] = 0.0
         sims[:, 1::5] = -0.0
+    elif case == "skewed":  # one far outlier: the kernel's bucket pass puts all in one bucket
+        sims = sims * 1e-4
+        sims[:, 7] = 1e30
     elif case == "wide_ties":  # far more survivors of the threshold than the kernel's first room
         if not numba_on:
             pytest.skip("torch.topk orders equal values arbitrarily")
@@ -431,7 +464,8 @@ def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bo
         query_ids = torch.full((b,), -5)
     draws = mochi_draws(sims, n, s, s2, queue_ids=queue_ids, query_ids=query_ids,
                         generator=torch.Generator().manual_seed(1))
-    u = torch.rand((b, 3 * s + 2 * s2), generator=torch.Generator().manual_seed(1))
+    seed = draw_seed(torch.Generator().manual_seed(1), sims.device)
+    u = counter_uniform(seed, b, 3 * s + 2 * s2)
     masked = sims.masked_fill(queue_ids.unsqueeze(0) == query_ids.unsqueeze(1), float("-inf"))
     order = torch.sort(masked, dim=1, descending=True, stable=True).indices
     count = torch.isfinite(masked).sum(dim=1).clamp_max(n)
@@ -441,4 +475,5 @@ def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bo
             continue
         ranks = torch.minimum((u[r, : 2 * s + s2] * count[r]).long(), count[r] - 1)
         assert torch.equal(draws.positions[r], order[r, ranks])
-    torch.testing.assert_close(draws.alpha, u[:, 2 * s + s2 : 3 * s + s2])
+    torch.testing.assert_close(draws.alpha, u[:, 2 * s + s2 : 3 * s + s2], rtol=0, atol=0)
+    torch.testing.assert_close(draws.beta, 0.5 * u[:, 3 * s + s2 :], rtol=0, atol=0)

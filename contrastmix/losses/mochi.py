@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from contrastmix._validation import (
     check_positive,
     check_same_length,
+    check_sample_ids,
     check_tensor,
     check_unit_norm,
 )
@@ -180,12 +181,15 @@ class MoCHiLoss(nn.Module):
         check_same_length(query=query, key=key)
         check_unit_norm("query", query)
         check_unit_norm("key", key)
-        check_unit_norm("queue", queue)
-        # [B, K] rows of each query's own sample: out of its hard set, and out of its
-        # denominator too when mask_same_instance (None without ids)
-        own = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
-                                 query.device)
-        same = own if self.mask_same_instance else None
+        queue_norms = check_unit_norm("queue", queue)
+        # [B, K] rows of each query's own sample, out of its denominator when
+        # mask_same_instance (None without ids); the hard set leaves them out either way
+        same = (
+            same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
+                               query.device)
+            if self.mask_same_instance else None
+        )
+        check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
         do_mix = (
             (self.mix_enabled if mix is None else mix)
             and self.num_mix + self.num_query_mix > 0
@@ -197,13 +201,15 @@ class MoCHiLoss(nn.Module):
             n = queue.detach().to(dtype)
             self.last_mixed = bool(do_mix)
             if do_mix:
-                return self._mixed_loss(q, key.detach().to(dtype), n, own, same, queue_ids,
-                                        query_ids, generator)
-            pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
-            sims = q @ n.T
-            real = sims if same is None else sims.masked_fill(same, float("-inf"))
+                return self._mixed_loss(q, key.detach().to(dtype), n, same, queue_ids,
+                                        query_ids, generator, queue_norms.to(dtype).square())
+            qs = q / self.temperature
+            pos = (qs * key.detach().to(dtype)).sum(dim=1, keepdim=True)
+            real = qs @ n.T
+            if same is not None:
+                real.masked_fill_(same, float("-inf"))
             self._record_proxy(pos, real.max(dim=1).values if real.shape[1] else None)
-            logits = torch.cat([pos, real], dim=1) / self.temperature
+            logits = torch.cat([pos, real], dim=1)
             target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
             return F.cross_entropy(logits, target)
 
@@ -220,11 +226,11 @@ class MoCHiLoss(nn.Module):
         q: Tensor,
         key: Tensor,
         n: Tensor,
-        own: Tensor | None,
         same: Tensor | None,
         queue_ids: Tensor | None,
         query_ids: Tensor | None,
         generator: torch.Generator | None,
+        queue_sq: Tensor,
     ) -> Tensor:
         """The loss with synthetic negatives: logits computed as ``(q / τ)·x`` (scaling the
         ``[B, d]`` query, not the ``[B, K]`` logits) and :class:`_MixedInfoNCE`."""
@@ -233,13 +239,16 @@ class MoCHiLoss(nn.Module):
         pos = (qs * key).sum(dim=1, keepdim=True)
         real = qs @ n.T
         if same is not None:
-            real = real.masked_fill(same, float("-inf"))
-        real_max = real.detach().amax(dim=1)
-        self._record_proxy(pos.detach(), real_max)
+            real.masked_fill_(same, float("-inf"))  # in place: mm saves its inputs only
         coef = _mochi_coefficients(
             q, n, real, self.num_hard, self.num_mix, self.num_query_mix,
             queue_ids=queue_ids, query_ids=query_ids, generator=generator, logit_scale=inv_t,
-            same=own,
+            masked=same is not None, queue_sq=queue_sq,
         )
+        # the row maximum: the selection's largest eligible logit, unless the query's own
+        # rows are ineligible for the hard set but still in the denominator
+        own_unmasked = queue_ids is not None and same is None
+        real_max = real.detach().amax(dim=1) if own_unmasked else coef.top
+        self._record_proxy(pos.detach(), real_max)
         q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
         return _MixedInfoNCE.apply(pos, real, q_dot_qbar, real_max, coef)

@@ -56,12 +56,13 @@ def moco_logits(
     same = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
     dtype = torch.promote_types(query.dtype, torch.float32)
     with torch.autocast(device_type=query.device.type, enabled=False):
-        q = query.to(dtype)
+        # (q / τ)·x: scale the [B, d] query, not the [B, 1 + K] logits
+        q = query.to(dtype) / temperature
         pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
         neg = q @ queue.detach().to(dtype).T
         if same is not None:
-            neg = neg.masked_fill(same, float("-inf"))
-        return torch.cat([pos, neg], dim=1) / temperature
+            neg.masked_fill_(same, float("-inf"))  # in place: mm saves its inputs only
+        return torch.cat([pos, neg], dim=1)
 
 
 def moco_infonce(

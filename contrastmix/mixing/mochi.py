@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastmix._numba import run_parallel, sampled_threshold_kernel
+from contrastmix._counter_rng import counter_uniform, draw_seed
+from contrastmix._numba import run_parallel
 from contrastmix._validation import (
     check_positive,
     check_same_length,
@@ -65,6 +66,7 @@ class MochiDraws(NamedTuple):
             shares its sample id): it gets no synthetic negatives.
         positions: ``[B, 2s + s']`` = ``[pos_i | pos_j | pos_k]`` (the others are views of it).
         excluded: Whether sample ids were used (otherwise ``valid`` is all True).
+        top: ``[B]`` the largest eligible similarity of each query (``-inf`` if none).
     """
 
     pos_i: Tensor
@@ -75,6 +77,7 @@ class MochiDraws(NamedTuple):
     valid: Tensor
     positions: Tensor
     excluded: bool
+    top: Tensor
 
 
 def _check_hparams(num_hard: int, num_mix: int, num_query_mix: int) -> None:
@@ -94,13 +97,6 @@ def _check_inputs(query: Tensor, queue: Tensor) -> None:
     check_unit_norm("queue", queue)
     if queue.shape[0] == 0:
         raise ValueError("`queue` is empty: MoCHi needs at least one queue entry to mix")
-
-
-def _rand(shape: tuple[int, ...], device: torch.device, generator: torch.Generator | None
-          ) -> Tensor:
-    """U(0,1) in fp32 drawn on the generator's device (then moved), for reproducible draws."""
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
 def mochi_draws(
@@ -141,11 +137,10 @@ def mochi_draws(
     if k == 0:
         raise ValueError("`sims` has no queue column: MoCHi needs at least one queue entry")
     check_sample_ids(queue_ids, query_ids, k, b)
-    draws, _ = _select_and_draw(
+    return _select_and_draw(
         sims, num_hard, num_mix, num_query_mix, queue_ids=queue_ids, query_ids=query_ids,
         generator=generator,
     )
-    return draws
 
 
 def _select_and_draw(
@@ -157,76 +152,70 @@ def _select_and_draw(
     queue_ids: Tensor | None,
     query_ids: Tensor | None,
     generator: torch.Generator | None,
-    queue: Tensor | None = None,
-    same: Tensor | None = None,
-) -> tuple[MochiDraws, Tensor | None]:
-    """:func:`mochi_draws` on checked inputs; with ``queue``, also the ``[B, s]`` type-1 norms.
+    masked: bool = False,
+) -> MochiDraws:
+    """:func:`mochi_draws` on checked inputs.
 
-    ``same`` is the ``[B, K]`` mask of :func:`~contrastmix.losses.moco.same_instance_mask`
-    when the caller has it already (otherwise it is built from the ids).
+    ``masked``: ``sims`` already holds ``-inf`` at every queue row of the query's own sample
+    (the caller masked its logits with the ids), so no second mask is built.
 
-    On the CPU (float32, numba) one fused kernel selects each query's hard set, maps the draws
-    to queue rows and, given ``queue``, computes the type-1 norms while that query's hard set
-    is in cache; otherwise ``torch.topk`` + ``gather`` (+ :func:`_pair_norms`). Both give the
-    same positions (up to the order of exactly equal similarities, which the kernel breaks
-    by queue row).
+    On the CPU (float32, numba) one kernel, parallel over queries, selects each query's hard
+    set, draws its numbers in place (:mod:`contrastmix._counter_rng`) and maps them to queue
+    rows; otherwise ``torch.topk`` + ``gather`` on :func:`counter_uniform` draws. Both give
+    the same positions and weights (up to the order of exactly equal similarities, which the
+    kernel breaks by queue row).
     """
     b, k = sims.shape
     dev = sims.device
     n_eff = min(num_hard, k)
     s_det = sims.detach().to(torch.promote_types(sims.dtype, torch.float32))
-    if same is None:
-        same = same_instance_mask(queue_ids, query_ids, k, b, dev)
-    excluded = same is not None
-    if same is not None:
-        s_det = s_det.masked_fill(same, float("-inf"))
+    excluded = queue_ids is not None and query_ids is not None
     s = num_mix
     n_idx = 2 * s + num_query_mix
-    # one draw for everything: per query [u_i (s) | u_j (s) | u_k (s') | alpha (s) | beta (s')]
-    u = _rand((b, n_idx + s + num_query_mix), dev, generator)
-    norm1: Tensor | None = None
+    # per query [u_i (s) | u_j (s) | u_k (s') | alpha (s) | beta / 0.5 (s')]
+    width = n_idx + s + num_query_mix
+    seed = draw_seed(generator, dev)
     kern = _cpu_kernels(s_det) if s_det.dtype == torch.float32 else None
-    with_norms = (
-        queue is not None and queue.dtype == torch.float32 and queue.device.type == "cpu"
-    )
     if kern is not None:
         _, _, select_kernel = kern
+        use_ids = excluded and not masked
         pos = torch.empty(b, n_idx, dtype=torch.long)
         counts = torch.empty(b, dtype=torch.long)
-        norm1 = torch.empty(b, s if with_norms else 0, dtype=torch.float32)
-        q_np = (queue.contiguous() if with_norms and queue is not None
-                else s_det.new_empty(1, 1)).numpy()
+        mix_w = torch.empty(b, s + num_query_mix, dtype=torch.float32)
+        top = torch.empty(b, dtype=torch.float32)
+        ids = [torch.zeros(1, dtype=torch.long) if t is None or not use_ids
+               else t.to(device="cpu", dtype=torch.long).contiguous()
+               for t in (queue_ids, query_ids)]
         run_parallel(
-            select_kernel, s_det.contiguous().numpy(), u.contiguous().numpy(), n_eff, s,
-            num_query_mix, q_np, with_norms, pos.numpy(), counts.numpy(), norm1.numpy(),
+            select_kernel, s_det.contiguous().numpy(), np.uint64(int(seed)), n_eff, s,
+            num_query_mix, ids[0].numpy(), ids[1].numpy(), use_ids, pos.numpy(),
+            counts.numpy(), mix_w.numpy(), top.numpy(),
         )
-        if not with_norms:
-            norm1 = None
+        alpha, beta = mix_w[:, :s], 0.5 * mix_w[:, s:]
     else:
+        if excluded and not masked:
+            s_det = s_det.masked_fill(
+                same_instance_mask(queue_ids, query_ids, k, b, dev), float("-inf"))
+        u = counter_uniform(seed, b, width)
         vals, hard = torch.topk(s_det, n_eff, dim=1, largest=True, sorted=True)
-        if excluded:
-            counts = torch.isfinite(vals).sum(dim=1)  # eligible entries come first (sorted)
-        else:
-            counts = torch.full((b,), n_eff, dtype=torch.long, device=dev)
+        top = vals[:, 0]
+        counts = torch.isfinite(vals).sum(dim=1)  # eligible entries come first (sorted)
         cnt = counts.clamp_min(1).unsqueeze(1)
         # rank floor(u * count) in [0, count); the clamp only guards fp rounding at u -> 1
-        if excluded:
-            ranks = torch.minimum((u[:, :n_idx] * cnt).long(), cnt - 1)
-        else:
-            ranks = (u[:, :n_idx] * n_eff).long().clamp_max_(n_eff - 1)
+        ranks = torch.minimum((u[:, :n_idx] * cnt).long(), cnt - 1)
         pos = hard.gather(1, ranks)
-    valid = counts > 0
-    draws = MochiDraws(
+        alpha, beta = u[:, n_idx : n_idx + s], 0.5 * u[:, n_idx + s :]
+    return MochiDraws(
         pos_i=pos[:, :s],
         pos_j=pos[:, s : 2 * s],
-        alpha=u[:, n_idx : n_idx + s],
+        alpha=alpha,
         pos_k=pos[:, 2 * s :],
-        beta=0.5 * u[:, n_idx + s :],
-        valid=valid,
+        beta=beta,
+        valid=counts > 0,
         positions=pos,
         excluded=excluded,
+        top=top,
     )
-    return draws, norm1
 
 
 def mochi_negatives(
@@ -279,7 +268,7 @@ def mochi_negatives(
 
 
 def _numba_kernels() -> Any:
-    """Compile (once, cached on disk) the CPU kernels; None without numba.
+    """The CPU kernels (:mod:`contrastmix.mixing._mochi_kernels`); None without numba.
 
     Returns:
         ``(numba, pair_norms, select)``: the module and the two parallel ``njit`` kernels.
@@ -288,116 +277,12 @@ def _numba_kernels() -> Any:
     if _NUMBA_KERNEL is None:
         try:
             import numba
+
+            from contrastmix.mixing._mochi_kernels import build
         except ImportError:  # pragma: no cover - numba comes with umap-learn
             _NUMBA_KERNEL = False
             return None
-        sampled_threshold = sampled_threshold_kernel()
-
-        @numba.njit(parallel=True, fastmath=True, cache=True)
-        def pair_norms(queue, pos_i, pos_j, w_i, w_j, out):  # type: ignore[no-untyped-def]
-            d = queue.shape[1]
-            for r in numba.prange(pos_i.shape[0]):
-                x, y, a, b = pos_i[r], pos_j[r], w_i[r], w_j[r]
-                acc = a - a
-                for c in range(d):
-                    v = a * queue[x, c] + b * queue[y, c]
-                    acc += v * v
-                out[r] = np.sqrt(acc)
-
-        @numba.njit(fastmath=True, cache=True)
-        def pair_norm(queue, x, y, a, b):  # type: ignore[no-untyped-def]
-            qx = queue[x]
-            qy = queue[y]
-            acc = a - a
-            for c in range(qx.shape[0]):
-                v = a * qx[c] + b * qy[c]
-                acc += v * v
-            return np.sqrt(acc)
-
-        @numba.njit(parallel=True, cache=True)
-        def select(sims, u, n, s, s2, queue, with_norms, out_pos, out_cnt, out_norm
-                   ):  # type: ignore[no-untyped-def]
-            # Per float32 row (query), in parallel over rows:
-            # 1. a threshold from a 1-in-4 sample (contrastmix._numba.sampled_threshold_kernel);
-            #    one pass keeps every value >= it (if fewer than n survive, every finite
-            #    value is kept instead), so the hard set is exact whatever the sample says;
-            # 2. a stable LSD radix sort (4 x 8 bits) of the survivors on order-preserving
-            #    float bits: descending value, equal values by increasing queue row;
-            # 3. rank floor(u * count) -> queue row, as the torch path does;
-            # 4. with_norms: the type-1 norms ||a n_i + (1-a) n_j|| (hard set in cache).
-            k = sims.shape[1]
-            n_idx = 2 * s + s2
-            for r in numba.prange(sims.shape[0]):
-                row = sims[r]
-                thr = sampled_threshold(row[::4], n, 4)
-                # room for the expected survivors (a small allocation, not k-sized per row)
-                cap = min(k, 2 * n + 2048)
-                keys = np.empty(cap, np.uint32)
-                cols = np.empty(cap, np.int64)
-                c = 0
-                for _attempt in range(3):
-                    c = 0
-                    nfin = 0
-                    for j in range(k):
-                        v = row[j]
-                        if v > -np.inf:
-                            nfin += 1
-                            if v >= thr:
-                                if c < cap:
-                                    # + 0.0 maps -0.0 to +0.0 (equal values, one key)
-                                    bits = np.float32(v + np.float32(0.0)).view(np.uint32)
-                                    if bits >> np.uint32(31):
-                                        keys[c] = bits
-                                    else:
-                                        keys[c] = ~(bits | np.uint32(0x80000000))
-                                    cols[c] = j
-                                c += 1
-                    if c <= cap and (c >= n or c == nfin):
-                        break
-                    if c >= n:  # more survivors than room: collect again with room for all
-                        cap = k
-                    else:  # the sample misled the threshold: keep every finite value
-                        thr = np.float32(-np.inf)
-                        cap = k
-                    keys = np.empty(cap, np.uint32)
-                    cols = np.empty(cap, np.int64)
-                kb = np.empty(c, np.uint32)
-                cb = np.empty(c, np.int64)
-                count = np.empty(257, np.int64)
-                for shift in range(0, 32, 8):
-                    count[:] = 0
-                    for t in range(c):
-                        count[((keys[t] >> np.uint32(shift)) & np.uint32(255)) + 1] += 1
-                    if count[1:].max() == c:
-                        continue  # every key shares this byte
-                    for t in range(256):
-                        count[t + 1] += count[t]
-                    for t in range(c):
-                        byte = (keys[t] >> np.uint32(shift)) & np.uint32(255)
-                        dst = count[byte]
-                        kb[dst] = keys[t]
-                        cb[dst] = cols[t]
-                        count[byte] = dst + 1
-                    tk = keys
-                    keys = kb
-                    kb = tk
-                    tc = cols
-                    cols = cb
-                    cb = tc
-                cnt = min(c, n)
-                out_cnt[r] = cnt
-                m = max(cnt, 1)
-                cf = np.float32(m)
-                for t in range(n_idx):
-                    out_pos[r, t] = cols[min(np.int64(u[r, t] * cf), m - 1)] if cnt > 0 else 0
-                if with_norms:
-                    for t in range(s):
-                        a = u[r, n_idx + t]
-                        out_norm[r, t] = pair_norm(
-                            queue, out_pos[r, t], out_pos[r, s + t], a, np.float32(1.0) - a
-                        )
-
-        _NUMBA_KERNEL = (numba, pair_norms, select)
+        _NUMBA_KERNEL = (numba, *build())
     return _NUMBA_KERNEL or None
 
 
@@ -513,6 +398,7 @@ class MochiCoefficients(NamedTuple):
         valid: ``[B]`` False for queries without an eligible queue entry (their synthetic
             logits are ``-inf``).
         num_mix: ``s``.
+        top: ``[B]`` the largest eligible entry of ``l`` per query (:class:`MochiDraws`).
     """
 
     positions: Tensor
@@ -520,6 +406,7 @@ class MochiCoefficients(NamedTuple):
     c_q: Tensor
     valid: Tensor
     num_mix: int
+    top: Tensor
 
 
 def _mochi_coefficients(
@@ -534,36 +421,38 @@ def _mochi_coefficients(
     query_ids: Tensor | None,
     generator: torch.Generator | None,
     logit_scale: float = 1.0,
-    same: Tensor | None = None,
+    masked: bool = False,
+    queue_sq: Tensor | None = None,
 ) -> MochiCoefficients:
     """Draws and constant coefficients of the fast path (validated inputs, one dtype).
 
     ``l`` may be scaled similarities ``logit_scale · q·n`` (e.g. logits ``q·n / τ``): the
     hard set is the same, and the coefficients then give scaled synthetic logits
-    ``W l[positions] + c_q (q·q̄)`` (``c_q`` carries the scale). ``same``: see
-    :func:`_select_and_draw`.
+    ``W l[positions] + c_q (q·q̄)`` (``c_q`` carries the scale). ``masked``: see
+    :func:`_select_and_draw`. ``queue_sq``: the ``[K]`` squared row norms of ``n`` when the
+    caller has them (computed otherwise).
     """
     check_sample_ids(queue_ids, query_ids, l.shape[1], l.shape[0])
-    draws, norm1 = _select_and_draw(
+    draws = _select_and_draw(
         l, num_hard, num_mix, num_query_mix,
-        queue_ids=queue_ids, query_ids=query_ids, generator=generator, queue=n, same=same,
+        queue_ids=queue_ids, query_ids=query_ids, generator=generator, masked=masked,
     )
     with torch.no_grad():
         a = draws.alpha.to(n.dtype)
-        if norm1 is None:
-            norm1 = _pair_norms(n, draws.pos_i, draws.pos_j, a, 1 - a)
-        norm1 = norm1.clamp_min(1e-12)
+        norm1 = _pair_norms(n, draws.pos_i, draws.pos_j, a, 1 - a).clamp_min(1e-12)
         bt = draws.beta.to(n.dtype)
         qbar = q.detach()
         qq = (qbar * qbar).sum(dim=1, keepdim=True)
-        sq_k = torch.linalg.vector_norm(n, dim=1).square()[draws.pos_k]
+        if queue_sq is None:
+            queue_sq = torch.linalg.vector_norm(n, dim=1).square()
+        sq_k = queue_sq[draws.pos_k]
         qn = l.detach().gather(1, draws.pos_k) / logit_scale
         norm2 = (bt * bt * qq + (1 - bt) ** 2 * sq_k
                  + 2 * bt * (1 - bt) * qn).clamp_min(0).sqrt().clamp_min(1e-12)
         # constant coefficients: q·h = c_i l_i + c_j l_j, q·h' = c_q (q·q̄) + c_k l_k
         weights = torch.cat([a / norm1, (1 - a) / norm1, (1 - bt) / norm2], dim=1)
         c_q = bt / norm2 * logit_scale
-    return MochiCoefficients(draws.positions, weights, c_q, draws.valid, num_mix)
+    return MochiCoefficients(draws.positions, weights, c_q, draws.valid, num_mix, draws.top)
 
 
 def synthetic_logits_from(coef: MochiCoefficients, l: Tensor, q_dot_qbar: Tensor) -> Tensor:

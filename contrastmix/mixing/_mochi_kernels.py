@@ -1,0 +1,232 @@
+"""CPU (numba) kernels of the MoCHi fast path (:mod:`contrastmix.mixing.mochi`).
+
+The kernels are plain Python functions here (``*_py``); :func:`build` compiles them once per
+process with ``numba.njit(cache=True)`` into this module's globals (``_select``,
+``_pair_norms`` and their helpers), which is also how they call each other and the shared
+helpers (:func:`contrastmix._numba.sampled_threshold_kernel`,
+:func:`contrastmix._numba.prefetch_kernel`,
+:func:`contrastmix._counter_rng.counter_uniform_kernel`). Module globals, not closures: numba
+keys its on-disk cache on a function's closure, and a closure holding other jitted functions
+changes key in every process, so nothing would ever load from the cache. numba imports lazily
+(it ships with umap-learn). numba does not see edits to a helper in another file: clear the
+``__pycache__`` ``*.nbi``/``*.nbc`` files after changing one.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+__all__ = ["build"]
+
+# set by build(): numba.prange and the compiled helpers the kernels call
+_prange: Any = None
+_sampled_threshold: Any = None
+_prefetch_row: Any = None
+_uniform: Any = None
+_pair_norm: Any = None
+_collect: Any = None
+_sort_keys: Any = None
+_radix_sort: Any = None
+_sort_desc: Any = None
+
+
+def pair_norm_py(queue, x, y, a, b):  # type: ignore[no-untyped-def]
+    qx = queue[x]
+    qy = queue[y]
+    acc = a - a
+    for c in range(qx.shape[0]):
+        v = a * qx[c] + b * qy[c]
+        acc += v * v
+    return np.sqrt(acc)
+
+
+def pair_norms_py(queue, pos_i, pos_j, w_i, w_j, out):  # type: ignore[no-untyped-def]
+    # ||w_i n_{pos_i} + w_j n_{pos_j}|| per pair, in parallel over blocks of pairs; the
+    # rows are visited in an order the hardware cannot guess, so each block
+    # prefetches the rows of the pair `ahead` pairs on
+    total = pos_i.shape[0]
+    block = 256
+    ahead = 4
+    for blk in _prange((total + block - 1) // block):
+        lo = blk * block
+        hi = min(total, lo + block)
+        for r in range(lo, min(hi, lo + ahead)):
+            _prefetch_row(queue, pos_i[r])
+            _prefetch_row(queue, pos_j[r])
+        for r in range(lo, hi):
+            if r + ahead < hi:
+                _prefetch_row(queue, pos_i[r + ahead])
+                _prefetch_row(queue, pos_j[r + ahead])
+            out[r] = _pair_norm(queue, pos_i[r], pos_j[r], w_i[r], w_j[r])
+
+
+def collect_py(row, thr, ids, my_id, use_ids, cols):  # type: ignore[no-untyped-def]
+    # branch-free compaction of the columns of the values >= thr (and not of the
+    # query's own sample); cols has room for every column plus one
+    c = 0
+    if use_ids:
+        for j in range(row.shape[0]):
+            cols[c] = j
+            c += (row[j] >= thr) & (ids[j] != my_id)
+    else:
+        for j in range(row.shape[0]):
+            cols[c] = j
+            c += row[j] >= thr
+    return c
+
+
+def sort_keys_py(row, cols, c):  # type: ignore[no-untyped-def]
+    # order-preserving uint32 keys of row[cols[:c]], ascending key = descending
+    # value (+ 0.0 maps -0.0 to +0.0: equal values, one key), minus the smallest key
+    keys = np.empty(c, np.uint32)
+    kmin = np.uint32(0xFFFFFFFF)
+    kmax = np.uint32(0)
+    for t in range(c):
+        bits = np.float32(row[cols[t]] + np.float32(0.0)).view(np.uint32)
+        kk = np.uint32(bits if bits >> np.uint32(31)
+                       else ~(bits | np.uint32(0x80000000)))
+        keys[t] = kk
+        kmin = min(kmin, kk)
+        kmax = max(kmax, kk)
+    for t in range(c):
+        keys[t] = np.uint32(keys[t] - kmin)
+    return keys, np.uint32(kmax - kmin)
+
+
+def radix_sort_py(keys, cols, c):  # type: ignore[no-untyped-def]
+    # stable LSD radix sort (4 x 8 bits, one pass for the four histograms, bytes that
+    # every key shares skipped) of the keys; returns the cols in key order
+    count = np.zeros((4, 257), np.int64)
+    for t in range(c):
+        kk = keys[t]
+        for p in range(4):
+            count[p, ((kk >> np.uint32(8 * p)) & np.uint32(255)) + 1] += 1
+    keys = keys.copy()
+    kb = np.empty(c, np.uint32)
+    cs = cols[:c].copy()
+    cb = np.empty(c, np.int32)
+    for p in range(4):
+        cp = count[p]
+        if cp[1:].max() == c:
+            continue
+        for t in range(256):
+            cp[t + 1] += cp[t]
+        shift = np.uint32(8 * p)
+        for t in range(c):
+            byte = (keys[t] >> shift) & np.uint32(255)
+            dst = cp[byte]
+            kb[dst] = keys[t]
+            cb[dst] = cs[t]
+            cp[byte] = dst + 1
+        keys, kb = kb, keys
+        cs, cb = cb, cs
+    return cs
+
+
+def sort_desc_py(row, cols, c):  # type: ignore[no-untyped-def]
+    # cols[:c] by descending row value, equal values by increasing column (cols come
+    # in increasing order). A stable bucket pass on the top bits of the keys (about
+    # c buckets), then insertion sort, which only moves entries within a bucket;
+    # when that would move many (skewed values), the LSD radix sort instead.
+    keys, span = _sort_keys(row, cols, c)
+    shift = np.uint32(0)
+    while (span >> shift) >= np.uint32(max(c, 1)):
+        shift += np.uint32(1)
+    nb = np.int64(span >> shift) + 1
+    count = np.zeros(nb + 1, np.int64)
+    for t in range(c):
+        count[np.int64(keys[t] >> shift) + 1] += 1
+    for b in range(nb):
+        count[b + 1] += count[b]
+    kb = np.empty(c, np.uint32)
+    cb = np.empty(c, np.int32)
+    for t in range(c):
+        b = np.int64(keys[t] >> shift)
+        dst = count[b]
+        kb[dst] = keys[t]
+        cb[dst] = cols[t]
+        count[b] = dst + 1
+    budget = 8 * c + 64
+    for t in range(1, c):
+        kk = kb[t]
+        cc = cb[t]
+        u = t
+        while u > 0 and kb[u - 1] > kk:
+            kb[u] = kb[u - 1]
+            cb[u] = cb[u - 1]
+            u -= 1
+        kb[u] = kk
+        cb[u] = cc
+        budget -= t - u
+        if budget < 0:
+            return _radix_sort(keys, cols, c)
+    return cb
+
+
+def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_cnt, out_w, out_top
+           ):  # type: ignore[no-untyped-def]
+    # Per float32 row (query), in parallel over rows:
+    # 1. a threshold from a 1-in-8 sample (contrastmix._numba.sampled_threshold_kernel);
+    #    one branch-free pass keeps every eligible value >= it; if fewer than n
+    #    survive, a second pass keeps every eligible value, so the hard set is exact
+    #    whatever the sample says (-inf and NaN are never eligible);
+    # 2. stable radix sort of the survivors: descending value, ties by queue row;
+    #    out_top = the largest eligible value (-inf if none);
+    # 3. draws from the counter-based stream (contrastmix._counter_rng), value
+    #    r * (3s + 2s') + t; rank floor(u * count) -> queue row, as the torch path.
+    k = sims.shape[1]
+    n_idx = 2 * s + s2
+    width = n_idx + s + s2
+    lowest = np.float32(-3.4028234663852886e38)
+    for r in _prange(sims.shape[0]):
+        row = sims[r]
+        my_id = qids[r] if use_ids else 0
+        thr = max(_sampled_threshold(row[::8], n, 8), lowest)
+        cols = np.empty(k + 1, np.int32)
+        c = _collect(row, thr, ids, my_id, use_ids, cols)
+        if c < n:  # the sample misled the threshold (or < n eligible): keep all
+            c = _collect(row, lowest, ids, my_id, use_ids, cols)
+        hard = _sort_desc(row, cols, c)
+        cnt = min(c, n)
+        out_cnt[r] = cnt
+        out_top[r] = row[hard[0]] if cnt > 0 else -np.inf
+        # this query's stream values, in a loop the compiler vectorises
+        u = np.empty(width, np.float32)
+        for t in range(width):
+            u[t] = _uniform(seed, r * width + t)
+        m = max(cnt, 1)
+        cf = np.float32(m)
+        for t in range(n_idx):
+            out_pos[r, t] = hard[min(np.int64(u[t] * cf), m - 1)] if cnt > 0 else 0
+        out_w[r, :] = u[n_idx:]
+
+
+@functools.lru_cache(maxsize=1)
+def build() -> tuple[Any, Any]:
+    """Compile (or load from numba's disk cache) the kernels.
+
+    Returns:
+        ``(pair_norms, select)``, the two parallel kernels. Raises ``ImportError`` without
+        numba.
+    """
+    global _prange, _sampled_threshold, _prefetch_row, _uniform, _pair_norm, _collect
+    global _sort_keys, _radix_sort, _sort_desc
+    import numba
+
+    from contrastmix._counter_rng import counter_uniform_kernel
+    from contrastmix._numba import prefetch_kernel, sampled_threshold_kernel
+
+    jit = functools.partial(numba.njit, cache=True)
+    _prange = numba.prange
+    _sampled_threshold = sampled_threshold_kernel()
+    _prefetch_row = prefetch_kernel()
+    _uniform = counter_uniform_kernel()
+    _pair_norm = jit(fastmath=True)(pair_norm_py)
+    _collect = jit()(collect_py)
+    _sort_keys = jit()(sort_keys_py)
+    _radix_sort = jit()(radix_sort_py)
+    _sort_desc = jit()(sort_desc_py)
+    return jit(parallel=True)(pair_norms_py), jit(parallel=True)(select_py)
