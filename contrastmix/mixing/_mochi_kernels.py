@@ -28,6 +28,10 @@ _prefetch_row: Any = None
 _uniform: Any = None
 _pair_norm: Any = None
 _collect: Any = None
+_compress: Any = None
+_compress_ids: Any = None
+_collect_tail: Any = None
+_LANES = 16
 _sort_keys: Any = None
 _radix_sort: Any = None
 _sort_desc: Any = None
@@ -44,35 +48,48 @@ def pair_norm_py(queue, x, y, a, b):  # type: ignore[no-untyped-def]
 
 
 def pair_norms_py(queue, pos_i, pos_j, w_i, w_j, out):  # type: ignore[no-untyped-def]
-    # ||w_i n_{pos_i} + w_j n_{pos_j}|| per pair, in parallel over blocks of pairs; the
-    # rows are visited in an order the hardware cannot guess, so each block
-    # prefetches the rows of the pair `ahead` pairs on
-    total = pos_i.shape[0]
-    block = 256
+    # ||w_i n_{pos_i} + w_j n_{pos_j}|| for [B, s] pairs (strided views are fine), in
+    # parallel over rows; the queue rows come in an order the hardware cannot guess, so
+    # each pair prefetches the rows of the pair `ahead` pairs on
+    s = pos_i.shape[1]
     ahead = 4
-    for blk in _prange((total + block - 1) // block):
-        lo = blk * block
-        hi = min(total, lo + block)
-        for r in range(lo, min(hi, lo + ahead)):
-            _prefetch_row(queue, pos_i[r])
-            _prefetch_row(queue, pos_j[r])
-        for r in range(lo, hi):
-            if r + ahead < hi:
-                _prefetch_row(queue, pos_i[r + ahead])
-                _prefetch_row(queue, pos_j[r + ahead])
-            out[r] = _pair_norm(queue, pos_i[r], pos_j[r], w_i[r], w_j[r])
+    for r in _prange(pos_i.shape[0]):
+        for t in range(min(s, ahead)):
+            _prefetch_row(queue, pos_i[r, t])
+            _prefetch_row(queue, pos_j[r, t])
+        for t in range(s):
+            if t + ahead < s:
+                _prefetch_row(queue, pos_i[r, t + ahead])
+                _prefetch_row(queue, pos_j[r, t + ahead])
+            out[r, t] = _pair_norm(queue, pos_i[r, t], pos_j[r, t], w_i[r, t], w_j[r, t])
 
 
 def collect_py(row, thr, ids, my_id, use_ids, cols):  # type: ignore[no-untyped-def]
-    # branch-free compaction of the columns of the values >= thr (and not of the
-    # query's own sample); cols has room for every column plus one
+    # compaction of the columns of the values >= thr (and not of the query's own sample),
+    # in increasing order; cols has room for every column plus one. 16 columns at a time
+    # with a masked compress-store (AVX-512 vpcompressd), then a branch-free scalar tail.
+    n = row.shape[0]
     c = 0
+    j = 0
     if use_ids:
-        for j in range(row.shape[0]):
+        while j + _LANES <= n:
+            c = _compress_ids(row, ids, j, thr, my_id, cols, c)
+            j += _LANES
+    else:
+        while j + _LANES <= n:
+            c = _compress(row, j, thr, cols, c)
+            j += _LANES
+    return _collect_tail(row, thr, ids, my_id, use_ids, cols, c, j)
+
+
+def collect_tail_py(row, thr, ids, my_id, use_ids, cols, c, j0):  # type: ignore[no-untyped-def]
+    # the scalar, branch-free version of collect_py from column j0 on
+    if use_ids:
+        for j in range(j0, row.shape[0]):
             cols[c] = j
             c += (row[j] >= thr) & (ids[j] != my_id)
     else:
-        for j in range(row.shape[0]):
+        for j in range(j0, row.shape[0]):
             cols[c] = j
             c += row[j] >= thr
     return c
@@ -213,7 +230,7 @@ def build() -> tuple[Any, Any]:
         numba.
     """
     global _prange, _sampled_threshold, _prefetch_row, _uniform, _pair_norm, _collect
-    global _sort_keys, _radix_sort, _sort_desc
+    global _sort_keys, _radix_sort, _sort_desc, _compress, _compress_ids, _collect_tail
     import numba
 
     from contrastmix._counter_rng import counter_uniform_kernel
@@ -225,8 +242,121 @@ def build() -> tuple[Any, Any]:
     _prefetch_row = prefetch_kernel()
     _uniform = counter_uniform_kernel()
     _pair_norm = jit(fastmath=True)(pair_norm_py)
+    _collect_tail = jit()(collect_tail_py)
+    _compress, _compress_ids = _compress_intrinsics()
     _collect = jit()(collect_py)
+    if not _collect_works(_collect):  # pragma: no cover - an LLVM without the intrinsic
+        _collect = jit()(collect_scalar_py)
     _sort_keys = jit()(sort_keys_py)
     _radix_sort = jit()(radix_sort_py)
     _sort_desc = jit()(sort_desc_py)
     return jit(parallel=True)(pair_norms_py), jit(parallel=True)(select_py)
+
+
+def collect_scalar_py(row, thr, ids, my_id, use_ids, cols):  # type: ignore[no-untyped-def]
+    # collect_py without the vector part (where the compress-store does not compile)
+    return _collect_tail(row, thr, ids, my_id, use_ids, cols, 0, 0)
+
+
+def _collect_works(collect: Any) -> bool:
+    """Whether the vectorised ``collect`` compiles and agrees with the scalar loop."""
+    rng = np.random.default_rng(0)
+    row = rng.standard_normal(1000).astype(np.float32)
+    row[::7] = -np.inf
+    ids = rng.integers(0, 5, 1000)
+    for use_ids in (False, True):
+        got = np.empty(1001, np.int32)
+        want = np.empty(1001, np.int32)
+        try:
+            c = collect(row, np.float32(0.3), ids, 2, use_ids, got)
+        except Exception:
+            return False
+        w = _collect_tail(row, np.float32(0.3), ids, 2, use_ids, want, 0, 0)
+        if c != w or not np.array_equal(got[:c], want[:w]):
+            return False
+    return True
+
+
+def _compress_intrinsics() -> tuple[Any, Any]:
+    """``compress(row, j, thr, cols, c)`` and ``compress_ids(row, ids, j, thr, my_id, cols,
+    c)``: write the columns ``j .. j+15`` with ``row >= thr`` (and ``ids != my_id``) to
+    ``cols[c:]`` in order (LLVM ``masked.compressstore``); return the new ``c``. ``row`` and
+    ``ids`` must be contiguous and hold 16 entries from ``j`` on."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.core.errors import TypingError
+    from numba.extending import intrinsic
+
+    lanes = _LANES
+    f32, i32, i64 = ir.FloatType(), ir.IntType(32), ir.IntType(64)
+    vi32 = ir.VectorType(i32, lanes)
+
+    def splat(builder, value, vty):  # type: ignore[no-untyped-def]
+        v = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                      ir.Constant(vi32, [0] * lanes))
+
+    def load(context, builder, aryty, ary, j, elem):  # type: ignore[no-untyped-def]
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [j], wraparound=False)
+        vty = ir.VectorType(elem, lanes)
+        return builder.load(builder.bitcast(ptr, ir.PointerType(vty)), align=1)
+
+    def emit(context, builder, sig, args, with_ids):  # type: ignore[no-untyped-def]
+        if with_ids:
+            rowty, idsty, jty, thrty, myty, colsty, cty = sig.args
+            row_v, ids_v, j_v, thr_v, my_v, cols_v, c_v = args
+        else:
+            rowty, jty, thrty, colsty, cty = sig.args
+            row_v, j_v, thr_v, cols_v, c_v = args
+        j = context.cast(builder, j_v, jty, types.intp)
+        c = context.cast(builder, c_v, cty, types.intp)
+        row = context.make_array(rowty)(context, builder, row_v)
+        vals = load(context, builder, rowty, row, j, f32)
+        thr = context.cast(builder, thr_v, thrty, types.float32)
+        mask = builder.fcmp_ordered(">=", vals, splat(builder, thr, ir.VectorType(f32, lanes)))
+        if with_ids:
+            ids = context.make_array(idsty)(context, builder, ids_v)
+            idv = load(context, builder, idsty, ids, j, i64)
+            my = context.cast(builder, my_v, myty, types.int64)
+            mask = builder.and_(mask, builder.icmp_signed(
+                "!=", idv, splat(builder, my, ir.VectorType(i64, lanes))))
+        cols_ary = context.make_array(colsty)(context, builder, cols_v)
+        dst = cgutils.get_item_pointer(context, builder, colsty, cols_ary, [c],
+                                       wraparound=False)
+        idx = builder.add(splat(builder, builder.trunc(j, i32), vi32),
+                          ir.Constant(vi32, list(range(lanes))))
+        store = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [vi32, ir.PointerType(i32),
+                                            ir.VectorType(ir.IntType(1), lanes)]),
+            f"llvm.masked.compressstore.v{lanes}i32",
+        )
+        builder.call(store, [idx, builder.bitcast(dst, ir.PointerType(i32)), mask])
+        bits = builder.bitcast(mask, ir.IntType(lanes))
+        ctpop = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]),
+            f"llvm.ctpop.i{lanes}",
+        )
+        return builder.add(c, builder.zext(builder.call(ctpop, [bits]), i64))
+
+    def check(row, cols, ids=None):  # type: ignore[no-untyped-def]
+        ok = (row.dtype == types.float32 and row.layout == "C" and cols.dtype == types.int32
+              and (ids is None or (ids.dtype == types.int64 and ids.layout == "C")))
+        if not ok:
+            raise TypingError("compress: float32/int64 C-contiguous inputs, int32 output")
+
+    @intrinsic
+    def compress(typingctx, row, j, thr, cols, c):  # type: ignore[no-untyped-def]
+        check(row, cols)
+        sig = types.int64(row, j, thr, cols, c)
+        return sig, lambda ctx, b, sg, a: emit(ctx, b, sg, a, False)
+
+    @intrinsic
+    def compress_ids(typingctx, row, ids, j, thr, my_id, cols, c
+                     ):  # type: ignore[no-untyped-def]
+        check(row, cols, ids)
+        sig = types.int64(row, ids, j, thr, my_id, cols, c)
+        return sig, lambda ctx, b, sg, a: emit(ctx, b, sg, a, True)
+
+    return compress, compress_ids

@@ -21,9 +21,11 @@ already computed similarities ``l = q·n``:
 ``‖β q̄ + (1−β) n_j‖² = β²‖q̄‖² + (1−β)²‖n_j‖² + 2β(1−β) l_j`` (detached).
 The numerator carries the gradient (through ``l``) and the norm is a constant, so
 ``∂(q·h)/∂q = h`` exactly as with materialised, detached ``h``. Only the ``B·s`` type-1 norms
-``‖α n_i + (1−α) n_j‖`` need the ``d``-dimensional vectors: on the CPU one fused numba loop
-over the pairs (numba ships with umap-learn; ``CONTRASTMIX_NUMBA=0`` disables it), otherwise
-chunked gathers; no ``B × s × d`` tensor is kept.
+``‖α n_i + (1−α) n_j‖`` need the ``d``-dimensional vectors: on the CPU one numba loop over
+the pairs that prefetches the rows a few pairs ahead (numba ships with umap-learn;
+``CONTRASTMIX_NUMBA=0`` disables it), otherwise chunked gathers; no ``B × s × d`` tensor is
+kept. On the CPU the hard-set selection and the draws are one numba kernel too
+(:mod:`contrastmix.mixing._mochi_kernels`).
 """
 
 from __future__ import annotations
@@ -115,9 +117,12 @@ def mochi_draws(
     decreasing similarity, so a draw addresses a *rank* in the hard set: permuting the queue
     rows permutes the returned positions and nothing else. Entries with
     ``queue_ids == query_ids[b]`` are excluded from query ``b``'s hard set (the draws then
-    range over its eligible entries only). One ``torch.rand`` call of shape
-    ``[B, 3s + 2s']`` on ``generator`` gives, per query, ``[u_i | u_j | u_k | α | β/0.5]``;
-    a rank is ``floor(u · |H_q|)``.
+    range over its eligible entries only). The random numbers: one 63-bit seed drawn from
+    ``generator`` (torch's default generator when None) keys a counter-based uniform stream
+    (SplitMix64, :mod:`contrastmix._counter_rng`); values ``b·(3s + 2s') + t`` give query
+    ``b`` its ``[u_i | u_j | u_k | α | β/0.5]``, and a rank is ``floor(u · |H_q|)``. Any
+    value can be computed on its own, so the CPU kernel draws in place, in parallel, with a
+    result independent of the thread count; the torch path computes the same stream.
 
     Args:
         sims: ``[B, K]`` similarities ``q·n`` (used without gradient).
@@ -313,13 +318,8 @@ def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: T
     if kern is not None:
         _, pair_norms, _ = kern
         run_parallel(
-            pair_norms,
-            queue.contiguous().numpy(),
-            pos_i.reshape(-1).contiguous().numpy(),
-            pos_j.reshape(-1).contiguous().numpy(),
-            w_i.to(queue.dtype).reshape(-1).contiguous().numpy(),
-            w_j.to(queue.dtype).reshape(-1).contiguous().numpy(),
-            out.view(-1).numpy(),
+            pair_norms, queue.contiguous().numpy(), pos_i.numpy(), pos_j.numpy(),
+            w_i.to(queue.dtype).numpy(), w_j.to(queue.dtype).numpy(), out.numpy(),
         )
         return out
     flat = out.view(-1)
