@@ -8,7 +8,6 @@ MoCo v2 (Chen et al., 2020). See METHODS.md §1. The synthetic logits come from 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix._validation import (
@@ -18,69 +17,14 @@ from contrastmix._validation import (
     check_tensor,
     check_unit_norm,
 )
+from contrastmix.losses.fused_infonce import fused_infonce, row_max
 from contrastmix.losses.moco import same_instance_mask
 from contrastmix.mixing.mochi import (
-    MochiCoefficients,
     _check_hparams,
     _mochi_coefficients,
-    synthetic_logits_from,
 )
 
 __all__ = ["MoCHiLoss"]
-
-
-class _MixedInfoNCE(torch.autograd.Function):
-    """Mean cross-entropy, target 0, of the logits ``[pos | real | W real[positions] + c_q q·q̄]``.
-
-    Inputs are logits already (divided by τ). The same value and gradient as
-    ``F.cross_entropy(torch.cat([pos, real, syn]), 0)`` with the synthetic logits of
-    :func:`~contrastmix.mixing.mochi.synthetic_logits_from`, without the concatenated
-    ``[B, 1 + K + s + s']`` tensor: one shared row maximum, ``exp(real - max)`` is kept from
-    the forward pass, and the backward writes the softmax of the real part straight into the
-    gradient of ``real`` and scatter-adds the synthetic part's share into it (no zero-filled
-    gather gradient, no accumulation of two gradient branches). Rows of ``real`` may hold
-    ``-inf`` (masked entries); invalid queries' synthetic logits are ``-inf``.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
-        pos: Tensor,
-        real: Tensor,
-        q_dot_qbar: Tensor,
-        real_max: Tensor,
-        coef: MochiCoefficients,
-    ) -> Tensor:
-        s = coef.num_mix
-        with torch.no_grad():
-            syn = synthetic_logits_from(coef, real, q_dot_qbar)
-            m = torch.maximum(torch.maximum(pos, real_max.unsqueeze(1)),
-                              syn.amax(dim=1, keepdim=True) if syn.shape[1] else pos)
-            e_real = torch.sub(real, m).exp_()
-            e_pos = torch.exp(pos - m)
-            e_syn = torch.exp(syn - m)
-            total = e_pos + e_real.sum(dim=1, keepdim=True) + e_syn.sum(dim=1, keepdim=True)
-            loss = (m + total.log() - pos).mean()
-        ctx.save_for_backward(e_real, e_pos, e_syn, total, coef.positions, coef.weights,
-                              coef.c_q)
-        ctx.num_mix = s
-        return loss
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        e_real, e_pos, e_syn, total, positions, weights, c_q = ctx.saved_tensors  # type: ignore[attr-defined]
-        s = ctx.num_mix  # type: ignore[attr-defined]
-        b = e_real.shape[0]
-        scale = (grad / b) / total  # d loss / d logit = (softmax - onehot) / B
-        g_pos = e_pos * scale - grad / b
-        g_real = e_real * scale
-        p_syn = e_syn * scale
-        src = torch.cat([p_syn[:, :s], p_syn[:, :s], p_syn[:, s:]], dim=1).mul_(weights)
-        g_real.scatter_add_(1, positions, src)
-        g_qq = (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True)
-        return g_pos, g_real, g_qq, None, None
 
 
 class MoCHiLoss(nn.Module):
@@ -208,18 +152,14 @@ class MoCHiLoss(nn.Module):
             real = qs @ n.T
             if same is not None:
                 real.masked_fill_(same, float("-inf"))
-            self._record_proxy(pos, real.max(dim=1).values if real.shape[1] else None)
-            logits = torch.cat([pos, real], dim=1)
-            target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            return F.cross_entropy(logits, target)
+            real_max = row_max(real)
+            self._record_proxy(pos, real_max)
+            return fused_infonce(pos, real, real_max)
 
-    def _record_proxy(self, pos: Tensor, real_max: Tensor | None) -> None:
+    def _record_proxy(self, pos: Tensor, real_max: Tensor) -> None:
+        # real_max is -inf for an empty queue: every key wins
         with torch.no_grad():
-            if real_max is None:
-                beats = torch.ones_like(pos.squeeze(1), dtype=torch.bool)
-            else:
-                beats = pos.squeeze(1) > real_max
-            self._last_proxy = beats.float().mean()
+            self._last_proxy = (pos.squeeze(1) > real_max).float().mean()
 
     def _mixed_loss(
         self,
@@ -233,7 +173,8 @@ class MoCHiLoss(nn.Module):
         queue_sq: Tensor,
     ) -> Tensor:
         """The loss with synthetic negatives: logits computed as ``(q / τ)·x`` (scaling the
-        ``[B, d]`` query, not the ``[B, K]`` logits) and :class:`_MixedInfoNCE`."""
+        ``[B, d]`` query, not the ``[B, K]`` logits), then
+        :func:`~contrastmix.losses.fused_infonce.fused_infonce`."""
         inv_t = 1.0 / self.temperature
         qs = q * inv_t
         pos = (qs * key).sum(dim=1, keepdim=True)
@@ -251,4 +192,4 @@ class MoCHiLoss(nn.Module):
         real_max = real.detach().amax(dim=1) if own_unmasked else coef.top
         self._record_proxy(pos.detach(), real_max)
         q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
-        return _MixedInfoNCE.apply(pos, real, q_dot_qbar, real_max, coef)
+        return fused_infonce(pos, real, real_max, coef=coef, q_dot_qbar=q_dot_qbar)

@@ -8,7 +8,6 @@ See METHODS.md §1 ("Base").
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from contrastmix._validation import (
@@ -17,8 +16,53 @@ from contrastmix._validation import (
     check_tensor,
     same_instance_mask,
 )
+from contrastmix.losses.fused_infonce import fused_infonce
 
-__all__ = ["moco_logits", "moco_infonce", "same_instance_mask"]
+__all__ = ["moco_parts", "moco_logits", "moco_infonce", "same_instance_mask"]
+
+
+def moco_parts(
+    query: Tensor,
+    key: Tensor,
+    queue: Tensor,
+    temperature: float,
+    *,
+    queue_ids: Tensor | None = None,
+    query_ids: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The two parts of the MoCo logits, in fp32 (or wider): ``([B, 1], [B, K])``.
+
+    ``pos = q·k / τ`` and ``neg = q·n_j / τ``, computed as ``(q / τ)·x`` (the ``[B, d]``
+    query is scaled, not the ``[B, K]`` logits). With sample ids, queue rows that hold the
+    query's own sample (an older key of the same image: with a queue as large as the dataset
+    every query meets one) are not negatives: their logit is ``-inf`` (zero probability,
+    zero gradient; the positive keeps every row finite).
+
+    Args:
+        query: ``[B, d]`` L2-normalised queries (with gradient).
+        key: ``[B, d]`` L2-normalised keys of the momentum encoder (detached here).
+        queue: ``[K, d]`` L2-normalised negatives (detached here), ``K`` may be 0.
+        temperature: τ > 0.
+        queue_ids: Optional ``[K]`` sample ids of the queue rows.
+        query_ids: Optional ``[B]`` sample ids of the queries.
+
+    Returns:
+        ``(pos [B, 1], neg [B, K])`` logits.
+    """
+    check_tensor("query", query, ndim=2, floating=True)
+    check_tensor("key", key, ndim=2, dim=query.shape[1], floating=True)
+    check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
+    check_same_length(query=query, key=key)
+    check_positive("temperature", temperature)
+    same = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        q = query.to(dtype) / temperature
+        pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
+        neg = q @ queue.detach().to(dtype).T
+        if same is not None:
+            neg.masked_fill_(same, float("-inf"))  # in place: mm saves its inputs only
+        return pos, neg
 
 
 def moco_logits(
@@ -30,12 +74,8 @@ def moco_logits(
     queue_ids: Tensor | None = None,
     query_ids: Tensor | None = None,
 ) -> Tensor:
-    """Logits ``[q·k, q·n_1 .. q·n_K] / τ`` computed in fp32 (or wider).
-
-    With sample ids, queue rows that hold the query's own sample (an older key of the same
-    image: with a queue as large as the dataset every query meets one) are not negatives:
-    their logit is ``-inf`` (zero probability, zero gradient; the positive keeps every row
-    finite).
+    """Logits ``[q·k, q·n_1 .. q·n_K] / τ`` computed in fp32 (or wider): :func:`moco_parts`
+    concatenated.
 
     Args:
         query: ``[B, d]`` L2-normalised queries (with gradient).
@@ -48,21 +88,9 @@ def moco_logits(
     Returns:
         ``[B, 1 + K]`` logits; column 0 is the positive.
     """
-    check_tensor("query", query, ndim=2, floating=True)
-    check_tensor("key", key, ndim=2, dim=query.shape[1], floating=True)
-    check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
-    check_same_length(query=query, key=key)
-    check_positive("temperature", temperature)
-    same = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
-    dtype = torch.promote_types(query.dtype, torch.float32)
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        # (q / τ)·x: scale the [B, d] query, not the [B, 1 + K] logits
-        q = query.to(dtype) / temperature
-        pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
-        neg = q @ queue.detach().to(dtype).T
-        if same is not None:
-            neg.masked_fill_(same, float("-inf"))  # in place: mm saves its inputs only
-        return torch.cat([pos, neg], dim=1)
+    pos, neg = moco_parts(query, key, queue, temperature, queue_ids=queue_ids,
+                          query_ids=query_ids)
+    return torch.cat([pos, neg], dim=1)
 
 
 def moco_infonce(
@@ -76,6 +104,9 @@ def moco_infonce(
 ) -> Tensor:
     """MoCo InfoNCE: cross-entropy of :func:`moco_logits` with target 0.
 
+    Computed from :func:`moco_parts` by :func:`~contrastmix.losses.fused_infonce.fused_infonce`
+    (same value and gradient, without the concatenated logits).
+
     Args:
         query: ``[B, d]`` L2-normalised queries.
         key: ``[B, d]`` L2-normalised momentum keys (no gradient flows into them).
@@ -88,7 +119,6 @@ def moco_infonce(
     Returns:
         Scalar mean loss (fp32).
     """
-    logits = moco_logits(query, key, queue, temperature, queue_ids=queue_ids,
-                         query_ids=query_ids)
-    target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits, target)
+    pos, neg = moco_parts(query, key, queue, temperature, queue_ids=queue_ids,
+                          query_ids=query_ids)
+    return fused_infonce(pos, neg)

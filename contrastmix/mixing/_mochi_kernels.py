@@ -38,6 +38,7 @@ _sort_desc: Any = None
 
 
 def pair_norm_py(queue, x, y, a, b):  # type: ignore[no-untyped-def]
+    # ||a queue[x] + b queue[y]|| in one pass over the two rows
     qx = queue[x]
     qy = queue[y]
     acc = a - a
@@ -183,14 +184,14 @@ def sort_desc_py(row, cols, c):  # type: ignore[no-untyped-def]
     return cb
 
 
-def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_cnt, out_w, out_top
-           ):  # type: ignore[no-untyped-def]
+def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_cnt, out_w,
+              out_top):  # type: ignore[no-untyped-def]
     # Per float32 row (query), in parallel over rows:
     # 1. a threshold from a 1-in-8 sample (contrastmix._numba.sampled_threshold_kernel);
-    #    one branch-free pass keeps every eligible value >= it; if fewer than n
+    #    one pass (collect_py) keeps every eligible value >= it; if fewer than n
     #    survive, a second pass keeps every eligible value, so the hard set is exact
     #    whatever the sample says (-inf and NaN are never eligible);
-    # 2. stable radix sort of the survivors: descending value, ties by queue row;
+    # 2. sort of the survivors (sort_desc_py): descending value, ties by queue row;
     #    out_top = the largest eligible value (-inf if none);
     # 3. draws from the counter-based stream (contrastmix._counter_rng), value
     #    r * (3s + 2s') + t; rank floor(u * count) -> queue row, as the torch path.

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix.banks import MemoryBank
-from contrastmix.losses.moco import moco_logits
+from contrastmix.losses.fused_infonce import fused_infonce, row_max
+from contrastmix.losses.moco import moco_parts
 from contrastmix.models.build import build_backbone, build_projector
 from contrastmix.models.momentum import MomentumEncoder
 from contrastmix.train.optim import build_optimizer
@@ -96,16 +96,11 @@ class MoCoModule(pl.LightningModule):
             {"queue_ids": self.queue.indices, "query_ids": idx}
             if self.cfg["method"]["exclude_same_instance"] else {}
         )
-        # one logits matrix for the loss and the proxy task (= moco_infonce(q, k, queue, ...))
-        logits = moco_logits(q, k, queue, self.temperature, **ids)
-        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        loss = F.cross_entropy(logits, target)
-        with torch.no_grad():
-            lg = logits.detach()
-            proxy = (
-                (lg[:, 0] > lg[:, 1:].amax(dim=1)).float().mean().item() if lg.shape[1] > 1
-                else 1.0
-            )
+        # one pass over the logits for the loss and the proxy task (= moco_infonce(...))
+        pos, neg = moco_parts(q, k, queue, self.temperature, **ids)
+        neg_max = row_max(neg)
+        loss = fused_infonce(pos, neg, neg_max)
+        proxy = (pos.detach().squeeze(1) > neg_max).float().mean().item()
         return loss, proxy
 
     def contrastive_step(
