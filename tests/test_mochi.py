@@ -475,5 +475,21 @@ def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bo
             continue
         ranks = torch.minimum((u[r, : 2 * s + s2] * count[r]).long(), count[r] - 1)
         assert torch.equal(draws.positions[r], order[r, ranks])
+        assert torch.equal(draws.picked[r], sims[r, draws.positions[r]])
+        assert draws.top[r] == masked[r].max()
     torch.testing.assert_close(draws.alpha, u[:, 2 * s + s2 : 3 * s + s2], rtol=0, atol=0)
     torch.testing.assert_close(draws.beta, 0.5 * u[:, 3 * s + s2 :], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("numba_on", [True, False])
+def test_scatter_add_rows_matches_torch(numba_on: bool, monkeypatch) -> None:
+    from contrastmix.mixing import mochi as mochi_mod
+
+    monkeypatch.setattr(mochi_mod, "USE_NUMBA", numba_on)
+    g = _gen(21)
+    out = torch.randn(9, 50, generator=g)
+    pos = torch.randint(0, 50, (9, 300), generator=g)  # many repeated columns per row
+    src = torch.randn(9, 300, generator=g)
+    want = out.clone().scatter_add_(1, pos, src)
+    got = mochi_mod.scatter_add_rows(out.clone(), pos, src)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)

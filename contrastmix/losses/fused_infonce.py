@@ -22,7 +22,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from contrastmix.mixing.mochi import MochiCoefficients, synthetic_logits_from
+from contrastmix.mixing.mochi import (
+    MochiCoefficients,
+    scatter_add_rows,
+    synthetic_logits_from,
+)
 
 __all__ = ["fused_infonce", "row_max"]
 
@@ -50,7 +54,7 @@ class _FusedInfoNCE(torch.autograd.Function):
             m = torch.maximum(pos, real_max.unsqueeze(1))
             syn = None
             if coef is not None and q_dot_qbar is not None:
-                syn = synthetic_logits_from(coef, real, q_dot_qbar)
+                syn = synthetic_logits_from(coef, real, q_dot_qbar, use_picked=True)
                 if syn.shape[1]:
                     m = torch.maximum(m, syn.amax(dim=1, keepdim=True))
             e_real = torch.sub(real, m).exp_()
@@ -87,7 +91,7 @@ class _FusedInfoNCE(torch.autograd.Function):
         e_syn, positions, weights, c_q = saved[3:]
         p_syn = e_syn * scale
         src = torch.cat([p_syn[:, :s], p_syn[:, :s], p_syn[:, s:]], dim=1).mul_(weights)
-        g_real.scatter_add_(1, positions, src)
+        scatter_add_rows(g_real, positions, src)
         g_qq = (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True)
         return g_pos, g_real, g_qq, None, None
 

@@ -184,7 +184,7 @@ def sort_desc_py(row, cols, c):  # type: ignore[no-untyped-def]
     return cb
 
 
-def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_cnt, out_w,
+def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_val, out_cnt, out_w,
               out_top):  # type: ignore[no-untyped-def]
     # Per float32 row (query), in parallel over rows:
     # 1. a threshold from a 1-in-8 sample (contrastmix._numba.sampled_threshold_kernel);
@@ -194,7 +194,8 @@ def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_cnt, out_w,
     # 2. sort of the survivors (sort_desc_py): descending value, ties by queue row;
     #    out_top = the largest eligible value (-inf if none);
     # 3. draws from the counter-based stream (contrastmix._counter_rng), value
-    #    r * (3s + 2s') + t; rank floor(u * count) -> queue row, as the torch path.
+    #    r * (3s + 2s') + t; rank floor(u * count) -> queue row (out_pos) and its value
+    #    (out_val), as the torch path.
     k = sims.shape[1]
     n_idx = 2 * s + s2
     width = n_idx + s + s2
@@ -218,17 +219,19 @@ def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_cnt, out_w,
         m = max(cnt, 1)
         cf = np.float32(m)
         for t in range(n_idx):
-            out_pos[r, t] = hard[min(np.int64(u[t] * cf), m - 1)] if cnt > 0 else 0
+            col = hard[min(np.int64(u[t] * cf), m - 1)] if cnt > 0 else 0
+            out_pos[r, t] = col
+            out_val[r, t] = row[col]
         out_w[r, :] = u[n_idx:]
 
 
 @functools.lru_cache(maxsize=1)
-def build() -> tuple[Any, Any]:
+def build() -> tuple[Any, Any, Any]:
     """Compile (or load from numba's disk cache) the kernels.
 
     Returns:
-        ``(pair_norms, select)``, the two parallel kernels. Raises ``ImportError`` without
-        numba.
+        ``(pair_norms, select, scatter_add_rows)``, the parallel kernels. Raises
+        ``ImportError`` without numba.
     """
     global _prange, _sampled_threshold, _prefetch_row, _uniform, _pair_norm, _collect
     global _sort_keys, _radix_sort, _sort_desc, _compress, _compress_ids, _collect_tail
@@ -251,7 +254,15 @@ def build() -> tuple[Any, Any]:
     _sort_keys = jit()(sort_keys_py)
     _radix_sort = jit()(radix_sort_py)
     _sort_desc = jit()(sort_desc_py)
-    return jit(parallel=True)(pair_norms_py), jit(parallel=True)(select_py)
+    return (jit(parallel=True)(pair_norms_py), jit(parallel=True)(select_py),
+            jit(parallel=True)(scatter_add_rows_py))
+
+
+def scatter_add_rows_py(out, pos, src):  # type: ignore[no-untyped-def]
+    # out[r, pos[r, t]] += src[r, t], in parallel over rows (each row's adds stay in cache)
+    for r in _prange(out.shape[0]):
+        for t in range(pos.shape[1]):
+            out[r, pos[r, t]] += src[r, t]
 
 
 def collect_scalar_py(row, thr, ids, my_id, use_ids, cols):  # type: ignore[no-untyped-def]

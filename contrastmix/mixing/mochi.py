@@ -69,6 +69,7 @@ class MochiDraws(NamedTuple):
         positions: ``[B, 2s + s']`` = ``[pos_i | pos_j | pos_k]`` (the others are views of it).
         excluded: Whether sample ids were used (otherwise ``valid`` is all True).
         top: ``[B]`` the largest eligible similarity of each query (``-inf`` if none).
+        picked: ``[B, 2s + s']`` the similarities at ``positions`` (detached).
     """
 
     pos_i: Tensor
@@ -80,6 +81,7 @@ class MochiDraws(NamedTuple):
     positions: Tensor
     excluded: bool
     top: Tensor
+    picked: Tensor
 
 
 def _check_hparams(num_hard: int, num_mix: int, num_query_mix: int) -> None:
@@ -182,19 +184,20 @@ def _select_and_draw(
     seed = draw_seed(generator, dev)
     kern = _cpu_kernels(s_det) if s_det.dtype == torch.float32 else None
     if kern is not None:
-        _, _, select_kernel = kern
+        select_kernel = kern[2]
         use_ids = excluded and not masked
         pos = torch.empty(b, n_idx, dtype=torch.long)
         counts = torch.empty(b, dtype=torch.long)
         mix_w = torch.empty(b, s + num_query_mix, dtype=torch.float32)
         top = torch.empty(b, dtype=torch.float32)
+        picked = torch.empty(b, n_idx, dtype=torch.float32)
         ids = [torch.zeros(1, dtype=torch.long) if t is None or not use_ids
                else t.to(device="cpu", dtype=torch.long).contiguous()
                for t in (queue_ids, query_ids)]
         run_parallel(
             select_kernel, s_det.contiguous().numpy(), np.uint64(int(seed)), n_eff, s,
             num_query_mix, ids[0].numpy(), ids[1].numpy(), use_ids, pos.numpy(),
-            counts.numpy(), mix_w.numpy(), top.numpy(),
+            picked.numpy(), counts.numpy(), mix_w.numpy(), top.numpy(),
         )
         alpha, beta = mix_w[:, :s], 0.5 * mix_w[:, s:]
     else:
@@ -209,6 +212,7 @@ def _select_and_draw(
         # rank floor(u * count) in [0, count); the clamp only guards fp rounding at u -> 1
         ranks = torch.minimum((u[:, :n_idx] * cnt).long(), cnt - 1)
         pos = hard.gather(1, ranks)
+        picked = s_det.gather(1, pos)
         alpha, beta = u[:, n_idx : n_idx + s], 0.5 * u[:, n_idx + s :]
     return MochiDraws(
         pos_i=pos[:, :s],
@@ -220,6 +224,7 @@ def _select_and_draw(
         positions=pos,
         excluded=excluded,
         top=top,
+        picked=picked,
     )
 
 
@@ -276,7 +281,8 @@ def _numba_kernels() -> Any:
     """The CPU kernels (:mod:`contrastmix.mixing._mochi_kernels`); None without numba.
 
     Returns:
-        ``(numba, pair_norms, select)``: the module and the two parallel ``njit`` kernels.
+        ``(numba, pair_norms, select, scatter_add_rows)``: the module and the parallel
+        ``njit`` kernels.
     """
     global _NUMBA_KERNEL
     if _NUMBA_KERNEL is None:
@@ -316,7 +322,7 @@ def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: T
         return out
     kern = _cpu_kernels(queue)
     if kern is not None:
-        _, pair_norms, _ = kern
+        pair_norms = kern[1]
         run_parallel(
             pair_norms, queue.contiguous().numpy(), pos_i.numpy(), pos_j.numpy(),
             w_i.to(queue.dtype).numpy(), w_j.to(queue.dtype).numpy(), out.numpy(),
@@ -399,6 +405,7 @@ class MochiCoefficients(NamedTuple):
             logits are ``-inf``).
         num_mix: ``s``.
         top: ``[B]`` the largest eligible entry of ``l`` per query (:class:`MochiDraws`).
+        picked: ``[B, 2s + s']`` ``l`` at ``positions`` (detached).
     """
 
     positions: Tensor
@@ -407,6 +414,7 @@ class MochiCoefficients(NamedTuple):
     valid: Tensor
     num_mix: int
     top: Tensor
+    picked: Tensor
 
 
 def _mochi_coefficients(
@@ -446,24 +454,43 @@ def _mochi_coefficients(
         if queue_sq is None:
             queue_sq = torch.linalg.vector_norm(n, dim=1).square()
         sq_k = queue_sq[draws.pos_k]
-        qn = l.detach().gather(1, draws.pos_k) / logit_scale
+        qn = draws.picked[:, 2 * num_mix :].to(n.dtype) / logit_scale
         norm2 = (bt * bt * qq + (1 - bt) ** 2 * sq_k
                  + 2 * bt * (1 - bt) * qn).clamp_min(0).sqrt().clamp_min(1e-12)
         # constant coefficients: q·h = c_i l_i + c_j l_j, q·h' = c_q (q·q̄) + c_k l_k
         weights = torch.cat([a / norm1, (1 - a) / norm1, (1 - bt) / norm2], dim=1)
         c_q = bt / norm2 * logit_scale
-    return MochiCoefficients(draws.positions, weights, c_q, draws.valid, num_mix, draws.top)
+    return MochiCoefficients(draws.positions, weights, c_q, draws.valid, num_mix, draws.top,
+                             draws.picked.to(n.dtype))
 
 
-def synthetic_logits_from(coef: MochiCoefficients, l: Tensor, q_dot_qbar: Tensor) -> Tensor:
+def synthetic_logits_from(coef: MochiCoefficients, l: Tensor, q_dot_qbar: Tensor, *,
+                          use_picked: bool = False) -> Tensor:
     """``[B, s + s']`` synthetic logits from the coefficients (differentiable in ``l`` and
-    ``q_dot_qbar`` = ``[B, 1]`` ``q·q̄``); ``-inf`` for queries without eligible entries."""
+    ``q_dot_qbar`` = ``[B, 1]`` ``q·q̄``); ``-inf`` for queries without eligible entries.
+    ``use_picked``: take ``l[positions]`` from ``coef.picked`` (no gather; no gradient
+    through ``l``)."""
     s = coef.num_mix
-    g = l.gather(1, coef.positions)  # one gather (one scatter in backward) carries the grad
+    # one gather (one scatter in backward) carries the grad
+    g = coef.picked if use_picked else l.gather(1, coef.positions)
     w = coef.weights * g
     syn1 = w[:, :s] + w[:, s : 2 * s]
     syn2 = coef.c_q * q_dot_qbar + w[:, 2 * s :]
     out = torch.cat([syn1, syn2], dim=1)
     if not bool(coef.valid.all()):
         out = out.masked_fill(~coef.valid.unsqueeze(1), float("-inf"))
+    return out
+
+
+def scatter_add_rows(out: Tensor, positions: Tensor, src: Tensor) -> Tensor:
+    """``out[b, positions[b, t]] += src[b, t]`` in place (``out.scatter_add_(1, ...)``).
+
+    On the CPU (float32, numba) a kernel parallel over rows, whose adds stay in cache;
+    otherwise ``Tensor.scatter_add_``.
+    """
+    kern = _cpu_kernels(out) if out.dtype == torch.float32 and out.is_contiguous() else None
+    if kern is None:
+        return out.scatter_add_(1, positions, src)
+    run_parallel(kern[3], out.numpy(), positions.contiguous().numpy(),
+                 src.to(out.dtype).contiguous().numpy())
     return out
