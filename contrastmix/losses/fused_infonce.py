@@ -28,7 +28,7 @@ from contrastmix.mixing.mochi import (
     synthetic_logits_from,
 )
 
-__all__ = ["fused_infonce", "row_max"]
+__all__ = ["fused_infonce", "row_max", "proxy_accuracy"]
 
 
 def row_max(real: Tensor) -> Tensor:
@@ -36,6 +36,14 @@ def row_max(real: Tensor) -> Tensor:
     if real.shape[1] == 0:
         return real.new_full((real.shape[0],), float("-inf"))
     return real.detach().amax(dim=1)
+
+
+def proxy_accuracy(pos: Tensor, real_max: Tensor) -> Tensor:
+    """The MoCo proxy task (METHODS §1): share of queries whose positive logit ``[B, 1]``
+    beats every real negative (``real_max`` ``[B]``, ``-inf`` for an empty queue: every key
+    wins). A detached scalar tensor."""
+    with torch.no_grad():
+        return (pos.detach().squeeze(1) > real_max).float().mean()
 
 
 class _FusedInfoNCE(torch.autograd.Function):
@@ -53,19 +61,18 @@ class _FusedInfoNCE(torch.autograd.Function):
         with torch.no_grad():
             m = torch.maximum(pos, real_max.unsqueeze(1))
             syn = None
-            if coef is not None and q_dot_qbar is not None:
+            if coef is not None:  # q_dot_qbar comes with it (fused_infonce checks)
                 syn = synthetic_logits_from(coef, real, q_dot_qbar, use_picked=True)
                 if syn.shape[1]:
                     m = torch.maximum(m, syn.amax(dim=1, keepdim=True))
             e_real = torch.sub(real, m).exp_()
             e_pos = torch.exp(pos - m)
             total = e_pos + e_real.sum(dim=1, keepdim=True)
-            e_syn = None
             if syn is not None:
                 e_syn = torch.exp(syn - m)
                 total = total + e_syn.sum(dim=1, keepdim=True)
             loss = (m + total.log() - pos).mean()
-        if coef is None or e_syn is None:
+        if coef is None:
             ctx.save_for_backward(e_real, e_pos, total)
             ctx.num_mix = None
         else:

@@ -17,8 +17,8 @@ from contrastmix._validation import (
     check_tensor,
     check_unit_norm,
 )
-from contrastmix.losses.fused_infonce import fused_infonce, row_max
-from contrastmix.losses.moco import same_instance_mask
+from contrastmix.losses.fused_infonce import fused_infonce, proxy_accuracy, row_max
+from contrastmix.losses.moco import same_instance_mask, scaled_parts
 from contrastmix.mixing.mochi import (
     _check_hparams,
     _mochi_coefficients,
@@ -128,12 +128,12 @@ class MoCHiLoss(nn.Module):
         queue_norms = check_unit_norm("queue", queue)
         # [B, K] rows of each query's own sample, out of its denominator when
         # mask_same_instance (None without ids); the hard set leaves them out either way
+        check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
         same = (
             same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
                                query.device)
             if self.mask_same_instance else None
         )
-        check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
         do_mix = (
             (self.mix_enabled if mix is None else mix)
             and self.num_mix + self.num_query_mix > 0
@@ -143,53 +143,38 @@ class MoCHiLoss(nn.Module):
         with torch.autocast(device_type=query.device.type, enabled=False):
             q = query.to(dtype)
             n = queue.detach().to(dtype)
+            pos, real = scaled_parts(q, key.to(dtype), n, self.temperature, same)
             self.last_mixed = bool(do_mix)
             if do_mix:
-                return self._mixed_loss(q, key.detach().to(dtype), n, same, queue_ids,
-                                        query_ids, generator, queue_norms.to(dtype).square())
-            qs = q / self.temperature
-            pos = (qs * key.detach().to(dtype)).sum(dim=1, keepdim=True)
-            real = qs @ n.T
-            if same is not None:
-                real.masked_fill_(same, float("-inf"))
+                return self._mixed_loss(q, n, pos, real, same, queue_ids, query_ids, generator,
+                                        queue_norms.to(dtype).square())
             real_max = row_max(real)
-            self._record_proxy(pos, real_max)
+            self._last_proxy = proxy_accuracy(pos, real_max)
             return fused_infonce(pos, real, real_max)
-
-    def _record_proxy(self, pos: Tensor, real_max: Tensor) -> None:
-        # real_max is -inf for an empty queue: every key wins
-        with torch.no_grad():
-            self._last_proxy = (pos.squeeze(1) > real_max).float().mean()
 
     def _mixed_loss(
         self,
         q: Tensor,
-        key: Tensor,
         n: Tensor,
+        pos: Tensor,
+        real: Tensor,
         same: Tensor | None,
         queue_ids: Tensor | None,
         query_ids: Tensor | None,
         generator: torch.Generator | None,
         queue_sq: Tensor,
     ) -> Tensor:
-        """The loss with synthetic negatives: logits computed as ``(q / τ)·x`` (scaling the
-        ``[B, d]`` query, not the ``[B, K]`` logits), then
-        :func:`~contrastmix.losses.fused_infonce.fused_infonce`."""
-        inv_t = 1.0 / self.temperature
-        qs = q * inv_t
-        pos = (qs * key).sum(dim=1, keepdim=True)
-        real = qs @ n.T
-        if same is not None:
-            real.masked_fill_(same, float("-inf"))  # in place: mm saves its inputs only
+        """The loss with synthetic negatives on the parts ``pos``/``real`` (logits, ``real``
+        masked with ``same``): :func:`~contrastmix.losses.fused_infonce.fused_infonce`."""
         coef = _mochi_coefficients(
             q, n, real, self.num_hard, self.num_mix, self.num_query_mix,
-            queue_ids=queue_ids, query_ids=query_ids, generator=generator, logit_scale=inv_t,
-            masked=same is not None, queue_sq=queue_sq,
+            queue_ids=queue_ids, query_ids=query_ids, generator=generator,
+            logit_scale=1.0 / self.temperature, masked=same is not None, queue_sq=queue_sq,
         )
         # the row maximum: the selection's largest eligible logit, unless the query's own
         # rows are ineligible for the hard set but still in the denominator
         own_unmasked = queue_ids is not None and same is None
         real_max = real.detach().amax(dim=1) if own_unmasked else coef.top
-        self._record_proxy(pos.detach(), real_max)
+        self._last_proxy = proxy_accuracy(pos, real_max)
         q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
         return fused_infonce(pos, real, real_max, coef=coef, q_dot_qbar=q_dot_qbar)

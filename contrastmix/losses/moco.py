@@ -57,12 +57,19 @@ def moco_parts(
     same = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
     dtype = torch.promote_types(query.dtype, torch.float32)
     with torch.autocast(device_type=query.device.type, enabled=False):
-        q = query.to(dtype) / temperature
-        pos = (q * key.detach().to(dtype)).sum(dim=1, keepdim=True)
-        neg = q @ queue.detach().to(dtype).T
-        if same is not None:
-            neg.masked_fill_(same, float("-inf"))  # in place: mm saves its inputs only
-        return pos, neg
+        return scaled_parts(query.to(dtype), key.to(dtype), queue.to(dtype), temperature, same)
+
+
+def scaled_parts(q: Tensor, key: Tensor, queue: Tensor, temperature: float,
+                 same: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`moco_parts` on checked inputs of one dtype (no autocast handling): ``(q / τ)·k``
+    and ``(q / τ)·queue`` (key and queue detached), rows ``same`` of ``neg`` set to ``-inf``."""
+    qs = q / temperature
+    pos = (qs * key.detach()).sum(dim=1, keepdim=True)
+    neg = qs @ queue.detach().T
+    if same is not None:
+        neg.masked_fill_(same, float("-inf"))  # in place: mm saves its inputs only
+    return pos, neg
 
 
 def moco_logits(
@@ -75,19 +82,7 @@ def moco_logits(
     query_ids: Tensor | None = None,
 ) -> Tensor:
     """Logits ``[q·k, q·n_1 .. q·n_K] / τ`` computed in fp32 (or wider): :func:`moco_parts`
-    concatenated.
-
-    Args:
-        query: ``[B, d]`` L2-normalised queries (with gradient).
-        key: ``[B, d]`` L2-normalised keys of the momentum encoder (detached here).
-        queue: ``[K, d]`` L2-normalised negatives (detached here), ``K`` may be 0.
-        temperature: τ > 0.
-        queue_ids: Optional ``[K]`` sample ids of the queue rows.
-        query_ids: Optional ``[B]`` sample ids of the queries.
-
-    Returns:
-        ``[B, 1 + K]`` logits; column 0 is the positive.
-    """
+    (same arguments) concatenated; ``[B, 1 + K]``, column 0 is the positive."""
     pos, neg = moco_parts(query, key, queue, temperature, queue_ids=queue_ids,
                           query_ids=query_ids)
     return torch.cat([pos, neg], dim=1)

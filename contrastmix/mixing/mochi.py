@@ -378,6 +378,7 @@ def mochi_logits(
     _check_hparams(num_hard, num_mix, num_query_mix)
     _check_inputs(query, queue)
     check_tensor("sims", sims, ndim=2, floating=True)
+    check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
     check_same_length(query=query, sims=sims)
     if sims.shape[1] != queue.shape[0]:
         raise ValueError(
@@ -438,9 +439,8 @@ def _mochi_coefficients(
     hard set is the same, and the coefficients then give scaled synthetic logits
     ``W l[positions] + c_q (q·q̄)`` (``c_q`` carries the scale). ``masked``: see
     :func:`_select_and_draw`. ``queue_sq``: the ``[K]`` squared row norms of ``n`` when the
-    caller has them (computed otherwise).
+    caller has them (computed otherwise). Sample ids are checked by the caller.
     """
-    check_sample_ids(queue_ids, query_ids, l.shape[1], l.shape[0])
     draws = _select_and_draw(
         l, num_hard, num_mix, num_query_mix,
         queue_ids=queue_ids, query_ids=query_ids, generator=generator, masked=masked,

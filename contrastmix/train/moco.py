@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix.banks import MemoryBank
-from contrastmix.losses.fused_infonce import fused_infonce, row_max
+from contrastmix.losses.fused_infonce import fused_infonce, proxy_accuracy, row_max
 from contrastmix.losses.moco import moco_parts
 from contrastmix.models.build import build_backbone, build_projector
 from contrastmix.models.momentum import MomentumEncoder
@@ -100,7 +100,7 @@ class MoCoModule(pl.LightningModule):
         pos, neg = moco_parts(q, k, queue, self.temperature, **ids)
         neg_max = row_max(neg)
         loss = fused_infonce(pos, neg, neg_max)
-        proxy = (pos.detach().squeeze(1) > neg_max).float().mean().item()
+        proxy = float(proxy_accuracy(pos, neg_max))
         return loss, proxy
 
     def contrastive_step(
