@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from contrastmix.mixing.mochi import (
     MochiCoefficients,
-    scatter_add_rows,
+    scatter_synthetic,
     synthetic_logits_from,
 )
 
@@ -62,7 +62,8 @@ class _FusedInfoNCE(torch.autograd.Function):
             m = torch.maximum(pos, real_max.unsqueeze(1))
             syn = None
             if coef is not None:  # q_dot_qbar comes with it (fused_infonce checks)
-                syn = synthetic_logits_from(coef, real, q_dot_qbar, use_picked=True)
+                syn = (coef.syn if coef.syn is not None
+                       else synthetic_logits_from(coef, real, q_dot_qbar, use_picked=True))
                 if syn.shape[1]:
                     m = torch.maximum(m, syn.amax(dim=1, keepdim=True))
             e_real = torch.sub(real, m).exp_()
@@ -97,9 +98,7 @@ class _FusedInfoNCE(torch.autograd.Function):
             return g_pos, g_real, None, None, None
         e_syn, positions, weights, c_q = saved[3:]
         p_syn = e_syn * scale
-        src = torch.cat([p_syn[:, :s], p_syn[:, :s], p_syn[:, s:]], dim=1).mul_(weights)
-        scatter_add_rows(g_real, positions, src)
-        g_qq = (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True)
+        g_qq = scatter_synthetic(g_real, positions, weights, c_q, p_syn, s)
         return g_pos, g_real, g_qq, None, None
 
 

@@ -15,11 +15,21 @@ changes key in every process, so nothing would ever load from the cache. numba i
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["build"]
+__all__ = ["Kernels", "build"]
+
+
+class Kernels(NamedTuple):
+    """The compiled parallel kernels (``*_py`` below, compiled by :func:`build`)."""
+
+    pair_norms: Any
+    select: Any
+    scatter_add_rows: Any
+    coefficients: Any
+    scatter_synthetic: Any
 
 # set by build(): numba.prange and the compiled helpers the kernels call
 _prange: Any = None
@@ -65,45 +75,117 @@ def pair_norms_py(queue, pos_i, pos_j, w_i, w_j, out):  # type: ignore[no-untype
             out[r, t] = _pair_norm(queue, pos_i[r, t], pos_j[r, t], w_i[r, t], w_j[r, t])
 
 
-def collect_py(row, thr, ids, my_id, use_ids, cols):  # type: ignore[no-untyped-def]
-    # compaction of the columns of the values >= thr (and not of the query's own sample),
-    # in increasing order; cols has room for every column plus one. 16 columns at a time
-    # with a masked compress-store (AVX-512 vpcompressd), then a branch-free scalar tail.
+def coefficients_py(queue, queue_sq, pos, picked, mix_w, cnt, qq, scale, s, out_w, out_cq,
+                    out_syn):  # type: ignore[no-untyped-def]
+    # The constant coefficients of the fast path and the synthetic logits' values, per
+    # query in parallel (mochi._mochi_coefficients and synthetic_logits_from in one pass):
+    # type 1, t < s: n = ||a n_i + (1-a) n_j|| (pair_norm_py, rows prefetched `ahead`
+    #   pairs on), w_i = a / n, w_j = (1-a) / n, syn = w_i l_i + w_j l_j;
+    # type 2, t < s': b = beta, n' = sqrt(b^2 |q|^2 + (1-b)^2 |n_k|^2 + 2 b (1-b) q.n_k),
+    #   w_k = (1-b) / n', c_q = scale b / n', syn = c_q |q|^2 + w_k l_k;
+    # l = picked = scale * q.n at pos; a query with no eligible entry (cnt 0) gets
+    # zero weights and -inf logits.
+    s2 = out_cq.shape[1]
+    ahead = 4
+    tiny = np.float32(1e-12)
+    one = np.float32(1.0)
+    half = np.float32(0.5)
+    for r in _prange(pos.shape[0]):
+        if cnt[r] == 0:
+            out_w[r, :] = 0
+            out_cq[r, :] = 0
+            out_syn[r, :] = -np.inf
+            continue
+        for t in range(min(s, ahead)):
+            _prefetch_row(queue, pos[r, t])
+            _prefetch_row(queue, pos[r, s + t])
+        for t in range(s):
+            if t + ahead < s:
+                _prefetch_row(queue, pos[r, t + ahead])
+                _prefetch_row(queue, pos[r, s + t + ahead])
+            a = mix_w[r, t]
+            b = one - a
+            nrm = max(_pair_norm(queue, pos[r, t], pos[r, s + t], a, b), tiny)
+            wi = a / nrm
+            wj = b / nrm
+            out_w[r, t] = wi
+            out_w[r, s + t] = wj
+            out_syn[r, t] = wi * picked[r, t] + wj * picked[r, s + t]
+        q2 = qq[r]
+        for t in range(s2):
+            c = 2 * s + t
+            bt = half * mix_w[r, s + t]
+            ob = one - bt
+            v = bt * bt * q2 + ob * ob * queue_sq[pos[r, c]] + 2 * bt * ob * (picked[r, c] / scale)
+            nrm = max(np.sqrt(max(v, np.float32(0.0))), tiny)
+            wk = ob / nrm
+            cq = bt / nrm * scale
+            out_w[r, c] = wk
+            out_cq[r, t] = cq
+            out_syn[r, s + t] = cq * q2 + wk * picked[r, c]
+
+
+def scatter_synthetic_py(g_real, pos, w, c_q, p_syn, s, g_qq):  # type: ignore[no-untyped-def]
+    # The synthetic logits' share of the gradient, per query in parallel:
+    # g_real[r, pos[r, t]] += w[r, t] * p (p = p_syn[r, t] for type 1's two columns, t and
+    # s + t; p_syn[r, s + t] for type 2's column 2s + t), g_qq[r] = sum_t c_q p (type 2).
+    s2 = c_q.shape[1]
+    for r in _prange(g_real.shape[0]):
+        for t in range(s):
+            p = p_syn[r, t]
+            g_real[r, pos[r, t]] += w[r, t] * p
+            g_real[r, pos[r, s + t]] += w[r, s + t] * p
+        acc = 0.0
+        for t in range(s2):
+            p = p_syn[r, s + t]
+            g_real[r, pos[r, 2 * s + t]] += w[r, 2 * s + t] * p
+            acc += c_q[r, t] * p
+        g_qq[r, 0] = acc
+
+
+def collect_py(row, thr, ids, my_id, use_ids, cols, vals):  # type: ignore[no-untyped-def]
+    # compaction of the columns (cols) and values (vals) of the entries >= thr (and not of
+    # the query's own sample), in increasing column order; cols and vals have room for every
+    # column plus one. 16 columns at a time with a masked compress-store (AVX-512
+    # vpcompressd/vcompressps), then a branch-free scalar tail.
     n = row.shape[0]
     c = 0
     j = 0
     if use_ids:
         while j + _LANES <= n:
-            c = _compress_ids(row, ids, j, thr, my_id, cols, c)
+            c = _compress_ids(row, ids, j, thr, my_id, cols, vals, c)
             j += _LANES
     else:
         while j + _LANES <= n:
-            c = _compress(row, j, thr, cols, c)
+            c = _compress(row, j, thr, cols, vals, c)
             j += _LANES
-    return _collect_tail(row, thr, ids, my_id, use_ids, cols, c, j)
+    return _collect_tail(row, thr, ids, my_id, use_ids, cols, vals, c, j)
 
 
-def collect_tail_py(row, thr, ids, my_id, use_ids, cols, c, j0):  # type: ignore[no-untyped-def]
+def collect_tail_py(row, thr, ids, my_id, use_ids, cols, vals, c, j0
+                    ):  # type: ignore[no-untyped-def]
     # the scalar, branch-free version of collect_py from column j0 on
     if use_ids:
         for j in range(j0, row.shape[0]):
             cols[c] = j
+            vals[c] = row[j]
             c += (row[j] >= thr) & (ids[j] != my_id)
     else:
         for j in range(j0, row.shape[0]):
             cols[c] = j
+            vals[c] = row[j]
             c += row[j] >= thr
     return c
 
 
-def sort_keys_py(row, cols, c):  # type: ignore[no-untyped-def]
-    # order-preserving uint32 keys of row[cols[:c]], ascending key = descending
-    # value (+ 0.0 maps -0.0 to +0.0: equal values, one key), minus the smallest key
+def sort_keys_py(vals, c):  # type: ignore[no-untyped-def]
+    # order-preserving uint32 keys of vals[:c], ascending key = descending value
+    # (+ 0.0 maps -0.0 to +0.0: equal values, one key), minus the smallest key
     keys = np.empty(c, np.uint32)
     kmin = np.uint32(0xFFFFFFFF)
     kmax = np.uint32(0)
     for t in range(c):
-        bits = np.float32(row[cols[t]] + np.float32(0.0)).view(np.uint32)
+        bits = np.float32(vals[t] + np.float32(0.0)).view(np.uint32)
         kk = np.uint32(bits if bits >> np.uint32(31)
                        else ~(bits | np.uint32(0x80000000)))
         keys[t] = kk
@@ -144,14 +226,16 @@ def radix_sort_py(keys, cols, c):  # type: ignore[no-untyped-def]
     return cs
 
 
-def sort_desc_py(row, cols, c):  # type: ignore[no-untyped-def]
-    # cols[:c] by descending row value, equal values by increasing column (cols come
-    # in increasing order). A stable bucket pass on the top bits of the keys (about
-    # c buckets), then insertion sort, which only moves entries within a bucket;
-    # when that would move many (skewed values), the LSD radix sort instead.
-    keys, span = _sort_keys(row, cols, c)
+def sort_desc_py(vals, cols, c, n):  # type: ignore[no-untyped-def]
+    # The first min(c, n) of cols[:c] by descending value (vals[:c]), equal values by
+    # increasing column (cols come in increasing order); the result may hold more. A
+    # stable bucket pass on the top bits of the keys (about 4c buckets) that keeps only
+    # the buckets up to the one holding the n-th entry, then insertion sort, which only
+    # moves entries within a bucket; when that would move many (skewed values), the LSD
+    # radix sort of all c instead.
+    keys, span = _sort_keys(vals, c)
     shift = np.uint32(0)
-    while (span >> shift) >= np.uint32(max(c, 1)):
+    while (span >> shift) >= np.uint32(max(4 * c, 1)):
         shift += np.uint32(1)
     nb = np.int64(span >> shift) + 1
     count = np.zeros(nb + 1, np.int64)
@@ -159,16 +243,22 @@ def sort_desc_py(row, cols, c):  # type: ignore[no-untyped-def]
         count[np.int64(keys[t] >> shift) + 1] += 1
     for b in range(nb):
         count[b + 1] += count[b]
-    kb = np.empty(c, np.uint32)
-    cb = np.empty(c, np.int32)
+    # buckets 0 .. cut - 1 hold at least min(c, n) entries: the others are dropped
+    cut = 1
+    while cut < nb and count[cut] < n:
+        cut += 1
+    m = count[cut]
+    kb = np.empty(m, np.uint32)
+    cb = np.empty(m, np.int32)
     for t in range(c):
         b = np.int64(keys[t] >> shift)
-        dst = count[b]
-        kb[dst] = keys[t]
-        cb[dst] = cols[t]
-        count[b] = dst + 1
-    budget = 8 * c + 64
-    for t in range(1, c):
+        if b < cut:
+            dst = count[b]
+            kb[dst] = keys[t]
+            cb[dst] = cols[t]
+            count[b] = dst + 1
+    budget = 8 * m + 64
+    for t in range(1, m):
         kk = kb[t]
         cc = cb[t]
         u = t
@@ -187,7 +277,8 @@ def sort_desc_py(row, cols, c):  # type: ignore[no-untyped-def]
 def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_val, out_cnt, out_w,
               out_top):  # type: ignore[no-untyped-def]
     # Per float32 row (query), in parallel over rows:
-    # 1. a threshold from a 1-in-8 sample (contrastmix._numba.sampled_threshold_kernel);
+    # 1. a threshold from a sample of the row: 16 consecutive values of every 8th run of
+    #    128 (1/8 of the row's cache lines; contrastmix._numba.sampled_threshold_kernel);
     #    one pass (collect_py) keeps every eligible value >= it; if fewer than n
     #    survive, a second pass keeps every eligible value, so the hard set is exact
     #    whatever the sample says (-inf and NaN are never eligible);
@@ -200,15 +291,24 @@ def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_val, out_cn
     n_idx = 2 * s + s2
     width = n_idx + s + s2
     lowest = np.float32(-3.4028234663852886e38)
+    runs = k // 128
     for r in _prange(sims.shape[0]):
         row = sims[r]
         my_id = qids[r] if use_ids else 0
-        thr = max(_sampled_threshold(row[::8], n, 8), lowest)
+        if runs >= 8:
+            smp = np.empty(runs * 16, np.float32)
+            for u in range(runs):
+                for v in range(16):
+                    smp[u * 16 + v] = row[u * 128 + v]
+            thr = max(_sampled_threshold(smp, n, 8), lowest)
+        else:
+            thr = max(_sampled_threshold(row[::8], n, 8), lowest)
         cols = np.empty(k + 1, np.int32)
-        c = _collect(row, thr, ids, my_id, use_ids, cols)
+        vals = np.empty(k + 1, np.float32)
+        c = _collect(row, thr, ids, my_id, use_ids, cols, vals)
         if c < n:  # the sample misled the threshold (or < n eligible): keep all
-            c = _collect(row, lowest, ids, my_id, use_ids, cols)
-        hard = _sort_desc(row, cols, c)
+            c = _collect(row, lowest, ids, my_id, use_ids, cols, vals)
+        hard = _sort_desc(vals, cols, c, n)
         cnt = min(c, n)
         out_cnt[r] = cnt
         out_top[r] = row[hard[0]] if cnt > 0 else -np.inf
@@ -226,12 +326,11 @@ def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_val, out_cn
 
 
 @functools.lru_cache(maxsize=1)
-def build() -> tuple[Any, Any, Any]:
+def build() -> Kernels:
     """Compile (or load from numba's disk cache) the kernels.
 
     Returns:
-        ``(pair_norms, select, scatter_add_rows)``, the parallel kernels. Raises
-        ``ImportError`` without numba.
+        The parallel kernels (:class:`Kernels`). Raises ``ImportError`` without numba.
     """
     global _prange, _sampled_threshold, _prefetch_row, _uniform, _pair_norm, _collect
     global _sort_keys, _radix_sort, _sort_desc, _compress, _compress_ids, _collect_tail
@@ -254,8 +353,13 @@ def build() -> tuple[Any, Any, Any]:
     _sort_keys = jit()(sort_keys_py)
     _radix_sort = jit()(radix_sort_py)
     _sort_desc = jit()(sort_desc_py)
-    return (jit(parallel=True)(pair_norms_py), jit(parallel=True)(select_py),
-            jit(parallel=True)(scatter_add_rows_py))
+    par = jit(parallel=True)
+    return Kernels(
+        pair_norms=par(pair_norms_py), select=par(select_py),
+        scatter_add_rows=par(scatter_add_rows_py),
+        coefficients=jit(parallel=True, fastmath=True)(coefficients_py),
+        scatter_synthetic=par(scatter_synthetic_py),
+    )
 
 
 def scatter_add_rows_py(out, pos, src):  # type: ignore[no-untyped-def]
@@ -265,9 +369,10 @@ def scatter_add_rows_py(out, pos, src):  # type: ignore[no-untyped-def]
             out[r, pos[r, t]] += src[r, t]
 
 
-def collect_scalar_py(row, thr, ids, my_id, use_ids, cols):  # type: ignore[no-untyped-def]
+def collect_scalar_py(row, thr, ids, my_id, use_ids, cols, vals
+                      ):  # type: ignore[no-untyped-def]
     # collect_py without the vector part (where the compress-store does not compile)
-    return _collect_tail(row, thr, ids, my_id, use_ids, cols, 0, 0)
+    return _collect_tail(row, thr, ids, my_id, use_ids, cols, vals, 0, 0)
 
 
 def _collect_works(collect: Any) -> bool:
@@ -279,21 +384,25 @@ def _collect_works(collect: Any) -> bool:
     for use_ids in (False, True):
         got = np.empty(1001, np.int32)
         want = np.empty(1001, np.int32)
+        got_v = np.empty(1001, np.float32)
+        want_v = np.empty(1001, np.float32)
         try:
-            c = collect(row, np.float32(0.3), ids, 2, use_ids, got)
+            c = collect(row, np.float32(0.3), ids, 2, use_ids, got, got_v)
         except Exception:
             return False
-        w = _collect_tail(row, np.float32(0.3), ids, 2, use_ids, want, 0, 0)
-        if c != w or not np.array_equal(got[:c], want[:w]):
+        w = _collect_tail(row, np.float32(0.3), ids, 2, use_ids, want, want_v, 0, 0)
+        if (c != w or not np.array_equal(got[:c], want[:w])
+                or not np.array_equal(got_v[:c], want_v[:w])):
             return False
     return True
 
 
 def _compress_intrinsics() -> tuple[Any, Any]:
-    """``compress(row, j, thr, cols, c)`` and ``compress_ids(row, ids, j, thr, my_id, cols,
-    c)``: write the columns ``j .. j+15`` with ``row >= thr`` (and ``ids != my_id``) to
-    ``cols[c:]`` in order (LLVM ``masked.compressstore``); return the new ``c``. ``row`` and
-    ``ids`` must be contiguous and hold 16 entries from ``j`` on."""
+    """``compress(row, j, thr, cols, vals, c)`` and ``compress_ids(row, ids, j, thr, my_id,
+    cols, vals, c)``: write the columns ``j .. j+15`` with ``row >= thr`` (and
+    ``ids != my_id``) to ``cols[c:]`` and their values to ``vals[c:]``, in order (LLVM
+    ``masked.compressstore``); return the new ``c``. ``row`` and ``ids`` must be contiguous
+    and hold 16 entries from ``j`` on."""
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
@@ -316,11 +425,11 @@ def _compress_intrinsics() -> tuple[Any, Any]:
 
     def emit(context, builder, sig, args, with_ids):  # type: ignore[no-untyped-def]
         if with_ids:
-            rowty, idsty, jty, thrty, myty, colsty, cty = sig.args
-            row_v, ids_v, j_v, thr_v, my_v, cols_v, c_v = args
+            rowty, idsty, jty, thrty, myty, colsty, valsty, cty = sig.args
+            row_v, ids_v, j_v, thr_v, my_v, cols_v, vals_v, c_v = args
         else:
-            rowty, jty, thrty, colsty, cty = sig.args
-            row_v, j_v, thr_v, cols_v, c_v = args
+            rowty, jty, thrty, colsty, valsty, cty = sig.args
+            row_v, j_v, thr_v, cols_v, vals_v, c_v = args
         j = context.cast(builder, j_v, jty, types.intp)
         c = context.cast(builder, c_v, cty, types.intp)
         row = context.make_array(rowty)(context, builder, row_v)
@@ -345,6 +454,16 @@ def _compress_intrinsics() -> tuple[Any, Any]:
             f"llvm.masked.compressstore.v{lanes}i32",
         )
         builder.call(store, [idx, builder.bitcast(dst, ir.PointerType(i32)), mask])
+        vals_ary = context.make_array(valsty)(context, builder, vals_v)
+        vdst = cgutils.get_item_pointer(context, builder, valsty, vals_ary, [c],
+                                        wraparound=False)
+        store_f = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [ir.VectorType(f32, lanes), ir.PointerType(f32),
+                                            ir.VectorType(ir.IntType(1), lanes)]),
+            f"llvm.masked.compressstore.v{lanes}f32",
+        )
+        builder.call(store_f, [vals, builder.bitcast(vdst, ir.PointerType(f32)), mask])
         bits = builder.bitcast(mask, ir.IntType(lanes))
         ctpop = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.IntType(lanes), [ir.IntType(lanes)]),
@@ -352,23 +471,24 @@ def _compress_intrinsics() -> tuple[Any, Any]:
         )
         return builder.add(c, builder.zext(builder.call(ctpop, [bits]), i64))
 
-    def check(row, cols, ids=None):  # type: ignore[no-untyped-def]
+    def check(row, cols, vals, ids=None):  # type: ignore[no-untyped-def]
         ok = (row.dtype == types.float32 and row.layout == "C" and cols.dtype == types.int32
+              and vals.dtype == types.float32
               and (ids is None or (ids.dtype == types.int64 and ids.layout == "C")))
         if not ok:
             raise TypingError("compress: float32/int64 C-contiguous inputs, int32 output")
 
     @intrinsic
-    def compress(typingctx, row, j, thr, cols, c):  # type: ignore[no-untyped-def]
-        check(row, cols)
-        sig = types.int64(row, j, thr, cols, c)
+    def compress(typingctx, row, j, thr, cols, vals, c):  # type: ignore[no-untyped-def]
+        check(row, cols, vals)
+        sig = types.int64(row, j, thr, cols, vals, c)
         return sig, lambda ctx, b, sg, a: emit(ctx, b, sg, a, False)
 
     @intrinsic
-    def compress_ids(typingctx, row, ids, j, thr, my_id, cols, c
+    def compress_ids(typingctx, row, ids, j, thr, my_id, cols, vals, c
                      ):  # type: ignore[no-untyped-def]
-        check(row, cols, ids)
-        sig = types.int64(row, ids, j, thr, my_id, cols, c)
+        check(row, cols, vals, ids)
+        sig = types.int64(row, ids, j, thr, my_id, cols, vals, c)
         return sig, lambda ctx, b, sg, a: emit(ctx, b, sg, a, True)
 
     return compress, compress_ids

@@ -70,6 +70,9 @@ class MochiDraws(NamedTuple):
         excluded: Whether sample ids were used (otherwise ``valid`` is all True).
         top: ``[B]`` the largest eligible similarity of each query (``-inf`` if none).
         picked: ``[B, 2s + s']`` the similarities at ``positions`` (detached).
+        counts: ``[B]`` the size of each query's hard set (``min(N, eligible entries)``).
+        mix_w: ``[B, s + s']`` ``[α | β / 0.5]`` as the CPU kernel wrote them (``alpha`` and
+            ``beta`` come from it), or None from the torch path.
     """
 
     pos_i: Tensor
@@ -82,6 +85,8 @@ class MochiDraws(NamedTuple):
     excluded: bool
     top: Tensor
     picked: Tensor
+    counts: Tensor
+    mix_w: Tensor | None = None
 
 
 def _check_hparams(num_hard: int, num_mix: int, num_query_mix: int) -> None:
@@ -184,7 +189,7 @@ def _select_and_draw(
     seed = draw_seed(generator, dev)
     kern = _cpu_kernels(s_det) if s_det.dtype == torch.float32 else None
     if kern is not None:
-        select_kernel = kern[2]
+        select_kernel = kern.select
         use_ids = excluded and not masked
         pos = torch.empty(b, n_idx, dtype=torch.long)
         counts = torch.empty(b, dtype=torch.long)
@@ -201,6 +206,7 @@ def _select_and_draw(
         )
         alpha, beta = mix_w[:, :s], 0.5 * mix_w[:, s:]
     else:
+        mix_w = None
         if excluded and not masked:
             s_det = s_det.masked_fill(
                 same_instance_mask(queue_ids, query_ids, k, b, dev), float("-inf"))
@@ -225,6 +231,8 @@ def _select_and_draw(
         excluded=excluded,
         top=top,
         picked=picked,
+        counts=counts,
+        mix_w=mix_w,
     )
 
 
@@ -281,19 +289,17 @@ def _numba_kernels() -> Any:
     """The CPU kernels (:mod:`contrastmix.mixing._mochi_kernels`); None without numba.
 
     Returns:
-        ``(numba, pair_norms, select, scatter_add_rows)``: the module and the parallel
-        ``njit`` kernels.
+        The compiled parallel kernels (:class:`~contrastmix.mixing._mochi_kernels.Kernels`).
     """
     global _NUMBA_KERNEL
     if _NUMBA_KERNEL is None:
         try:
-            import numba
-
             from contrastmix.mixing._mochi_kernels import build
+
+            _NUMBA_KERNEL = build()
         except ImportError:  # pragma: no cover - numba comes with umap-learn
             _NUMBA_KERNEL = False
             return None
-        _NUMBA_KERNEL = (numba, *build())
     return _NUMBA_KERNEL or None
 
 
@@ -322,9 +328,8 @@ def _pair_norms(queue: Tensor, pos_i: Tensor, pos_j: Tensor, w_i: Tensor, w_j: T
         return out
     kern = _cpu_kernels(queue)
     if kern is not None:
-        pair_norms = kern[1]
         run_parallel(
-            pair_norms, queue.contiguous().numpy(), pos_i.numpy(), pos_j.numpy(),
+            kern.pair_norms, queue.contiguous().numpy(), pos_i.numpy(), pos_j.numpy(),
             w_i.to(queue.dtype).numpy(), w_j.to(queue.dtype).numpy(), out.numpy(),
         )
         return out
@@ -407,6 +412,8 @@ class MochiCoefficients(NamedTuple):
         num_mix: ``s``.
         top: ``[B]`` the largest eligible entry of ``l`` per query (:class:`MochiDraws`).
         picked: ``[B, 2s + s']`` ``l`` at ``positions`` (detached).
+        syn: ``[B, s + s']`` the synthetic logits' values (detached; ``-inf`` for invalid
+            queries) when the CPU kernel computed them with the coefficients, else None.
     """
 
     positions: Tensor
@@ -416,6 +423,7 @@ class MochiCoefficients(NamedTuple):
     num_mix: int
     top: Tensor
     picked: Tensor
+    syn: Tensor | None = None
 
 
 def _mochi_coefficients(
@@ -445,6 +453,26 @@ def _mochi_coefficients(
         l, num_hard, num_mix, num_query_mix,
         queue_ids=queue_ids, query_ids=query_ids, generator=generator, masked=masked,
     )
+    kern = _cpu_kernels(n) if n.dtype == torch.float32 else None
+    if kern is not None and draws.mix_w is not None:
+        # one kernel: weights, c_q and the synthetic logits' values (same maths as below)
+        with torch.no_grad():
+            qbar = q.detach()
+            qq = (qbar * qbar).sum(dim=1).contiguous()
+            if queue_sq is None:
+                queue_sq = torch.linalg.vector_norm(n, dim=1).square()
+            b = l.shape[0]
+            weights = torch.empty(b, 2 * num_mix + num_query_mix)
+            c_q = torch.empty(b, num_query_mix)
+            syn = torch.empty(b, num_mix + num_query_mix)
+            run_parallel(
+                kern.coefficients, n.detach().contiguous().numpy(),
+                queue_sq.contiguous().numpy(), draws.positions.numpy(), draws.picked.numpy(),
+                draws.mix_w.numpy(), draws.counts.numpy(), qq.numpy(),
+                np.float32(logit_scale), num_mix, weights.numpy(), c_q.numpy(), syn.numpy(),
+            )
+        return MochiCoefficients(draws.positions, weights, c_q, draws.valid, num_mix,
+                                 draws.top, draws.picked, syn)
     with torch.no_grad():
         a = draws.alpha.to(n.dtype)
         norm1 = _pair_norms(n, draws.pos_i, draws.pos_j, a, 1 - a).clamp_min(1e-12)
@@ -491,6 +519,38 @@ def scatter_add_rows(out: Tensor, positions: Tensor, src: Tensor) -> Tensor:
     kern = _cpu_kernels(out) if out.dtype == torch.float32 and out.is_contiguous() else None
     if kern is None:
         return out.scatter_add_(1, positions, src)
-    run_parallel(kern[3], out.numpy(), positions.contiguous().numpy(),
+    run_parallel(kern.scatter_add_rows, out.numpy(), positions.contiguous().numpy(),
                  src.to(out.dtype).contiguous().numpy())
     return out
+
+
+def scatter_synthetic(g_real: Tensor, positions: Tensor, weights: Tensor, c_q: Tensor,
+                      p_syn: Tensor, num_mix: int) -> Tensor:
+    """Backward of the synthetic logits ``q·h = W l[positions] + c_q (q·q̄)``, in place.
+
+    Args:
+        g_real: ``[B, K]`` gradient of ``l``; receives ``W * p`` at ``positions`` (type 1's
+            ``p`` twice: columns ``t`` and ``s + t``).
+        positions: ``[B, 2s + s']`` (:class:`MochiCoefficients`).
+        weights: ``[B, 2s + s']``.
+        c_q: ``[B, s']``.
+        p_syn: ``[B, s + s']`` gradient of the synthetic logits.
+        num_mix: ``s``.
+
+    Returns:
+        ``[B, 1]`` gradient of ``q·q̄``. On the CPU (float32, numba) one kernel, parallel
+        over rows; otherwise :func:`scatter_add_rows` of the weighted gradients.
+    """
+    s = num_mix
+    kern = (_cpu_kernels(g_real) if g_real.dtype == torch.float32 and g_real.is_contiguous()
+            and p_syn.dtype == torch.float32 else None)
+    if kern is None:
+        src = torch.cat([p_syn[:, :s], p_syn[:, :s], p_syn[:, s:]], dim=1).mul_(weights)
+        scatter_add_rows(g_real, positions, src)
+        return (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True)
+    g_qq = g_real.new_empty(g_real.shape[0], 1)
+    run_parallel(kern.scatter_synthetic, g_real.numpy(), positions.contiguous().numpy(),
+                 weights.to(g_real.dtype).contiguous().numpy(),
+                 c_q.to(g_real.dtype).contiguous().numpy(), p_syn.contiguous().numpy(), s,
+                 g_qq.numpy())
+    return g_qq
