@@ -443,7 +443,8 @@ def test_mask_same_instance_reduces_to_moco_with_ids() -> None:
 
 
 @pytest.mark.parametrize("case", ["gauss", "excluded", "ties", "few_eligible", "signed_zero",
-                                  "none_eligible", "wide_ties", "skewed"])
+                                  "none_eligible", "wide_ties", "skewed",
+                                  "misleading_sample"])
 @pytest.mark.parametrize("numba_on", [True, False])
 def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bool,
                                                          monkeypatch) -> None:
@@ -484,6 +485,17 @@ def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bo
         b, k, n = 4, 20000, 10
         sims = torch.rand(b, k, generator=g) * 0.5
         sims[:, 3:12003] = 1.0
+        queue_ids = torch.arange(k)
+        query_ids = torch.full((b,), -5)
+    elif case == "misleading_sample":
+        # the kernel's threshold sample (block ((u * 0x9E3779B1) >> 29) & 7 of 16 columns in
+        # each run u of 128) holds the row's largest values, the rest lies lower: its first
+        # threshold keeps fewer than N, the 4x lower retry keeps enough
+        b, k, n = 4, 4096, 300
+        sims = torch.rand(b, k, generator=g) * 0.7
+        for run in range(k // 128):
+            off = run * 128 + 16 * (((run * 0x9E3779B1) >> 29) & 7)
+            sims[:, off : off + 16] = torch.rand(b, 16, generator=g)
         queue_ids = torch.arange(k)
         query_ids = torch.full((b,), -5)
     draws = mochi_draws(sims, n, s, s2, queue_ids=queue_ids, query_ids=query_ids,

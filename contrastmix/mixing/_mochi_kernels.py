@@ -277,11 +277,11 @@ def sort_desc_py(vals, cols, c, n):  # type: ignore[no-untyped-def]
 def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_val, out_cnt, out_w,
               out_top):  # type: ignore[no-untyped-def]
     # Per float32 row (query), in parallel over rows:
-    # 1. a threshold from a sample of the row: 16 consecutive values of every 8th run of
-    #    128 (1/8 of the row's cache lines; contrastmix._numba.sampled_threshold_kernel);
+    # 1. a threshold from a sample of the row: 16 consecutive values of each run of 128
+    #    (1/8 of the row's cache lines; contrastmix._numba.sampled_threshold_kernel);
     #    one pass (collect_py) keeps every eligible value >= it; if fewer than n
-    #    survive, a second pass keeps every eligible value, so the hard set is exact
-    #    whatever the sample says (-inf and NaN are never eligible);
+    #    survive, a pass with a lower guess, then one that keeps every eligible value, so
+    #    the hard set is exact whatever the sample says (-inf and NaN are never eligible);
     # 2. sort of the survivors (sort_desc_py): descending value, ties by queue row;
     #    out_top = the largest eligible value (-inf if none);
     # 3. draws from the counter-based stream (contrastmix._counter_rng), value
@@ -296,18 +296,25 @@ def select_py(sims, seed, n, s, s2, ids, qids, use_ids, out_pos, out_val, out_cn
         row = sims[r]
         my_id = qids[r] if use_ids else 0
         if runs >= 8:
+            # run u gives its block number (u * 0x9E3779B1 >> 29) & 7 of 16 columns: a
+            # scrambled offset, so that a queue with a period (the same batch enqueued
+            # again and again) does not show the sample the same few samples each time
             smp = np.empty(runs * 16, np.float32)
             for u in range(runs):
+                off = u * 128 + 16 * np.int64(((u * 0x9E3779B1) >> 29) & 7)
                 for v in range(16):
-                    smp[u * 16 + v] = row[u * 128 + v]
-            thr = max(_sampled_threshold(smp, n, 8), lowest)
+                    smp[u * 16 + v] = row[off + v]
         else:
-            thr = max(_sampled_threshold(row[::8], n, 8), lowest)
+            smp = row[::8]
+        thr = max(_sampled_threshold(smp, n, 8), lowest)
         cols = np.empty(k + 1, np.int32)
         vals = np.empty(k + 1, np.float32)
         c = _collect(row, thr, ids, my_id, use_ids, cols, vals)
-        if c < n:  # the sample misled the threshold (or < n eligible): keep all
-            c = _collect(row, lowest, ids, my_id, use_ids, cols, vals)
+        if c < n:  # the sample misled the threshold: a 4x lower guess, then keep all
+            thr = max(_sampled_threshold(smp, 4 * n, 8), lowest)
+            c = _collect(row, thr, ids, my_id, use_ids, cols, vals)
+            if c < n:  # (or fewer than n eligible)
+                c = _collect(row, lowest, ids, my_id, use_ids, cols, vals)
         hard = _sort_desc(vals, cols, c, n)
         cnt = min(c, n)
         out_cnt[r] = cnt
