@@ -21,11 +21,13 @@ already computed similarities ``l = q·n``:
 ``‖β q̄ + (1−β) n_j‖² = β²‖q̄‖² + (1−β)²‖n_j‖² + 2β(1−β) l_j`` (detached).
 The numerator carries the gradient (through ``l``) and the norm is a constant, so
 ``∂(q·h)/∂q = h`` exactly as with materialised, detached ``h``. Only the ``B·s`` type-1 norms
-``‖α n_i + (1−α) n_j‖`` need the ``d``-dimensional vectors: on the CPU one numba loop over
-the pairs that prefetches the rows a few pairs ahead (numba ships with umap-learn;
-``CONTRASTMIX_NUMBA=0`` disables it), otherwise chunked gathers; no ``B × s × d`` tensor is
-kept. On the CPU the hard-set selection and the draws are one numba kernel too
-(:mod:`contrastmix.mixing._mochi_kernels`).
+``‖α n_i + (1−α) n_j‖`` need the ``d``-dimensional vectors; no ``B × s × d`` tensor is kept.
+On the CPU (float32; numba ships with umap-learn, ``CONTRASTMIX_NUMBA=0`` disables it) three
+numba kernels do the work (:mod:`contrastmix.mixing._mochi_kernels`): the hard-set selection
+with the draws; the coefficients with the synthetic logits' values, one pass over the pairs
+that prefetches the rows a few pairs ahead; and, in backward, the scatter of the synthetic
+logits' gradient. Elsewhere torch ops do the same (``topk``, chunked gathers,
+``scatter_add_``).
 """
 
 from __future__ import annotations
