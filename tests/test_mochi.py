@@ -518,13 +518,21 @@ def test_draws_address_ranks_of_a_stable_descending_sort(case: str, numba_on: bo
 
 
 @pytest.mark.parametrize("numba_on", [True, False])
-def test_scatter_add_rows_matches_torch(numba_on: bool, monkeypatch) -> None:
-
+def test_scatter_synthetic_matches_torch(numba_on: bool, monkeypatch) -> None:
+    """The synthetic logits' backward (CPU kernel or torch path) equals a scatter_add_ of the
+    weighted gradients, type 1's gradient going to both of its columns."""
     monkeypatch.setattr(mochi_mod, "USE_NUMBA", numba_on)
     g = _gen(21)
-    out = torch.randn(9, 50, generator=g)
-    pos = torch.randint(0, 50, (9, 300), generator=g)  # many repeated columns per row
-    src = torch.randn(9, 300, generator=g)
+    b, k, s, s2 = 9, 50, 120, 30
+    out = torch.randn(b, k, generator=g)
+    pos = torch.randint(0, k, (b, 2 * s + s2), generator=g)  # many repeated columns per row
+    weights = torch.randn(b, 2 * s + s2, generator=g)
+    c_q = torch.randn(b, s2, generator=g)
+    p_syn = torch.randn(b, s + s2, generator=g)
+    src = torch.cat([p_syn[:, :s], p_syn[:, :s], p_syn[:, s:]], dim=1) * weights
     want = out.clone().scatter_add_(1, pos, src)
-    got = mochi_mod.scatter_add_rows(out.clone(), pos, src)
+    got = out.clone()
+    g_qq = mochi_mod.scatter_synthetic(got, pos, weights, c_q, p_syn, s)
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(g_qq, (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True),
+                               rtol=1e-6, atol=1e-5)

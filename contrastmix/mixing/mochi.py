@@ -455,14 +455,15 @@ def _mochi_coefficients(
         l, num_hard, num_mix, num_query_mix,
         queue_ids=queue_ids, query_ids=query_ids, generator=generator, masked=masked,
     )
+    with torch.no_grad():
+        qbar = q.detach()
+        qq = (qbar * qbar).sum(dim=1, keepdim=True)
+        if queue_sq is None:
+            queue_sq = torch.linalg.vector_norm(n, dim=1).square()
     kern = _cpu_kernels(n) if n.dtype == torch.float32 else None
     if kern is not None and draws.mix_w is not None:
         # one kernel: weights, c_q and the synthetic logits' values (same maths as below)
         with torch.no_grad():
-            qbar = q.detach()
-            qq = (qbar * qbar).sum(dim=1).contiguous()
-            if queue_sq is None:
-                queue_sq = torch.linalg.vector_norm(n, dim=1).square()
             b = l.shape[0]
             weights = torch.empty(b, 2 * num_mix + num_query_mix)
             c_q = torch.empty(b, num_query_mix)
@@ -470,7 +471,7 @@ def _mochi_coefficients(
             run_parallel(
                 kern.coefficients, n.detach().contiguous().numpy(),
                 queue_sq.contiguous().numpy(), draws.positions.numpy(), draws.picked.numpy(),
-                draws.mix_w.numpy(), draws.counts.numpy(), qq.numpy(),
+                draws.mix_w.numpy(), draws.counts.numpy(), qq.view(-1).numpy(),
                 np.float32(logit_scale), num_mix, weights.numpy(), c_q.numpy(), syn.numpy(),
             )
         return MochiCoefficients(draws.positions, weights, c_q, draws.valid, num_mix,
@@ -479,10 +480,6 @@ def _mochi_coefficients(
         a = draws.alpha.to(n.dtype)
         norm1 = _pair_norms(n, draws.pos_i, draws.pos_j, a, 1 - a).clamp_min(1e-12)
         bt = draws.beta.to(n.dtype)
-        qbar = q.detach()
-        qq = (qbar * qbar).sum(dim=1, keepdim=True)
-        if queue_sq is None:
-            queue_sq = torch.linalg.vector_norm(n, dim=1).square()
         sq_k = queue_sq[draws.pos_k]
         qn = draws.picked[:, 2 * num_mix :].to(n.dtype) / logit_scale
         norm2 = (bt * bt * qq + (1 - bt) ** 2 * sq_k
@@ -512,20 +509,6 @@ def synthetic_logits_from(coef: MochiCoefficients, l: Tensor, q_dot_qbar: Tensor
     return out
 
 
-def scatter_add_rows(out: Tensor, positions: Tensor, src: Tensor) -> Tensor:
-    """``out[b, positions[b, t]] += src[b, t]`` in place (``out.scatter_add_(1, ...)``).
-
-    On the CPU (float32, numba) a kernel parallel over rows, whose adds stay in cache;
-    otherwise ``Tensor.scatter_add_``.
-    """
-    kern = _cpu_kernels(out) if out.dtype == torch.float32 and out.is_contiguous() else None
-    if kern is None:
-        return out.scatter_add_(1, positions, src)
-    run_parallel(kern.scatter_add_rows, out.numpy(), positions.contiguous().numpy(),
-                 src.to(out.dtype).contiguous().numpy())
-    return out
-
-
 def scatter_synthetic(g_real: Tensor, positions: Tensor, weights: Tensor, c_q: Tensor,
                       p_syn: Tensor, num_mix: int) -> Tensor:
     """Backward of the synthetic logits ``q·h = W l[positions] + c_q (q·q̄)``, in place.
@@ -541,14 +524,14 @@ def scatter_synthetic(g_real: Tensor, positions: Tensor, weights: Tensor, c_q: T
 
     Returns:
         ``[B, 1]`` gradient of ``q·q̄``. On the CPU (float32, numba) one kernel, parallel
-        over rows; otherwise :func:`scatter_add_rows` of the weighted gradients.
+        over rows; otherwise ``Tensor.scatter_add_`` of the weighted gradients.
     """
     s = num_mix
     kern = (_cpu_kernels(g_real) if g_real.dtype == torch.float32 and g_real.is_contiguous()
             and p_syn.dtype == torch.float32 else None)
     if kern is None:
         src = torch.cat([p_syn[:, :s], p_syn[:, :s], p_syn[:, s:]], dim=1).mul_(weights)
-        scatter_add_rows(g_real, positions, src)
+        g_real.scatter_add_(1, positions, src)
         return (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True)
     g_qq = g_real.new_empty(g_real.shape[0], 1)
     run_parallel(kern.scatter_synthetic, g_real.numpy(), positions.contiguous().numpy(),
