@@ -242,22 +242,28 @@ def sort_desc_py(vals, cols, c, n):  # type: ignore[no-untyped-def]
     count = np.zeros(nb + 1, np.int64)
     for t in range(c):
         count[np.int64(keys[t] >> shift) + 1] += 1
-    for b in range(nb):
-        count[b + 1] += count[b]
-    # buckets 0 .. cut - 1 hold at least min(c, n) entries: the others are dropped
-    cut = 1
-    while cut < nb and count[cut] < n:
+    # prefix sums only up to the first bucket boundary with min(c, n) entries before it
+    # (buckets 0 .. cut - 1; the others are dropped), the running sum in a register: a
+    # loop that adds count[b] into count[b + 1] waits on the store every iteration
+    acc = count[0]
+    cut = 0
+    while cut < nb:
         cut += 1
-    m = count[cut]
-    kb = np.empty(m, np.uint32)
-    cb = np.empty(m, np.int32)
+        acc += count[cut]
+        count[cut] = acc
+        if acc >= n:
+            break
+    m = acc
+    # branch-free scatter: the entries of the dropped buckets all go to slot `cut`, which
+    # starts at m (past the kept ones), so no unpredictable branch per entry
+    kb = np.empty(c, np.uint32)
+    cb = np.empty(c, np.int32)
     for t in range(c):
-        b = np.int64(keys[t] >> shift)
-        if b < cut:
-            dst = count[b]
-            kb[dst] = keys[t]
-            cb[dst] = cols[t]
-            count[b] = dst + 1
+        b = min(np.int64(keys[t] >> shift), cut)
+        dst = count[b]
+        kb[dst] = keys[t]
+        cb[dst] = cols[t]
+        count[b] = dst + 1
     budget = 8 * m + 64
     for t in range(1, m):
         kk = kb[t]
