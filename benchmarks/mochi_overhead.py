@@ -14,6 +14,9 @@ Each measurement is its own function (``time_moco_loss``, ``time_mochi_loss``,
 step is the MNIST-1D recipe's full optimiser step (two augmented views, encoder and momentum
 encoder, loss, backward, SGD, enqueue) at queue 16384 with MoCHi(1024, 1024, 128) vs MoCo —
 goal <= 1.10x; the two are timed in alternating blocks (``--rounds`` x ``--block`` steps each).
+``--recipe-runs R`` also times R real runs (Lightning, data loader, logging) of each MNIST-1D
+recipe at the same queue. The process keeps freed memory as ``contrastmix pretrain`` does
+(:mod:`contrastmix.train.allocator`; ``--default-malloc`` to leave glibc's defaults).
 """
 
 from __future__ import annotations
@@ -201,6 +204,70 @@ def time_training_steps(
     return t_moco, t_mochi, ratios
 
 
+class _StepClock:
+    """Lightning callback: wall time between the starts of consecutive training batches (the
+    whole step as a run sees it: data, forward, backward, optimiser, enqueue, logging)."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self.starts.append(time.perf_counter())
+
+    def step_times(self, skip: int) -> list[float]:
+        return [b - a for a, b in zip(self.starts[skip:], self.starts[skip + 1:], strict=False)]
+
+
+def time_recipe_runs(
+    queue: int, rounds: int, epochs: int, *, mix: tuple[int, int, int] = (1024, 1024, 128),
+    keep_memory: bool = True,
+) -> tuple[list[float], list[float], list[float]]:
+    """Real runs of the MNIST-1D recipes (``contrastmix.train.pretrain.pretrain``, Lightning,
+    data loader, logging) at queue ``queue``, MoCo and MoCHi alternately, ``rounds`` times
+    ``epochs`` epochs each (mixing from the first step, online kNN off;
+    ``trainer.keep_freed_memory`` = ``keep_memory``). Step times are taken once the queue is
+    full.
+
+    Returns:
+        ``(moco_times, mochi_times, round_ratios)`` as :func:`time_training_steps`.
+    """
+    import tempfile
+
+    import pytorch_lightning as pl
+
+    from contrastmix.config import load_recipe
+    from contrastmix.train.pretrain import pretrain
+
+    class Clock(_StepClock, pl.Callback):
+        pass
+
+    n, s, s2 = mix
+    t_moco: list[float] = []
+    t_mochi: list[float] = []
+    ratios: list[float] = []
+    for _ in range(rounds):
+        med = []
+        for method in ("moco", "mochi"):
+            over = [f"method.queue_size={queue}", f"trainer.max_epochs={epochs}",
+                    "eval.knn_every_n_epochs=0", "trainer.enable_progress_bar=false",
+                    f"trainer.keep_freed_memory={str(keep_memory).lower()}"]
+            if method == "mochi":
+                over += [f"method.num_hard={n}", f"method.num_mix={s}",
+                         f"method.num_query_mix={s2}", "method.warmup_epochs=0"]
+            cfg = load_recipe(f"{method}_mnist1d", over)
+            clock = Clock()
+            with tempfile.TemporaryDirectory() as tmp:
+                pretrain(cfg, tmp, extra_callbacks=[clock])
+            # the queue is full after queue / batch steps
+            times = clock.step_times(skip=-(-queue // cfg.data.batch_size) + 1)
+            if not times:
+                raise SystemExit(f"--recipe-epochs {epochs} is too few to fill the queue")
+            (t_moco if method == "moco" else t_mochi).extend(times)
+            med.append(statistics.median(times))
+        ratios.append(med[1] / med[0])
+    return t_moco, t_mochi, ratios
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batch", type=int, default=256)
@@ -220,6 +287,11 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-train-step", action="store_true",
                    help="skip the MNIST-1D training-step comparison")
+    p.add_argument("--recipe-runs", type=int, default=0, metavar="R",
+                   help="also time R alternating real runs (Lightning) of each MNIST-1D recipe")
+    p.add_argument("--recipe-epochs", type=int, default=12, help="epochs per recipe run")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc defaults (runs and this script tune them)")
     a = p.parse_args()
     if a.quick:
         a.batch, a.queue, a.num_hard, a.num_mix, a.num_query_mix, a.repeats = (
@@ -227,6 +299,11 @@ def main() -> None:
         a.rounds, a.block = 2, 2
     if a.threads:
         torch.set_num_threads(a.threads)
+    malloc_tuned = False
+    if not a.default_malloc:
+        from contrastmix.train.allocator import keep_freed_memory
+
+        malloc_tuned = keep_freed_memory()
     st = make_setup(a.batch, a.queue, a.dim, a.num_hard, a.num_mix, a.num_query_mix, a.device)
     # interleave baseline and MoCHi in rounds so that machine load hits both alike
     moco: list[float] = []
@@ -245,10 +322,18 @@ def main() -> None:
         step_moco, step_mochi, ratios = time_training_steps(
             a.queue, a.device, a.rounds, a.block, batch=a.batch,
             mix=(a.num_hard, a.num_mix, a.num_query_mix))
+    run_moco: list[float] = []
+    run_mochi: list[float] = []
+    run_ratios: list[float] = []
+    if a.recipe_runs:
+        run_moco, run_mochi, run_ratios = time_recipe_runs(
+            a.queue, a.recipe_runs, a.recipe_epochs,
+            mix=(a.num_hard, a.num_mix, a.num_query_mix), keep_memory=not a.default_malloc)
     med = statistics.median
     res = {
         "device": a.device,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "B": a.batch, "K": a.queue, "d": a.dim,
         "N": a.num_hard, "s": a.num_mix, "s_prime": a.num_query_mix,
         "moco_ms": 1e3 * med(moco),
@@ -267,13 +352,19 @@ def main() -> None:
         res["train_step_round_ratios"] = ratios
         res["train_step_ratio_of_rounds"] = med(ratios)
         res["train_step_goal_ratio"] = 1.10
+    if run_moco:
+        res["recipe_run_step_moco_ms"] = 1e3 * med(run_moco)
+        res["recipe_run_step_mochi_ms"] = 1e3 * med(run_mochi)
+        res["recipe_run_step_ratio"] = med(run_mochi) / med(run_moco)
+        res["recipe_run_round_ratios"] = run_ratios
     if mat:
         res["mochi_materialised_ms"] = 1e3 * med(mat)
         res["ratio_materialised"] = med(mat) / med(moco)
     if a.json:
         print(json.dumps(res))
         return
-    print(f"device={a.device} threads={res['threads']} B={a.batch} K={a.queue} d={a.dim} "
+    print(f"device={a.device} threads={res['threads']} malloc_tuned={malloc_tuned} "
+          f"B={a.batch} K={a.queue} d={a.dim} "
           f"MoCHi(N={a.num_hard}, s={a.num_mix}, s'={a.num_query_mix})")
     print(f"MoCo InfoNCE fwd+bwd     : {res['moco_ms']:8.2f} ms (median), "
           f"{res['moco_min_ms']:.2f} ms (min)")
@@ -291,6 +382,12 @@ def main() -> None:
         print(f"  per-round ratios       : median {res['train_step_ratio_of_rounds']:.2f}x, "
               f"range {min(ratios):.2f}-{max(ratios):.2f}x over {len(ratios)} rounds of "
               f"{a.block} steps")
+    if run_moco:
+        print(f"MNIST-1D recipe runs     : MoCo {res['recipe_run_step_moco_ms']:.2f} ms, MoCHi "
+              f"{res['recipe_run_step_mochi_ms']:.2f} ms per step, ratio "
+              f"{res['recipe_run_step_ratio']:.2f}x (median over {len(run_moco)} and "
+              f"{len(run_mochi)} steps of {a.recipe_runs} runs each; per run "
+              + ", ".join(f"{r:.2f}x" for r in run_ratios) + ")")
     print("fast-path parts (median) : " + ", ".join(
         f"{k} {v:.2f} ms" for k, v in res["parts_ms"].items()))
 

@@ -182,6 +182,7 @@ def pretrain(
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
+    from contrastmix.train.allocator import keep_freed_memory
     from contrastmix.train.callbacks import OnlineKNN, SaveOnInterrupt
 
     _check_trainer(cfg)
@@ -208,6 +209,8 @@ def pretrain(
         )
 
     _quiet_lightning()
+    if cfg.trainer.keep_freed_memory:
+        keep_freed_memory()
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
