@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from contrastmix.config import load_recipe
 
-# a step's worth of [B, K] buffers (3 x 16 MiB) allocated, written and freed ten times; prints
-# whether the settings were applied and the minor page faults per round
+# six 16 MiB blocks (a step's [B, K] buffers at queue 16384) allocated, written by two threads
+# and freed, five rounds to settle, then the minor page faults of each of ten more rounds
 _SCRIPT = """
 import resource, sys, torch
 from contrastmix.train.allocator import keep_freed_memory
+torch.set_num_threads(2)
 applied = keep_freed_memory() if sys.argv[1] == "1" else None
 def step():
-    bufs = [torch.empty(4 << 20).fill_(1.0) for _ in range(3)]
+    bufs = [torch.empty(4 << 20).fill_(1.0) for _ in range(6)]
     del bufs
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(5):
     step()
-print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+faults = []
+for _ in range(10):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, sum(faults))
 """
+PAGES_PER_ROUND = 6 * (16 << 20) // 4096
 
 
-def _faults(apply: bool, env: dict[str, str] | None = None) -> tuple[str, float]:
+def _faults(apply: bool, env: dict[str, str] | None = None) -> tuple[str, int]:
     import os
 
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
@@ -34,18 +40,18 @@ def _faults(apply: bool, env: dict[str, str] | None = None) -> tuple[str, float]
     out = subprocess.run([sys.executable, "-c", _SCRIPT, "1" if apply else "0"],
                          capture_output=True, text=True, env=full_env, check=True)
     applied, faults = out.stdout.split()
-    return applied, float(faults)
+    return applied, int(faults)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
-def test_keep_freed_memory_cuts_page_faults() -> None:
-    _, default = _faults(False)
-    applied, tuned = _faults(True)
+def test_keep_freed_memory_reuses_freed_blocks() -> None:
+    # With glibc's defaults the same loop faulted every page in again in some processes
+    # (24.5k faults a round) and none in others (its thresholds move with the frees), so only
+    # the tuned process is checked: after it settles, a round reuses the heap's pages.
+    applied, faults = _faults(True)
     if applied != "True":
         pytest.skip("C library is not glibc")
-    # 48 MiB freed per round is ~12k pages: glibc's defaults give most of them back to the OS
-    assert default > 5000
-    assert tuned < 0.6 * default
+    assert faults < PAGES_PER_ROUND  # all ten rounds together: < one round's pages
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
@@ -58,3 +64,21 @@ def test_recipe_knob_defaults_on_and_can_be_turned_off() -> None:
     assert load_recipe("moco_mnist1d", []).trainer.keep_freed_memory is True
     cfg = load_recipe("moco_mnist1d", ["trainer.keep_freed_memory=false"])
     assert cfg.trainer.keep_freed_memory is False
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_pretrain_applies_the_knob(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    from contrastmix.train import allocator
+    from contrastmix.train.pretrain import pretrain
+
+    calls: list[bool] = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(True) or True)
+    cfg = load_recipe("moco_mnist1d", [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=1", "method.queue_size=256",
+        "data.batch_size=128", "eval.knn_every_n_epochs=0", "trainer.enable_progress_bar=false",
+        f"trainer.keep_freed_memory={str(keep).lower()}",
+    ])
+    pretrain(cfg, tmp_path / "run")
+    assert calls == ([True] if keep else [])
