@@ -82,7 +82,9 @@ def run_backend(backend: str, stream: dict[str, Any], k: int, warmup: int,
         positions.append(pos)
     batch = stream["adds"][0].shape[0]
     steps_per_turn = size / batch
-    params = {"nlist": bank.nlist, "nprobe": bank.nprobe} if backend == "faiss-ivf" else {
+    ivf = getattr(bank._index, "index", None) if backend == "faiss-ivf" else None
+    nlist = ivf.nlist if ivf is not None else bank.nlist  # the cells in use (auto by default)
+    params = {"nlist": nlist, "nprobe": bank.nprobe} if backend == "faiss-ivf" else {
         "hnsw_m": bank.hnsw_m, "ef_construction": bank.ef_construction,
         "ef_search": bank.ef_search} if backend == "faiss-hnsw" else {}
     out = {

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastmix.banks.memory_bank import MemoryBank
+from contrastmix.banks.memory_bank import MemoryBank, auto_nlist
 
 faiss.omp_set_num_threads(1)
 
@@ -185,6 +185,28 @@ def test_approximate_backends_recall_after_wrap(backend: str, kwargs: dict) -> N
         assert int((idx.slot_of_node >= 0).sum()) == len(approx)
 
 
+def test_auto_nlist_follows_faiss_guideline() -> None:
+    # 4 sqrt(N) rounded to a power of two
+    assert [auto_nlist(n) for n in (1, 16_384, 65_536, 262_144, 1_000_000)] == [
+        4, 512, 1024, 2048, 4096]
+    for n in (10, 1000, 123_457, 10**7):
+        assert auto_nlist(n) & (auto_nlist(n) - 1) == 0
+        assert 2 * math.sqrt(n) < auto_nlist(n) <= 8 * math.sqrt(n)
+
+
+def test_ivf_default_cells_are_auto_and_capped_by_training_points() -> None:
+    g = torch.Generator().manual_seed(5)
+    bank = MemoryBank(5000, 16, backend="faiss-ivf")
+    bank.add(_unit(5000, 16, g))
+    bank.search(_unit(2, 16, g), 3)  # trains the index
+    # auto_nlist(5000) = 256, but faiss wants >= 39 points per cell: 5000 // 39 = 128
+    assert bank._index.index.nlist == 128
+    small = MemoryBank(5000, 16, backend="faiss-ivf", nlist=32)
+    small.add(_unit(5000, 16, g))
+    small.search(_unit(2, 16, g), 3)
+    assert small._index.index.nlist == 32
+
+
 @pytest.mark.parametrize("backend", ALL)
 def test_state_dict_round_trip(backend: str) -> None:
     g = torch.Generator().manual_seed(4)
@@ -247,4 +269,8 @@ def test_bad_input() -> None:
         MemoryBank(0, 4)
     with pytest.raises(ValueError, match="backend"):
         MemoryBank(10, 4, backend="annoy")
+    with pytest.raises(ValueError, match="nlist"):
+        MemoryBank(10, 4, backend="faiss-ivf", nlist=0)
+    with pytest.raises(ValueError, match="nlist"):
+        MemoryBank(10, 4, backend="faiss-ivf", nlist=2.5)  # type: ignore[arg-type]
     assert len(bank) == 3  # failed calls changed nothing

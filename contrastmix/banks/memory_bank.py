@@ -24,12 +24,15 @@ Index maintenance of the approximate backends (measured in ``benchmarks/bank_sea
   (an ``IDSelectorBitmap`` hides them from search) and the graph is rebuilt from the buffer
   once it holds ``size`` stale nodes (once per full turn of the ring).
 
-Defaults (``nlist=1024, nprobe=16``; ``hnsw_m=16, ef_construction=40, ef_search=128``) were
-measured with ``benchmarks/bank_search.py`` on a 1M x 128 bank of 1000 noisy clusters, one
-step = add 256 rows + search 256 queries for k=64, on a heavily shared 2-core CPU: exact
-torch 5.67 s/step; IVF 0.69 s/step (8.2x) at recall@64 0.968, build 29 s (re-training once
-per turn ~7 ms/step amortised); HNSW 0.72 s/step (7.8x) at recall@64 0.67 only, build 511 s
-(~131 ms/step amortised). Prefer ``"faiss-ivf"``; raise ``hnsw_m``/``ef_search`` for HNSW.
+Defaults (``nlist=None`` = ``4·sqrt(filled)`` rounded to a power of two, ``nprobe=16``,
+``train_points_per_list=40``; ``hnsw_m=16, ef_construction=40, ef_search=128``) were measured
+with ``benchmarks/bank_search.py`` on a 1M x 128 bank of 1000 noisy clusters, one step = add
+256 rows + search 256 queries for k=64, on a 2-core CPU: exact torch 1.43 s/step; IVF with
+4096 cells 67 ms/step (21.5x) at recall@64 0.976, build 31 s (re-training once per turn ~8
+ms/step amortised); HNSW 136 ms/step (10.5x) at recall@64 0.67 only, build 124 s. With the
+former fixed ``nlist=1024`` IVF took 139-156 ms/step (7.8-9.7x) that day: each query scanned
+~15.5k rows (16 cells of ~1k), and the scan is bound by memory bandwidth. Prefer
+``"faiss-ivf"``; raise ``hnsw_m``/``ef_search`` for HNSW.
 faiss indexes are CPU-only here (faiss-gpu is not used).
 """
 
@@ -67,6 +70,11 @@ def _import_faiss() -> Any:
     return faiss
 
 
+def auto_nlist(rows: int) -> int:
+    """IVF cells for ``rows`` vectors: ``4·sqrt(rows)`` rounded to a power of two (>= 1)."""
+    return 1 << max(0, round(math.log2(4 * math.sqrt(max(rows, 1)))))
+
+
 def _as_numpy_f32(x: Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
@@ -86,14 +94,18 @@ class MemoryBank(nn.Module):
         store_labels: Keep a ``[size]`` long buffer of labels (``-1`` = unknown).
         store_indices: Keep a ``[size]`` long buffer of sample ids (``-1`` = unknown); needed
             by ``exclude_indices`` in :meth:`search`.
-        nlist: IVF: number of coarse cells (capped at ``filled // 39`` while the bank is small).
+        nlist: IVF: number of coarse cells; ``None`` (default): ``4·sqrt(filled)`` rounded to a
+            power of two, the low end of faiss's guideline ``4·sqrt(N)``–``16·sqrt(N)`` (1024
+            at 65k rows, 4096 at 1M). Capped at ``filled // 39`` (faiss wants >= 39 training
+            points per cell) while the bank is small.
         nprobe: IVF: cells visited per query.
         hnsw_m: HNSW: graph degree ``M``.
         ef_construction: HNSW: beam width while building.
         ef_search: HNSW: beam width while searching (raised to ``k`` when smaller).
         retrain_every: IVF: re-train the centroids after this many added rows
             (default ``size``); ``0`` disables periodic re-training.
-        train_points_per_list: IVF: k-means sample size per cell (at most ``filled`` rows).
+        train_points_per_list: IVF: k-means sample size per cell (at most ``filled`` rows;
+            below 39 faiss warns).
         train_iters: IVF: k-means iterations.
         seed: Seed of the IVF training subsample.
 
@@ -124,18 +136,22 @@ class MemoryBank(nn.Module):
         gather_distributed: bool = True,
         store_labels: bool = True,
         store_indices: bool = True,
-        nlist: int = 1024,
+        nlist: int | None = None,
         nprobe: int = 16,
         hnsw_m: int = 16,
         ef_construction: int = 40,
         ef_search: int = 128,
         retrain_every: int | None = None,
-        train_points_per_list: int = 64,
+        train_points_per_list: int = 40,
         train_iters: int = 10,
         seed: int = 0,
     ) -> None:
         super().__init__()
-        for name, value in (("size", size), ("dim", dim), ("nlist", nlist), ("nprobe", nprobe),
+        if nlist is not None:
+            if isinstance(nlist, bool) or not isinstance(nlist, int):
+                raise ValueError(f"`nlist` must be an int or None, got {type(nlist).__name__}")
+            check_positive("nlist", nlist)
+        for name, value in (("size", size), ("dim", dim), ("nprobe", nprobe),
                             ("hnsw_m", hnsw_m), ("ef_construction", ef_construction),
                             ("ef_search", ef_search),
                             ("train_points_per_list", train_points_per_list),
@@ -521,7 +537,7 @@ class _IVFIndex(_FaissIndex):
         self.trained_at_filled = n
         if n == 0:
             return
-        nlist = max(1, min(bank.nlist, n // 39))
+        nlist = max(1, min(bank.nlist or auto_nlist(n), n // 39))
         quantizer = faiss.IndexFlatIP(bank.dim)
         index = faiss.IndexIVFFlat(quantizer, bank.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.own_fields = True
