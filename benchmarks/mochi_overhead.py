@@ -231,6 +231,7 @@ def time_recipe_runs(
     Returns:
         ``(moco_times, mochi_times, round_ratios)`` as :func:`time_training_steps`.
     """
+    import logging
     import tempfile
 
     import pytorch_lightning as pl
@@ -241,6 +242,8 @@ def time_recipe_runs(
     class Clock(_StepClock, pl.Callback):
         pass
 
+    # the runs' "GPU available" / "max_epochs reached" lines would bury the results
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     n, s, s2 = mix
     t_moco: list[float] = []
     t_mochi: list[float] = []
