@@ -185,6 +185,62 @@ def test_approximate_backends_recall_after_wrap(backend: str, kwargs: dict) -> N
         assert int((idx.slot_of_node >= 0).sum()) == len(approx)
 
 
+@pytest.mark.parametrize("fake_gpu", [False, True])
+def test_ivf_append_only_mode_never_returns_overwritten_rows(
+    monkeypatch: pytest.MonkeyPatch, fake_gpu: bool
+) -> None:
+    """The GPU bookkeeping of faiss-ivf (append-only index, stale ids filtered, rebuild), run
+    with a CPU index: ``fake_gpu`` also routes through the GPU branch (identity "copy to GPU")
+    with a tiny per-search k cap, so the rebuild-when-capped path runs."""
+    from contrastmix.banks import memory_bank as mb
+
+    if fake_gpu:
+        monkeypatch.setattr(mb, "_faiss_gpu_device", lambda faiss, feats: 0)
+        monkeypatch.setattr(mb, "_faiss_gpu_resources", lambda faiss, dev: None)
+        monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, index: index,
+                            raising=False)
+        monkeypatch.setattr(mb._IVFIndex, "gpu_max_k", 16)
+    else:
+        monkeypatch.setattr(mb._IVFIndex, "append_only_on_cpu", True)
+    g = torch.Generator().manual_seed(6)
+    d, size, k = 32, 1500, 10
+    centre = _unit(1, d, g)
+    near = F.normalize(centre + torch.randn(size, d, generator=g) / 8.0, dim=1)
+    far = F.normalize(-centre + torch.randn(1000, d, generator=g) / 8.0, dim=1)
+    exact = MemoryBank(size, d, backend="torch")
+    approx = MemoryBank(size, d, backend="faiss-ivf", nlist=8, nprobe=8)
+    for bank in (exact, approx):
+        bank.add(near)
+    approx.search(centre, 1)  # builds the index over the near rows
+    idx = approx._index
+    assert idx.append_only and idx.on_gpu == fake_gpu
+    for bank in (exact, approx):  # overwrite 1000 near rows (now stale) with far ones
+        for lo in range(0, 1000, 250):
+            bank.add(far[lo : lo + 250])
+    assert idx.n_stale == 1000 and idx.index.ntotal == 2500
+    q = F.normalize(centre + torch.randn(4, d, generator=g) / 8.0, dim=1)
+    se, pe = exact.search(q, k)
+    sa, pa = approx.search(q, k)
+    # every hit is a live row, with the score of what the row holds now
+    assert (pa >= 0).all()
+    torch.testing.assert_close((approx.features[pa] * q[:, None]).sum(-1), sa)
+    assert bool((pa >= 1000).all())  # rows 0..999 now hold the far vectors
+    hits = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(pa, pe, strict=True))
+    assert hits / pe.numel() >= 0.9
+    if fake_gpu:  # 16 hits per search hold < k live ones: rebuilt without the stale rows
+        assert approx._index.n_stale == 0 and approx._index.index.ntotal == size
+    # a full turn of stale rows drops the index; the next search rebuilds it
+    approx.add(far[:500])
+    if fake_gpu:
+        assert approx._index.n_stale == 500
+    else:  # 1500 stale rows = size: dropped
+        assert approx._index.index is None
+    approx.add(near[:1000])
+    _, pa2 = approx.search(q, k)
+    assert (pa2 >= 0).all() and bool((pa2 < 1000).all())  # the near rows written last
+    assert approx._index.n_stale < size
+
+
 def test_auto_nlist_follows_faiss_guideline() -> None:
     # 4 sqrt(N) rounded to a power of two
     assert [auto_nlist(n) for n in (1, 16_384, 65_536, 262_144, 1_000_000)] == [

@@ -33,7 +33,11 @@ ms/step amortised); HNSW 136 ms/step (10.5x) at recall@64 0.67 only, build 124 s
 former fixed ``nlist=1024`` IVF took 139-156 ms/step (7.8-9.7x) that day: each query scanned
 ~15.5k rows (16 cells of ~1k), and the scan is bound by memory bandwidth. Prefer
 ``"faiss-ivf"``; raise ``hnsw_m``/``ef_search`` for HNSW.
-faiss indexes are CPU-only here (faiss-gpu is not used).
+faiss-gpu, when installed, serves a bank whose buffers are on a GPU: ``"faiss-flat"`` searches
+by brute force there (``faiss.knn_gpu``), ``"faiss-ivf"`` keeps a GPU IVF index (append-only:
+faiss's GPU indexes cannot remove rows, see ``_IVFIndex``). ``"faiss-hnsw"`` has no GPU
+version in faiss and stays on the CPU. (No GPU was available where this was written: the GPU
+calls are untested; the append-only bookkeeping is tested with a CPU index.)
 """
 
 from __future__ import annotations
@@ -79,6 +83,26 @@ def _as_numpy_f32(x: Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
 
+def _faiss_gpu_device(faiss: Any, feats: Tensor) -> int | None:
+    """The CUDA device to put a faiss index on: that of ``feats`` when they are on a GPU and
+    faiss has GPU support (faiss-gpu); else None (CPU index)."""
+    if feats.device.type != "cuda" or not hasattr(faiss, "StandardGpuResources"):
+        return None
+    if faiss.get_num_gpus() < 1:
+        return None
+    return feats.device.index if feats.device.index is not None else torch.cuda.current_device()
+
+
+_GPU_RESOURCES: dict[int, Any] = {}
+
+
+def _faiss_gpu_resources(faiss: Any, device: int) -> Any:
+    """One ``faiss.StandardGpuResources`` per CUDA device (scratch memory, streams)."""
+    if device not in _GPU_RESOURCES:
+        _GPU_RESOURCES[device] = faiss.StandardGpuResources()
+    return _GPU_RESOURCES[device]
+
+
 class MemoryBank(nn.Module):
     """Fixed-size FIFO ring buffer of feature vectors with top-k inner-product search.
 
@@ -87,8 +111,9 @@ class MemoryBank(nn.Module):
         dim: Feature dimension ``d`` (> 0).
         backend: ``"torch"`` (exact, chunked matmul + top-k, any device), ``"faiss-flat"``
             (exact, faiss brute force), ``"faiss-ivf"`` or ``"faiss-hnsw"`` (approximate).
-            faiss indexes are kept on the CPU; features on a GPU are copied to the host for
-            them (use ``"torch"`` for exact search on a GPU).
+            With the buffers on a GPU and faiss-gpu installed, ``"faiss-flat"`` and
+            ``"faiss-ivf"`` search there; otherwise faiss indexes live on the CPU and rows on a
+            GPU are copied to the host for them (``"torch"`` is exact on any device).
         gather_distributed: Under DDP, :meth:`add` enqueues the batch gathered from all ranks
             (rank order), so every rank holds identical contents.
         store_labels: Keep a ``[size]`` long buffer of labels (``-1`` = unknown).
@@ -447,6 +472,14 @@ class MemoryBank(nn.Module):
         n_filled = len(self)
         if self.backend == "faiss-flat":
             xb = self._features[:n_filled]
+            gpu = _faiss_gpu_device(faiss, xb)
+            if gpu is not None:  # brute force on the GPU, the bank's rows stay there
+                import faiss.contrib.torch_utils  # noqa: F401  (torch tensors in knn_gpu)
+
+                xq = torch.from_numpy(qn).to(xb.device)
+                s_t, p_t = faiss.knn_gpu(_faiss_gpu_resources(faiss, gpu), xq, xb.contiguous(),
+                                         k, metric=faiss.METRIC_INNER_PRODUCT, device=gpu)
+                return s_t.cpu().numpy(), p_t.cpu().numpy()
             xb_np = xb.numpy() if xb.device.type == "cpu" else _as_numpy_f32(xb)
             s, p = faiss.knn(qn, np.ascontiguousarray(xb_np), k, metric=faiss.METRIC_INNER_PRODUCT)
             return s, p
@@ -514,12 +547,29 @@ class _FaissIndex:
 
 
 class _IVFIndex(_FaissIndex):
-    """IVF-Flat keyed by slot; removal via a hashtable direct map; lazy (re-)training."""
+    """IVF-Flat keyed by slot, (re-)trained lazily.
+
+    On the CPU, overwritten rows are removed (hashtable direct map + ``remove_ids``). faiss's
+    GPU indexes cannot remove, so a bank on a GPU with faiss-gpu installed keeps an
+    append-only index there: each write of a slot gets a new id ``generation * size + slot``,
+    hits whose id is not their slot's current one (stale, overwritten rows) are dropped on the
+    host, searching deeper when too few are left, and the index is rebuilt once it holds
+    ``size`` stale rows (once per turn of the ring, like HNSW).
+    """
+
+    # Tests set this to run the append-only (GPU) bookkeeping with a CPU index.
+    append_only_on_cpu = False
+    # faiss-gpu's largest k per search
+    gpu_max_k = 2048
 
     def __init__(self) -> None:
         self.index: Any = None
         self.trained_at_filled = 0
         self.added_since_train = 0
+        self.append_only = False
+        self.on_gpu = False
+        self.generation: np.ndarray | None = None  # [size] writes of each slot (append-only)
+        self.n_stale = 0
 
     def _needs_train(self, bank: MemoryBank) -> bool:
         n = len(bank)
@@ -529,12 +579,17 @@ class _IVFIndex(_FaissIndex):
             return True  # bank has doubled, or become full, since the last training
         return bank.retrain_every > 0 and self.added_since_train >= bank.retrain_every
 
+    def _ids(self, bank: MemoryBank, slots: np.ndarray) -> np.ndarray:
+        assert self.generation is not None
+        return self.generation[slots] * bank.size + slots
+
     def rebuild(self, bank: MemoryBank) -> None:
         faiss = _import_faiss()
         n = len(bank)
         self.index = None
         self.added_since_train = 0
         self.trained_at_filled = n
+        self.n_stale = 0
         if n == 0:
             return
         nlist = max(1, min(bank.nlist or auto_nlist(n), n // 39))
@@ -553,17 +608,38 @@ class _IVFIndex(_FaissIndex):
         else:
             train = feats
         index.train(_as_numpy_f32(train))
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
-        index.add_with_ids(_as_numpy_f32(feats), np.arange(n, dtype=np.int64))
+        gpu = _faiss_gpu_device(faiss, feats)
+        self.on_gpu = gpu is not None
+        self.append_only = self.on_gpu or self.append_only_on_cpu
+        slots = np.arange(n, dtype=np.int64)
+        if self.append_only:
+            if self.generation is None or self.generation.size != bank.size:
+                self.generation = np.zeros(bank.size, dtype=np.int64)
+            index.add_with_ids(_as_numpy_f32(feats), self._ids(bank, slots))
+        else:
+            index.set_direct_map_type(faiss.DirectMap.Hashtable)
+            index.add_with_ids(_as_numpy_f32(feats), slots)
         index.nprobe = min(bank.nprobe, nlist)
+        if gpu is not None:
+            index = faiss.index_cpu_to_gpu(_faiss_gpu_resources(faiss, gpu), gpu, index)
         self.index = index
 
     def on_add(self, bank: MemoryBank, slots: Tensor, feats: Tensor, n_old_filled: int) -> None:
         self.added_since_train += int(slots.numel())
         if self.index is None:
             return  # trained lazily at the next search
+        slots_np = slots.cpu().numpy().astype(np.int64)
+        if self.append_only:
+            # every filled slot has one live entry: overwriting it leaves that entry stale
+            self.n_stale += int((slots_np < n_old_filled).sum())
+            assert self.generation is not None
+            self.generation[slots_np] += 1
+            if self.n_stale >= bank.size:
+                self.index = None  # rebuilt at the next search
+                return
+            self.index.add_with_ids(_as_numpy_f32(feats), self._ids(bank, slots_np))
+            return
         faiss = _import_faiss()
-        slots_np = slots.numpy().astype(np.int64)
         old = slots_np[slots_np < n_old_filled]
         if old.size:
             self.index.remove_ids(faiss.IDSelectorArray(old.size, faiss.swig_ptr(old)))
@@ -572,7 +648,38 @@ class _IVFIndex(_FaissIndex):
     def search(self, bank: MemoryBank, qn: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._needs_train(bank):
             self.rebuild(bank)
-        return self.index.search(qn, k)
+        if not self.append_only:
+            return self.index.search(qn, k)
+        return self._search_live(bank, qn, k, retry=True)
+
+    def _search_live(
+        self, bank: MemoryBank, qn: np.ndarray, k: int, retry: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Append-only search: the top ``k`` live hits (slots), stale ones skipped."""
+        assert self.generation is not None
+        total = int(self.index.ntotal)
+        cap = min(total, self.gpu_max_k) if self.on_gpu else total
+        fetch = min(k, cap)
+        while True:
+            s, ids = self.index.search(qn, fetch)
+            slot = np.where(ids >= 0, ids % bank.size, 0)
+            live = (ids >= 0) & (self.generation[slot] == ids // bank.size)
+            enough = live.sum(axis=1) >= min(k, len(bank))
+            if enough.all() or fetch >= cap:
+                break
+            fetch = min(cap, 2 * fetch)
+        if not enough.all() and retry and self.n_stale:
+            self.rebuild(bank)  # a GPU search cannot go deeper: drop the stale rows
+            return self._search_live(bank, qn, k, retry=False)
+        order = np.argsort(~live, axis=1, kind="stable")[:, :k]  # live hits first, rank kept
+        ok = np.take_along_axis(live, order, axis=1)
+        s_k = np.where(ok, np.take_along_axis(s, order, axis=1), -np.inf).astype(np.float32)
+        p_k = np.where(ok, np.take_along_axis(slot, order, axis=1), -1)
+        if s_k.shape[1] < k:  # fewer entries than k in the index
+            pad = k - s_k.shape[1]
+            s_k = np.pad(s_k, ((0, 0), (0, pad)), constant_values=-np.inf)
+            p_k = np.pad(p_k, ((0, 0), (0, pad)), constant_values=-1)
+        return s_k, p_k
 
 
 class _HNSWIndex(_FaissIndex):
