@@ -141,6 +141,15 @@ def time_mochi_parts(st: Setup, device: str, repeats: int) -> dict[str, float]:
     }
 
 
+def _method_overrides(method: str, queue: int, mix: tuple[int, int, int]) -> list[str]:
+    """Recipe overrides of both timings: queue ``queue``; for MoCHi, ``mix`` = (N, s, s') with
+    mixing from the first step."""
+    n, s, s2 = mix
+    return [f"method.queue_size={queue}"] + (
+        [f"method.num_hard={n}", f"method.num_mix={s}", f"method.num_query_mix={s2}",
+         "method.warmup_epochs=0"] if method == "mochi" else [])
+
+
 def make_training_step(
     method: str, queue: int, device: str, *, batch: int = 256,
     mix: tuple[int, int, int] = (1024, 1024, 128),
@@ -153,10 +162,7 @@ def make_training_step(
     from contrastmix.data.registry import build_data
     from contrastmix.train.moco import MoCoModule
 
-    n, s, s2 = mix
-    cfg = load_recipe(f"{method}_mnist1d", [f"method.queue_size={queue}"] + (
-        [f"method.num_hard={n}", f"method.num_mix={s}", f"method.num_query_mix={s2}",
-         "method.warmup_epochs=0"] if method == "mochi" else []))
+    cfg = load_recipe(f"{method}_mnist1d", _method_overrides(method, queue, mix))
     data = build_data(cfg.data)
     plain = OmegaConf.to_container(cfg, resolve=True)
     module = MoCoModule(plain, data.in_channels, data.batch_augment, 1).to(device)  # type: ignore[arg-type]
@@ -204,20 +210,6 @@ def time_training_steps(
     return t_moco, t_mochi, ratios
 
 
-class _StepClock:
-    """Lightning callback: wall time between the starts of consecutive training batches (the
-    whole step as a run sees it: data, forward, backward, optimiser, enqueue, logging)."""
-
-    def __init__(self) -> None:
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, *args: object) -> None:
-        self.starts.append(time.perf_counter())
-
-    def step_times(self, skip: int) -> list[float]:
-        return [b - a for a, b in zip(self.starts[skip:], self.starts[skip + 1:], strict=False)]
-
-
 def time_recipe_runs(
     queue: int, rounds: int, epochs: int, *, mix: tuple[int, int, int] = (1024, 1024, 128),
     keep_memory: bool = True,
@@ -239,30 +231,35 @@ def time_recipe_runs(
     from contrastmix.config import load_recipe
     from contrastmix.train.pretrain import pretrain
 
-    class Clock(_StepClock, pl.Callback):
-        pass
+    class Clock(pl.Callback):
+        """Start times of the training batches: their differences are whole steps as a run
+        sees them (data, forward, backward, optimiser, enqueue, logging)."""
+
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_train_batch_start(self, *args: object) -> None:
+            self.starts.append(time.perf_counter())
 
     # the runs' "GPU available" / "max_epochs reached" lines would bury the results
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    n, s, s2 = mix
     t_moco: list[float] = []
     t_mochi: list[float] = []
     ratios: list[float] = []
     for _ in range(rounds):
         med = []
         for method in ("moco", "mochi"):
-            over = [f"method.queue_size={queue}", f"trainer.max_epochs={epochs}",
-                    "eval.knn_every_n_epochs=0", "trainer.enable_progress_bar=false",
-                    f"trainer.keep_freed_memory={str(keep_memory).lower()}"]
-            if method == "mochi":
-                over += [f"method.num_hard={n}", f"method.num_mix={s}",
-                         f"method.num_query_mix={s2}", "method.warmup_epochs=0"]
-            cfg = load_recipe(f"{method}_mnist1d", over)
+            cfg = load_recipe(f"{method}_mnist1d", _method_overrides(method, queue, mix) + [
+                f"trainer.max_epochs={epochs}", "eval.knn_every_n_epochs=0",
+                "trainer.enable_progress_bar=false",
+                f"trainer.keep_freed_memory={str(keep_memory).lower()}"])
             clock = Clock()
             with tempfile.TemporaryDirectory() as tmp:
                 pretrain(cfg, tmp, extra_callbacks=[clock])
             # the queue is full after queue / batch steps
-            times = clock.step_times(skip=-(-queue // cfg.data.batch_size) + 1)
+            full = -(-queue // cfg.data.batch_size) + 1
+            times = [b - a for a, b in zip(clock.starts[full:], clock.starts[full + 1:],
+                                           strict=False)]
             if not times:
                 raise SystemExit(f"--recipe-epochs {epochs} is too few to fill the queue")
             (t_moco if method == "moco" else t_mochi).extend(times)

@@ -429,7 +429,9 @@ class MemoryBank(nn.Module):
         return best_s, best_p
 
     def _search_faiss(self, q: Tensor, k: int, excl: Tensor | None) -> tuple[Tensor, Tensor]:
-        """faiss search; over-fetch (doubling) until every query has k non-excluded hits."""
+        """faiss search; over-fetch (doubling) until every query has k valid hits: not
+        excluded, and not hidden by the index (position ``-1``: a stale row of an append-only
+        IVF index, a deleted HNSW node, a missing hit)."""
         dev = self._features.device
         n_filled = len(self)
         qn = _as_numpy_f32(q)
@@ -448,7 +450,8 @@ class MemoryBank(nn.Module):
             valid = p >= 0
             if ids_np is not None and excl_np is not None:
                 valid &= ids_np[np.clip(p, 0, None)] != excl_np[todo][:, None]
-            exhausted = fetch >= n_filled
+            depth = n_filled if self._index is None else self._index.depth(self)
+            exhausted = fetch >= depth
             done = (valid.sum(axis=1) >= k) | exhausted
             # per row: its valid hits first (rank order kept), then padding
             order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
@@ -460,7 +463,7 @@ class MemoryBank(nn.Module):
             out_s[rows, :width] = np.where(ok[done], s_k[done], -np.inf)
             out_p[rows, :width] = np.where(ok[done], p_k[done], -1)
             todo = todo[~done]
-            fetch = min(n_filled, fetch * 2)
+            fetch = min(depth, fetch * 2)
         return (
             torch.from_numpy(out_s).to(dev),
             torch.from_numpy(out_p).to(dev),
@@ -540,10 +543,15 @@ class _FaissIndex:
         raise NotImplementedError
 
     def search(self, bank: MemoryBank, qn: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, slots)`` of the top ``k`` entries, ``-1`` for hidden or missing ones."""
         raise NotImplementedError
 
     def rebuild(self, bank: MemoryBank) -> None:
         raise NotImplementedError
+
+    def depth(self, bank: MemoryBank) -> int:
+        """The most entries one search can return (the caller searches no deeper)."""
+        return len(bank)
 
 
 class _IVFIndex(_FaissIndex):
@@ -551,10 +559,12 @@ class _IVFIndex(_FaissIndex):
 
     On the CPU, overwritten rows are removed (hashtable direct map + ``remove_ids``). faiss's
     GPU indexes cannot remove, so a bank on a GPU with faiss-gpu installed keeps an
-    append-only index there: each write of a slot gets a new id ``generation * size + slot``,
-    hits whose id is not their slot's current one (stale, overwritten rows) are dropped on the
-    host, searching deeper when too few are left, and the index is rebuilt once it holds
-    ``size`` stale rows (once per turn of the ring, like HNSW).
+    append-only index there: each write of a slot gets a new id ``generation * size + slot``;
+    hits whose id is not their slot's current one (stale, overwritten rows) come back as
+    ``-1``, so :meth:`MemoryBank._search_faiss` searches deeper as it does for excluded ids
+    (down to :meth:`depth`; at the GPU's k cap the index is rebuilt without its stale rows),
+    and the index is rebuilt once it holds ``size`` stale rows (once per turn of the ring,
+    like HNSW).
     """
 
     # Tests set this to run the append-only (GPU) bookkeeping with a CPU index.
@@ -645,41 +655,25 @@ class _IVFIndex(_FaissIndex):
             self.index.remove_ids(faiss.IDSelectorArray(old.size, faiss.swig_ptr(old)))
         self.index.add_with_ids(_as_numpy_f32(feats), slots_np)
 
+    def depth(self, bank: MemoryBank) -> int:
+        if not self.append_only or self.index is None:
+            return len(bank)
+        total = int(self.index.ntotal)  # live and stale entries
+        return min(total, self.gpu_max_k) if self.on_gpu else total
+
     def search(self, bank: MemoryBank, qn: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._needs_train(bank):
             self.rebuild(bank)
         if not self.append_only:
             return self.index.search(qn, k)
-        return self._search_live(bank, qn, k, retry=True)
-
-    def _search_live(
-        self, bank: MemoryBank, qn: np.ndarray, k: int, retry: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Append-only search: the top ``k`` live hits (slots), stale ones skipped."""
+        if self.on_gpu and self.n_stale and k >= self.depth(bank):
+            # the caller needs the deepest search a GPU allows: drop the stale rows first
+            self.rebuild(bank)
+        s, ids = self.index.search(qn, min(k, self.depth(bank)))
         assert self.generation is not None
-        total = int(self.index.ntotal)
-        cap = min(total, self.gpu_max_k) if self.on_gpu else total
-        fetch = min(k, cap)
-        while True:
-            s, ids = self.index.search(qn, fetch)
-            slot = np.where(ids >= 0, ids % bank.size, 0)
-            live = (ids >= 0) & (self.generation[slot] == ids // bank.size)
-            enough = live.sum(axis=1) >= min(k, len(bank))
-            if enough.all() or fetch >= cap:
-                break
-            fetch = min(cap, 2 * fetch)
-        if not enough.all() and retry and self.n_stale:
-            self.rebuild(bank)  # a GPU search cannot go deeper: drop the stale rows
-            return self._search_live(bank, qn, k, retry=False)
-        order = np.argsort(~live, axis=1, kind="stable")[:, :k]  # live hits first, rank kept
-        ok = np.take_along_axis(live, order, axis=1)
-        s_k = np.where(ok, np.take_along_axis(s, order, axis=1), -np.inf).astype(np.float32)
-        p_k = np.where(ok, np.take_along_axis(slot, order, axis=1), -1)
-        if s_k.shape[1] < k:  # fewer entries than k in the index
-            pad = k - s_k.shape[1]
-            s_k = np.pad(s_k, ((0, 0), (0, pad)), constant_values=-np.inf)
-            p_k = np.pad(p_k, ((0, 0), (0, pad)), constant_values=-1)
-        return s_k, p_k
+        slot = np.where(ids >= 0, ids % bank.size, 0)
+        live = (ids >= 0) & (self.generation[slot] == ids // bank.size)
+        return s, np.where(live, slot, -1)  # stale hits hidden: the caller searches deeper
 
 
 class _HNSWIndex(_FaissIndex):
