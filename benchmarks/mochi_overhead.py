@@ -15,8 +15,12 @@ step is the MNIST-1D recipe's full optimiser step (two augmented views, encoder 
 encoder, loss, backward, SGD, enqueue) at queue 16384 with MoCHi(1024, 1024, 128) vs MoCo —
 goal <= 1.10x; the two are timed in alternating blocks (``--rounds`` x ``--block`` steps each).
 ``--recipe-runs R`` also times R real runs (Lightning, data loader, logging) of each MNIST-1D
-recipe at the same queue. The process keeps freed memory as ``contrastmix pretrain`` does
-(:mod:`contrastmix.train.allocator`; ``--default-malloc`` to leave glibc's defaults).
+recipe at the same queue. A floor is printed beside them: the bare dot products ``n_i·n_j`` of
+one draw's type-1 pairs (``time_pair_dots_floor``; on the benchmark's draws, and with
+``--recipe-runs`` on those of one step of a real run), the queue rows that any exact fast path
+must read, as a share of MoCo's step. The process keeps freed memory as ``contrastmix
+pretrain`` does (:mod:`contrastmix.train.allocator`; ``--default-malloc`` to leave glibc's
+defaults).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -141,6 +146,54 @@ def time_mochi_parts(st: Setup, device: str, repeats: int) -> dict[str, float]:
     }
 
 
+def _pair_dots_kernel() -> Callable[..., None] | None:
+    """A bare numba loop, parallel over queries: ``out[b, t] = n_{pos_i[b, t]} · n_{pos_j[b, t]}``
+    (no weights, no prefetch); None without numba."""
+    try:
+        import numba
+    except ImportError:  # pragma: no cover - numba ships with umap-learn
+        return None
+
+    @numba.njit(parallel=True, fastmath=True, cache=True)
+    def pair_dots(queue, pos_i, pos_j, out):  # type: ignore[no-untyped-def]
+        for b in numba.prange(pos_i.shape[0]):
+            for t in range(pos_i.shape[1]):
+                x = queue[pos_i[b, t]]
+                y = queue[pos_j[b, t]]
+                acc = np.float32(0.0)
+                for c in range(x.shape[0]):
+                    acc += x[c] * y[c]
+                out[b, t] = acc
+
+    return pair_dots  # type: ignore[no-any-return]
+
+
+def time_pair_dots_floor(queue: torch.Tensor, pos_i: torch.Tensor, pos_j: torch.Tensor,
+                         repeats: int) -> float | None:
+    """Median seconds of the bare dot products ``n_i·n_j`` of the type-1 pairs ``pos_i``/
+    ``pos_j`` (``[B, s]`` rows of ``queue``; :func:`_pair_dots_kernel`, torch's thread count):
+    the queue rows that any exact fast path must read, without the norms, weights or anything
+    else. A floor under the type-1 norms, to set against the training step's budget; None off
+    the CPU or without numba."""
+    kern = _pair_dots_kernel() if queue.device.type == "cpu" else None
+    if kern is None:
+        return None
+    from contrastmix._numba import run_parallel
+
+    q = queue.detach().float().contiguous().numpy()
+    pi, pj = pos_i.contiguous().numpy(), pos_j.contiguous().numpy()
+    out = np.empty(pi.shape, np.float32)
+    return statistics.median(_time(lambda: run_parallel(kern, q, pi, pj, out), "cpu", repeats))
+
+
+def benchmark_draws(st: Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """The type-1 pairs (``pos_i``, ``pos_j``) of one MoCHi draw on the benchmark's inputs."""
+    gen = torch.Generator(device=st.query.device).manual_seed(0)
+    dr = mochi_mod.mochi_draws(st.query @ st.queue.T, st.num_hard, st.num_mix,
+                               st.num_query_mix, generator=gen)
+    return dr.pos_i.cpu(), dr.pos_j.cpu()
+
+
 def _method_overrides(method: str, queue: int, mix: tuple[int, int, int]) -> list[str]:
     """Recipe overrides of both timings: queue ``queue``; for MoCHi, ``mix`` = (N, s, s') with
     mixing from the first step."""
@@ -213,7 +266,7 @@ def time_training_steps(
 def time_recipe_runs(
     queue: int, rounds: int, epochs: int, *, mix: tuple[int, int, int] = (1024, 1024, 128),
     keep_memory: bool = True,
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float], tuple[torch.Tensor, ...] | None]:
     """Real runs of the MNIST-1D recipes (``contrastmix.train.pretrain.pretrain``, Lightning,
     data loader, logging) at queue ``queue``, MoCo and MoCHi alternately, ``rounds`` times
     ``epochs`` epochs each (mixing from the first step, online kNN off;
@@ -221,51 +274,74 @@ def time_recipe_runs(
     full.
 
     Returns:
-        ``(moco_times, mochi_times, round_ratios)`` as :func:`time_training_steps`.
+        ``(moco_times, mochi_times, round_ratios, draws)``: the first three as
+        :func:`time_training_steps`; ``draws`` = ``(queue, pos_i, pos_j)`` of one step of the
+        first MoCHi run with a full queue (the loss's coefficients call, copied), or None.
     """
     import logging
     import tempfile
 
     import pytorch_lightning as pl
 
+    import contrastmix.losses.mochi as mochi_loss
     from contrastmix.config import load_recipe
     from contrastmix.train.pretrain import pretrain
 
     class Clock(pl.Callback):
         """Start times of the training batches: their differences are whole steps as a run
-        sees them (data, forward, backward, optimiser, enqueue, logging)."""
+        sees them (data, forward, backward, optimiser, enqueue, logging). At step
+        ``capture_at`` it asks :func:`capture` for that step's draws."""
 
-        def __init__(self) -> None:
+        def __init__(self, capture_at: int | None) -> None:
             self.starts: list[float] = []
+            self.capture_at = capture_at
 
         def on_train_batch_start(self, *args: object) -> None:
+            want["on"] = len(self.starts) == self.capture_at
             self.starts.append(time.perf_counter())
+
+    want = {"on": False}
+    draws: tuple[torch.Tensor, ...] | None = None
+    coefficients = mochi_loss._mochi_coefficients
+
+    def capture(q: torch.Tensor, n: torch.Tensor, *args: object, **kwargs: object) -> object:
+        nonlocal draws
+        coef = coefficients(q, n, *args, **kwargs)  # type: ignore[arg-type]
+        if want["on"] and draws is None:
+            s = coef.num_mix
+            draws = (n.detach().clone(), coef.positions[:, :s].clone(),
+                     coef.positions[:, s : 2 * s].clone())
+        return coef
 
     # the runs' "GPU available" / "max_epochs reached" lines would bury the results
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     t_moco: list[float] = []
     t_mochi: list[float] = []
     ratios: list[float] = []
-    for _ in range(rounds):
-        med = []
-        for method in ("moco", "mochi"):
-            cfg = load_recipe(f"{method}_mnist1d", _method_overrides(method, queue, mix) + [
-                f"trainer.max_epochs={epochs}", "eval.knn_every_n_epochs=0",
-                "trainer.enable_progress_bar=false",
-                f"trainer.keep_freed_memory={str(keep_memory).lower()}"])
-            clock = Clock()
-            with tempfile.TemporaryDirectory() as tmp:
-                pretrain(cfg, tmp, extra_callbacks=[clock])
-            # the queue is full after queue / batch steps
-            full = -(-queue // cfg.data.batch_size) + 1
-            times = [b - a for a, b in zip(clock.starts[full:], clock.starts[full + 1:],
-                                           strict=False)]
-            if not times:
-                raise SystemExit(f"--recipe-epochs {epochs} is too few to fill the queue")
-            (t_moco if method == "moco" else t_mochi).extend(times)
-            med.append(statistics.median(times))
-        ratios.append(med[1] / med[0])
-    return t_moco, t_mochi, ratios
+    mochi_loss._mochi_coefficients = capture  # type: ignore[assignment]
+    try:
+        for _ in range(rounds):
+            med = []
+            for method in ("moco", "mochi"):
+                cfg = load_recipe(f"{method}_mnist1d", _method_overrides(method, queue, mix) + [
+                    f"trainer.max_epochs={epochs}", "eval.knn_every_n_epochs=0",
+                    "trainer.enable_progress_bar=false",
+                    f"trainer.keep_freed_memory={str(keep_memory).lower()}"])
+                # the queue is full after queue / batch steps
+                full = -(-queue // cfg.data.batch_size) + 1
+                clock = Clock(full + 5 if method == "mochi" else None)
+                with tempfile.TemporaryDirectory() as tmp:
+                    pretrain(cfg, tmp, extra_callbacks=[clock])
+                times = [b - a for a, b in zip(clock.starts[full:], clock.starts[full + 1:],
+                                               strict=False)]
+                if not times:
+                    raise SystemExit(f"--recipe-epochs {epochs} is too few to fill the queue")
+                (t_moco if method == "moco" else t_mochi).extend(times)
+                med.append(statistics.median(times))
+            ratios.append(med[1] / med[0])
+    finally:
+        mochi_loss._mochi_coefficients = coefficients
+    return t_moco, t_mochi, ratios, draws
 
 
 def main() -> None:
@@ -325,10 +401,14 @@ def main() -> None:
     run_moco: list[float] = []
     run_mochi: list[float] = []
     run_ratios: list[float] = []
+    run_draws = None
     if a.recipe_runs:
-        run_moco, run_mochi, run_ratios = time_recipe_runs(
+        run_moco, run_mochi, run_ratios, run_draws = time_recipe_runs(
             a.queue, a.recipe_runs, a.recipe_epochs,
             mix=(a.num_hard, a.num_mix, a.num_query_mix), keep_memory=not a.default_malloc)
+    floor = time_pair_dots_floor(st.queue, *benchmark_draws(st), a.repeats)
+    run_floor = (time_pair_dots_floor(*run_draws, a.repeats) if run_draws is not None
+                 else None)
     med = statistics.median
     res = {
         "device": a.device,
@@ -357,6 +437,10 @@ def main() -> None:
         res["recipe_run_step_mochi_ms"] = 1e3 * med(run_mochi)
         res["recipe_run_step_ratio"] = med(run_mochi) / med(run_moco)
         res["recipe_run_round_ratios"] = run_ratios
+    if floor is not None:
+        res["pair_dots_floor_ms"] = 1e3 * floor
+    if run_floor is not None:
+        res["recipe_run_pair_dots_floor_ms"] = 1e3 * run_floor
     if mat:
         res["mochi_materialised_ms"] = 1e3 * med(mat)
         res["ratio_materialised"] = med(mat) / med(moco)
@@ -390,6 +474,15 @@ def main() -> None:
               + ", ".join(f"{r:.2f}x" for r in run_ratios) + ")")
     print("fast-path parts (median) : " + ", ".join(
         f"{k} {v:.2f} ms" for k, v in res["parts_ms"].items()))
+    # the floor: the queue rows an exact fast path must read, against the step's 10 % budget
+    for key, base, where in (
+        ("pair_dots_floor_ms", "train_step_moco_ms", "the benchmark's draws"),
+        ("recipe_run_pair_dots_floor_ms", "recipe_run_step_moco_ms", "a real run's draws"),
+    ):
+        if key in res:
+            share = (f" = {100 * res[key] / res[base]:.1f} % of MoCo's step "
+                     f"(the goal leaves 10 %)" if base in res else "")
+            print(f"floor, bare type-1 dots  : {res[key]:.2f} ms on {where}{share}")
 
 
 if __name__ == "__main__":
