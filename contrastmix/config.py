@@ -2,14 +2,16 @@
 
 A recipe is a YAML file validated against :class:`RecipeConfig`; the ``method`` section is
 validated against the schema registered for ``method.name`` (:func:`register_method`). Unknown
-keys, wrong types and missing files raise :class:`~contrastmix.errors.RecipeError` with one line
-naming the problem. YAML is read with ``yaml.safe_load`` and overrides ``a.b=c`` are parsed as
-YAML scalars — nothing from a config is ever evaluated as code.
+keys, wrong types, out-of-range values of the shared sections (``trainer``, ``optim``,
+``data``, ``model``, ``eval``) and missing files raise :class:`~contrastmix.errors.RecipeError`
+with one line naming the problem. YAML is read with ``yaml.safe_load`` and overrides ``a.b=c``
+are parsed as YAML scalars — nothing from a config is ever evaluated as code.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ __all__ = [
     "apply_overrides",
     "find_recipe",
     "RECIPES_DIR",
+    "OPTIMIZERS",
+    "SCHEDULERS",
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -63,6 +67,10 @@ class TrainerConfig:
     # Lightning's SyncBatchNorm conversion: BatchNorm statistics over the global batch under
     # DDP (otherwise each rank normalises with, and keeps, its own statistics)
     sync_batchnorm: bool = False
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "constant")
 
 
 @dataclass
@@ -286,6 +294,57 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
     return root
 
 
+def _at_least(lo: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _positive() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v > 0), "> 0"
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
+
+
+# Values of the shared sections that nothing checks before training would start (or that
+# torch accepts and then diverges on, like SGD momentum 2). The method sections are checked
+# by their losses and modules when ``pretrain`` builds them.
+_VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "trainer.max_epochs": _at_least(1),
+    "trainer.num_nodes": _at_least(1),
+    "trainer.log_every_n_steps": _at_least(1),
+    "trainer.checkpoint_every_n_epochs": _at_least(1),
+    "trainer.num_threads": _at_least(0),
+    "trainer.limit_train_batches": _positive(),
+    "trainer.gradient_clip_val": ((lambda v: v is None or v >= 0), ">= 0 or null"),
+    "optim.name": _one_of(OPTIMIZERS),
+    "optim.scheduler": _one_of(SCHEDULERS),
+    "optim.lr": _positive(),
+    "optim.momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
+    "optim.weight_decay": _at_least(0),
+    "optim.warmup_epochs": _at_least(0),
+    "data.batch_size": _at_least(1),
+    "data.eval_batch_size": _at_least(1),
+    "data.num_workers": _at_least(0),
+    "data.image_size": _at_least(1),
+    "model.width": _at_least(1),
+    "model.proj_hidden_dim": _at_least(1),
+    "model.proj_output_dim": _at_least(1),
+    "eval.knn_k": _at_least(1),
+    "eval.knn_temperature": _positive(),
+    "eval.knn_every_n_epochs": _at_least(0),
+    "eval.probe_val_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"),
+    "eval.probe_max_iter": _at_least(1),
+}
+
+
+def _check_values(cfg: DictConfig) -> None:
+    for key, (ok, want) in _VALUE_RULES.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise RecipeError(f"invalid value for recipe key '{key}': {value!r} (must be {want})")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> DictConfig:
     """Validate a raw recipe mapping plus ``key=value`` overrides against the schema."""
     if not isinstance(raw, dict):
@@ -297,6 +356,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> DictCon
     name = (ov.get("method") or {}).get("name", method.get("name"))
     cfg = _merge(_base_for(name), raw)
     cfg = _merge(cfg, ov)
+    _check_values(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -69,6 +69,22 @@ def test_unknown_recipe_key(tmp_path: Path) -> None:
     _one_line_error(res, "unknown recipe key 'trainer.max_epochz'")
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        # rejected when the module is built
+        ("method.temperature=0", "method and model settings rejected: `method.temperature`"),
+        # rejected by Lightning when the Trainer is built
+        ("trainer.precision=17", "trainer settings rejected: Precision '17' is invalid"),
+    ],
+)
+def test_values_rejected_when_built(tmp_path: Path, override: str, needle: str) -> None:
+    out = tmp_path / "x"
+    _one_line_error(run("pretrain", "moco_mnist1d", "--out", str(out), "--set", override),
+                    needle)
+    assert not out.exists()  # nothing is written for a recipe that did not build
+
+
 def test_missing_recipe_file(tmp_path: Path) -> None:
     _one_line_error(run("pretrain", str(tmp_path / "nope.yaml")), "recipe not found")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,35 @@ def test_bad_overrides_name_the_problem(overrides: list[str], needle: str) -> No
         load_recipe("moco_mnist1d", overrides)
 
 
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optim.momentum=2", "'optim.momentum': 2.0 (must be in [0, 1))"),
+        ("optim.lr=0", "'optim.lr': 0.0 (must be > 0)"),
+        ("optim.name=lamb", "'optim.name': 'lamb' (must be one of 'sgd', 'adamw')"),
+        ("trainer.max_epochs=0", "'trainer.max_epochs': 0 (must be >= 1)"),
+        ("data.batch_size=0", "'data.batch_size': 0 (must be >= 1)"),
+        ("model.width=0", "'model.width': 0 (must be >= 1)"),
+        ("eval.knn_k=0", "'eval.knn_k': 0 (must be >= 1)"),
+        ("eval.probe_val_fraction=1", "'eval.probe_val_fraction': 1.0 (must be in (0, 1))"),
+        ("trainer.gradient_clip_val=-1", "'trainer.gradient_clip_val': -1.0"),
+    ],
+)
+def test_out_of_range_values_name_key_and_range(override: str, needle: str) -> None:
+    # values that torch / Lightning would accept (SGD momentum 2 diverges) or reject only
+    # once training runs (kNN at the end of the first epoch)
+    with pytest.raises(RecipeError, match="invalid value for recipe key " + re.escape(needle)):
+        load_recipe("moco_mnist1d", [override])
+
+
+def test_edge_values_in_range_are_accepted() -> None:
+    cfg = load_recipe("moco_mnist1d", [
+        "optim.momentum=0", "optim.weight_decay=0", "trainer.gradient_clip_val=null",
+        "eval.knn_every_n_epochs=0", "data.num_workers=0", "trainer.max_epochs=1",
+    ])
+    assert cfg.optim.momentum == 0 and cfg.trainer.gradient_clip_val is None
+
+
 def test_unknown_key_suggests_the_close_one() -> None:
     with pytest.raises(RecipeError, match="did you mean 'trainer.max_epochs'"):
         load_recipe("moco_mnist1d", ["trainer.max_epochz=1"])
@@ -64,3 +94,25 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
 def test_override_values_are_not_evaluated() -> None:
     cfg = load_recipe("moco_mnist1d", ["name=__import__('os').getcwd()"])
     assert cfg.name == "__import__('os').getcwd()"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "override", "needle"),
+    [
+        ("mochi_mnist1d", "method.warmup_epochs=-1", "`method.warmup_epochs` must be >= 0"),
+        ("mochi_mnist1d", "method.num_hard=0", "`num_hard` must be > 0"),
+        ("moco_mnist1d", "method.queue_size=0", "`method.queue_size` must be > 0"),
+        ("moco_mnist1d", "trainer.devices=0", "trainer settings rejected"),
+    ],
+)
+def test_values_rejected_when_pretrain_builds(
+    tmp_path: Path, recipe: str, override: str, needle: str
+) -> None:
+    # what the config rules cannot know is checked by the modules and Lightning when built:
+    # a RecipeError before any training, and no run directory
+    from contrastmix.train.pretrain import pretrain
+
+    cfg = load_recipe(recipe, [override, "trainer.enable_progress_bar=false"])
+    with pytest.raises(RecipeError, match=re.escape(needle)):
+        pretrain(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

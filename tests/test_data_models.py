@@ -91,3 +91,8 @@ def test_momentum_encoder_ema() -> None:
     ramp = MomentumEncoder(online, 0.99, end_momentum=1.0)
     assert ramp.current_momentum(0, 100) == pytest.approx(0.99)
     assert ramp.current_momentum(100, 100) == pytest.approx(1.0)
+
+
+def test_backbone_width_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="`width` must be > 0, got 0"):
+        build_backbone("cnn1d", in_channels=1, width=0)

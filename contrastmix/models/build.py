@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from contrastmix._validation import check_positive
+
 __all__ = ["build_backbone", "build_projector", "BACKBONES"]
 
 BACKBONES = ("cnn1d", "cnn2d", "resnet18", "resnet50", "mlp")
@@ -21,7 +23,12 @@ def build_backbone(
         width: Base width of the small CNNs / hidden width of the MLP.
         cifar_stem: CIFAR stem for ResNets.
         in_features: Input features of the tabular MLP.
+
+    Raises:
+        ValueError: an unknown ``name``, or ``width`` / ``in_channels`` < 1.
     """
+    check_positive("width", width)
+    check_positive("in_channels", in_channels)
     if name == "cnn1d":
         from contrastmix.models.cnn1d import SignalCNN1d
 

@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._validation import check_positive
 from contrastmix.banks import MemoryBank
 from contrastmix.losses.fused_infonce import fused_infonce, proxy_accuracy, row_max
 from contrastmix.losses.moco import moco_parts
@@ -58,6 +59,8 @@ class MoCoModule(pl.LightningModule):
         self.key_encoder = MomentumEncoder(
             nn.Sequential(self.backbone, self.projector), m["momentum"], m["end_momentum"]
         )
+        check_positive("method.queue_size", m["queue_size"])
+        check_positive("method.temperature", m["temperature"])
         self.queue = MemoryBank(m["queue_size"], mc["proj_output_dim"], backend=m["bank_backend"])
         self.batch_augment = batch_augment
         self.steps_per_epoch = steps_per_epoch
@@ -65,6 +68,8 @@ class MoCoModule(pl.LightningModule):
         self.mochi: nn.Module | None = None
         if self.method_name == "mochi":
             from contrastmix.losses.mochi import MoCHiLoss
+
+            check_positive("method.warmup_epochs", m["warmup_epochs"], allow_zero=True)
 
             self.mochi = MoCHiLoss(
                 temperature=self.temperature, num_hard=m["num_hard"], num_mix=m["num_mix"],

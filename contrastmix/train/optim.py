@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from contrastmix.config import OPTIMIZERS, SCHEDULERS
+
 __all__ = ["build_optimizer", "warmup_cosine"]
 
 
@@ -49,7 +51,7 @@ def build_optimizer(
     elif cfg.name == "adamw":
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
     else:
-        raise ValueError(f"unknown optimizer {cfg.name!r}; choose 'sgd' or 'adamw'")
+        raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {OPTIMIZERS}")
     total = max(1, steps_per_epoch * max_epochs)
     warm = steps_per_epoch * cfg.warmup_epochs
     if cfg.scheduler == "cosine":
@@ -61,5 +63,5 @@ def build_optimizer(
             opt, lambda s: warmup_cosine(s, 0, warm) if s < warm else 1.0
         )
     else:
-        raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose 'cosine' or 'constant'")
+        raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose one of {SCHEDULERS}")
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

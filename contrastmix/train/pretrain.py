@@ -12,11 +12,12 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from contrastmix.data.registry import DataBundle, build_data
-from contrastmix.errors import CheckpointError, RecipeError, RunDirError
+from contrastmix.errors import CheckpointError, ContrastmixError, RecipeError, RunDirError
 
 __all__ = ["pretrain", "register_module", "build_module", "run_paths", "read_run_config"]
 
@@ -151,6 +152,23 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
 
 
+@contextlib.contextmanager
+def _recipe_values(sections: str) -> Iterator[None]:
+    """Report what the code built from the recipe's ``sections`` rejected (a ``ValueError``
+    from a loss or model, Lightning's ``MisconfigurationException``, a missing optional
+    package) as a :class:`~contrastmix.errors.RecipeError`, before any training: the CLI then
+    prints one line, not a traceback from deep inside. Our own errors pass unchanged."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        yield
+    except ContrastmixError:
+        raise
+    except (ValueError, MisconfigurationException, ImportError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(f"recipe {sections} settings rejected: {msg}") from e
+
+
 def _check_trainer(cfg: DictConfig) -> None:
     """Trainer settings that would only fail deep inside Lightning / DDP, named up front."""
     t = cfg.trainer
@@ -177,7 +195,9 @@ def pretrain(
     Raises:
         RunDirError: resuming without a checkpoint, or starting over an existing run.
         CheckpointError: resuming a checkpoint of another method.
-        RecipeError: trainer settings that cannot work here (``sync_batchnorm`` on CPUs).
+        RecipeError: trainer settings that cannot work here (``sync_batchnorm`` on CPUs),
+            or a value that the data, model, method, optimiser, kNN monitor or Lightning
+            rejects when built (e.g. ``method.temperature=0``, ``trainer.precision=17``).
     """
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
@@ -214,17 +234,15 @@ def pretrain(
     if cfg.trainer.num_threads > 0:
         torch.set_num_threads(cfg.trainer.num_threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir.mkdir(parents=True, exist_ok=True)
     is_rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-    if is_rank0:
-        paths["config"].write_text(OmegaConf.to_yaml(cfg))
 
-    data = build_data(cfg.data)
-    loader = DataLoader(
-        data.pretrain, batch_size=cfg.data.batch_size, shuffle=True,
-        num_workers=cfg.data.num_workers, drop_last=cfg.data.drop_last,
-        collate_fn=data.collate_fn, persistent_workers=cfg.data.num_workers > 0,
-    )
+    with _recipe_values("data"):
+        data = build_data(cfg.data)
+        loader = DataLoader(
+            data.pretrain, batch_size=cfg.data.batch_size, shuffle=True,
+            num_workers=cfg.data.num_workers, drop_last=cfg.data.drop_last,
+            collate_fn=data.collate_fn, persistent_workers=cfg.data.num_workers > 0,
+        )
     world = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
     world *= cfg.trainer.num_nodes
     steps = max(1, len(loader) // max(1, world))
@@ -235,7 +253,8 @@ def pretrain(
         steps = min(steps, limit)
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
-    module = build_module(plain, data, steps)  # type: ignore[arg-type]
+    with _recipe_values("method and model"):
+        module = build_module(plain, data, steps)  # type: ignore[arg-type]
 
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
@@ -246,26 +265,33 @@ def pretrain(
         LearningRateMonitor(logging_interval="epoch"),
     ]
     if data.task == "classification" and cfg.eval.knn_every_n_epochs > 0:
-        callbacks.append(
-            OnlineKNN(
-                data.train, data.test, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature,
-                every=cfg.eval.knn_every_n_epochs, batch_size=cfg.data.eval_batch_size,
-                collate_fn=None,
+        with _recipe_values("eval"):
+            callbacks.append(
+                OnlineKNN(
+                    data.train, data.test, k=cfg.eval.knn_k,
+                    temperature=cfg.eval.knn_temperature, every=cfg.eval.knn_every_n_epochs,
+                    batch_size=cfg.data.eval_batch_size, collate_fn=None,
+                )
             )
-        )
     callbacks += extra_callbacks or []
     t = cfg.trainer
-    trainer = pl.Trainer(
-        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
-        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
-        limit_train_batches=_limit(t.limit_train_batches),
-        gradient_clip_val=t.gradient_clip_val, sync_batchnorm=t.sync_batchnorm,
-        callbacks=callbacks,
-        logger=[CSVLogger(str(run_dir), name="logs"), TensorBoardLogger(str(run_dir), name="tb")],
-        enable_model_summary=False, default_root_dir=str(run_dir),
-    )
+    with _recipe_values("trainer"):
+        trainer = pl.Trainer(
+            max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+            num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+            log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
+            enable_progress_bar=t.enable_progress_bar,
+            limit_train_batches=_limit(t.limit_train_batches),
+            gradient_clip_val=t.gradient_clip_val, sync_batchnorm=t.sync_batchnorm,
+            callbacks=callbacks,
+            logger=[CSVLogger(str(run_dir), name="logs"),
+                    TensorBoardLogger(str(run_dir), name="tb")],
+            enable_model_summary=False, default_root_dir=str(run_dir),
+        )
+    # only a recipe that built is written down
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_rank0:
+        paths["config"].write_text(OmegaConf.to_yaml(cfg))
     start = time.time()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
     wall = time.time() - start
