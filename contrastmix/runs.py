@@ -6,6 +6,7 @@ Used by ``contrastmix probe`` and ``contrastmix report``. Loading never unpickle
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,30 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from contrastmix.errors import CheckpointError, RunDirError
+from contrastmix.errors import CheckpointError, ContrastmixError, RunDirError
 
-__all__ = ["load_run", "load_backbone", "extract_run_features", "probe_run"]
+__all__ = [
+    "load_run", "load_backbone", "extract_run_features", "probe_run", "resolve_device",
+    "load_state_file",
+]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The evaluation device: ``device``, or CUDA when available, else the CPU.
+
+    Raises:
+        ContrastmixError: ``device`` is not a device name, or asks for CUDA where there is none.
+    """
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ContrastmixError(
+            f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ContrastmixError(f"device {device!r} asked for, but no CUDA GPU is available here")
+    return dev
 
 
 def load_run(run_dir: str | Path) -> DictConfig:
@@ -42,8 +64,14 @@ def load_state_file(path: str | Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False: never for a file a user hands in
+        raise CheckpointError(
+            f"cannot read {path}: not a weights-only torch file (corrupt, truncated, or it "
+            "holds pickled objects other than tensors, which are never loaded)") from None
     except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {e}") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {first}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} does not hold a state_dict")
     return state
@@ -87,9 +115,7 @@ def extract_run_features(
     cfg = load_run(run_dir) if cfg is None else cfg
     data = build_data(cfg.data) if data is None else data  # reuse the caller's bundle
     net = load_backbone(run_dir, cfg, data.in_channels)
-    dev = torch.device(device) if device else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    dev = resolve_device(device)
     bs = cfg.data.eval_batch_size
     trx, try_ = extract_features(net, DataLoader(data.train, batch_size=bs), dev)
     tex, tey = extract_features(net, DataLoader(data.test, batch_size=bs), dev)
@@ -106,10 +132,11 @@ def probe_run(
     Returns:
         One JSON-serialisable dict: the metrics plus the exact protocol used.
     """
+    from contrastmix.data.registry import build_data
     from eval.probe import linear_probe
 
+    device = resolve_device(device)  # a bad --device fails before any work
     cfg = load_run(run_dir)
-    from contrastmix.data.registry import build_data
 
     bundle = build_data(cfg.data)
     if bundle.task == "multimodal":  # retrieval, zero-shot, gap, fusion heads

@@ -330,11 +330,10 @@ def probe_multimodal_run(
     """
     from contrastmix.data.registry import build_data
     from contrastmix.methods.multimodal import FUSION_METHODS, TWO_TOWER_METHODS
+    from contrastmix.runs import resolve_device
 
     data = build_data(cfg.data)
-    dev = torch.device(device) if device else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    dev = resolve_device(device)
     model = load_multimodal_model(run_dir, cfg, data).to(dev)
     name = str(cfg.method.name)
     extras = dict(data.extras or {})

@@ -1056,11 +1056,14 @@ def write_report(
         The path of ``report.html``.
 
     Raises:
-        RunDirError: ``run_dir`` is not a finished run directory.
+        RunDirError: ``run_dir`` is not a finished run directory, or ``out_dir`` cannot be
+            created.
+        ContrastmixError: a ``device`` that is unknown or not available.
         ValueError: ``max_points < 4``.
     """
     from contrastmix.data.registry import build_data
-    from contrastmix.runs import extract_run_features, load_run
+    from contrastmix.errors import RunDirError
+    from contrastmix.runs import extract_run_features, load_run, resolve_device
 
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
         raise ValueError(f"`max_points` must be an int >= 4, got {max_points!r}")
@@ -1069,10 +1072,11 @@ def write_report(
     run = Path(run_dir)
     cfg = load_run(run)
     out = Path(out_dir) if out_dir is not None else run / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"
-    )
+    dev = resolve_device(device)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot write the report to {out}: {e.strerror or e}") from None
     ctx = _Context(run, out, cfg, max_points, seed, dev, say)
     say(f"run {run} ({cfg.method.name} on {cfg.data.name}); writing to {out}")
     data = None

@@ -120,3 +120,71 @@ def test_backbone_of_another_architecture(moco_run: Path, tmp_path: Path) -> Non
 
 def test_existing_run_is_not_overwritten(moco_run: Path) -> None:
     _one_line_error(run("pretrain", "moco_mnist1d", "--out", str(moco_run)), "--resume")
+
+
+def test_bad_device_is_one_line(moco_run: Path) -> None:
+    _one_line_error(run("probe", str(moco_run), "--device", "foo"), "unknown device 'foo'")
+
+
+def test_device_and_output_errors_name_the_problem(moco_run: Path, tmp_path: Path) -> None:
+    from contrastmix.errors import ContrastmixError, RunDirError
+    from contrastmix.runs import resolve_device
+    from eval.report import write_report
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ContrastmixError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ContrastmixError, match="no CUDA GPU is available"):
+            resolve_device("cuda")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(RunDirError, match="cannot write the report to"):
+        write_report(moco_run, blocker / "report", log=lambda msg: None)
+
+
+def test_corrupt_run_files_are_named(moco_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from contrastmix.errors import CheckpointError, RunDirError
+    from contrastmix.runs import load_state_file
+    from contrastmix.train.pretrain import read_run_config
+
+    other = tmp_path / "other"
+    shutil.copytree(moco_run, other)
+    (other / "config.yaml").write_text("method: [\n")
+    with pytest.raises(RunDirError, match="config.yaml is not valid YAML"):
+        read_run_config(other)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="not a weights-only torch file"):
+        load_state_file(garbage)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((moco_run / "backbone.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot read .*truncated.pt"):
+        load_state_file(truncated)
+
+
+class _Payload:
+    """Unpickling this would create the marker file: weights-only loading must refuse it."""
+
+    marker = ""
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (Path(self.marker), "pwned"))  # type: ignore[return-value]
+
+
+def test_pickled_code_is_never_run(tmp_path: Path) -> None:
+    from contrastmix.errors import CheckpointError
+    from contrastmix.runs import load_state_file
+
+    marker = tmp_path / "marker"
+    payload = _Payload()
+    payload.marker = str(marker)
+    evil = tmp_path / "evil.pt"
+    torch.save({"weight": payload}, evil)
+    with pytest.raises(CheckpointError, match="not a weights-only torch file"):
+        load_state_file(evil)
+    assert not marker.exists()
+    torch.load(evil, weights_only=False)  # the payload is live: a full unpickle runs it
+    assert marker.read_text() == "pwned"

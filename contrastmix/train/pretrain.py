@@ -86,15 +86,19 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
         raise RunDirError(f"run directory does not exist: {run_dir}")
     if not p.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (no config.yaml)")
-    return apply_overrides(yaml.safe_load(p.read_text()) or {}, [])
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0]
+        raise RunDirError(f"{p} is not valid YAML ({first}); was it edited?") from None
+    return apply_overrides(raw or {}, [])
 
 
 def _check_checkpoint(path: Path, method: str) -> None:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt / foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    from contrastmix.runs import load_state_file
+
+    ckpt = load_state_file(path)  # weights only; a corrupt / foreign file is a CheckpointError
+    hp = ckpt.get("hyper_parameters", {})
     saved = (hp.get("cfg") or {}).get("method", {}).get("name")
     if saved != method:
         raise CheckpointError(
