@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "NonFiniteError",
     "check_tensor",
     "check_finite",
     "check_same_length",
@@ -67,15 +68,19 @@ def check_tensor(
     return x
 
 
+class NonFiniteError(ValueError):
+    """A tensor holds NaN or inf (raised by :func:`check_finite`; a ``ValueError``)."""
+
+
 def check_finite(name: str, x: Tensor) -> Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or inf (e.g. diverged embeddings)."""
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or inf (e.g. diverged embeddings)."""
     if x.is_floating_point() or x.is_complex():
         # One reduction first (cheap); the element-wise check only runs when it is not finite.
         if x.numel() and not bool(torch.isfinite(x.detach().sum())) and not bool(
             torch.isfinite(x.detach()).all()
         ):
             n_bad = int((~torch.isfinite(x.detach())).sum())
-            raise ValueError(
+            raise NonFiniteError(
                 f"`{name}` contains {n_bad} non-finite value(s) (NaN or inf); "
                 "check the learning rate / inputs"
             )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["ContrastmixError", "RecipeError", "DatasetError", "RunDirError", "CheckpointError"]
+__all__ = [
+    "ContrastmixError", "RecipeError", "DatasetError", "RunDirError", "CheckpointError",
+    "EmbeddingError",
+]
 
 
 class ContrastmixError(ValueError):
@@ -23,3 +26,7 @@ class RunDirError(ContrastmixError):
 
 class CheckpointError(ContrastmixError):
     """A checkpoint is unreadable or belongs to another method / architecture."""
+
+
+class EmbeddingError(ContrastmixError):
+    """A run's embeddings are unusable (NaN or inf): it diverged, or its weights are corrupt."""

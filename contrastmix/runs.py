@@ -6,7 +6,9 @@ Used by ``contrastmix probe`` and ``contrastmix report``. Loading never unpickle
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,27 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from contrastmix.errors import CheckpointError, ContrastmixError, RunDirError
+from contrastmix._validation import NonFiniteError, check_finite
+from contrastmix.errors import CheckpointError, ContrastmixError, EmbeddingError, RunDirError
 
 __all__ = [
     "load_run", "load_backbone", "extract_run_features", "probe_run", "resolve_device",
-    "load_state_file",
+    "load_state_file", "finite_embeddings",
 ]
+
+
+@contextlib.contextmanager
+def finite_embeddings(run_dir: str | Path) -> Iterator[None]:
+    """Evaluate a run: a NaN / inf that a metric finds in its embeddings (a
+    :class:`~contrastmix._validation.NonFiniteError`) becomes an
+    :class:`~contrastmix.errors.EmbeddingError` that names the run and what to do."""
+    try:
+        yield
+    except NonFiniteError as e:
+        raise EmbeddingError(
+            f"{run_dir}: the trained model gives non-finite embeddings ({e}). The run diverged "
+            "(lower optim.lr, or set trainer.gradient_clip_val) or its weights are corrupt"
+        ) from e
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -119,6 +136,8 @@ def extract_run_features(
     bs = cfg.data.eval_batch_size
     trx, try_ = extract_features(net, DataLoader(data.train, batch_size=bs), dev)
     tex, tey = extract_features(net, DataLoader(data.test, batch_size=bs), dev)
+    check_finite("train features", trx)  # NonFiniteError: see finite_embeddings
+    check_finite("test features", tex)
     return {"cfg": cfg, "task": data.task, "data": data, "train_x": trx, "train_y": try_,
             "test_x": tex, "test_y": tey}
 
@@ -132,10 +151,17 @@ def probe_run(
     Returns:
         One JSON-serialisable dict: the metrics plus the exact protocol used.
     """
+    device = resolve_device(device)  # a bad --device fails before any work
+    with finite_embeddings(run_dir):
+        return _probe_run(run_dir, knn=knn, geometry=geometry, device=device)
+
+
+def _probe_run(
+    run_dir: str | Path, *, knn: bool, geometry: bool, device: torch.device
+) -> dict[str, Any]:
     from contrastmix.data.registry import build_data
     from eval.probe import linear_probe
 
-    device = resolve_device(device)  # a bad --device fails before any work
     cfg = load_run(run_dir)
 
     bundle = build_data(cfg.data)

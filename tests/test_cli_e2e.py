@@ -188,3 +188,25 @@ def test_pickled_code_is_never_run(tmp_path: Path) -> None:
     assert not marker.exists()
     torch.load(evil, weights_only=False)  # the payload is live: a full unpickle runs it
     assert marker.read_text() == "pwned"
+
+
+def test_nan_embeddings_are_named(moco_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from contrastmix._validation import NonFiniteError
+    from contrastmix.errors import EmbeddingError
+    from contrastmix.runs import probe_run
+    from eval.report import write_report
+
+    assert issubclass(NonFiniteError, ValueError)  # library callers still get a ValueError
+    diverged = tmp_path / "diverged"
+    shutil.copytree(moco_run, diverged)
+    state = torch.load(diverged / "backbone.pt", weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
+    state[first] = torch.full_like(state[first], float("nan"))
+    torch.save(state, diverged / "backbone.pt")
+    with pytest.raises(EmbeddingError, match="non-finite embeddings .*The run diverged"):
+        probe_run(diverged, device="cpu")
+    # the report is still written (its design), and says why its embedding sections are empty
+    page = write_report(diverged, tmp_path / "report", log=lambda msg: None).read_text()
+    assert "feature extraction: NonFiniteError: `train features` contains" in page
