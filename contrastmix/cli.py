@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
     pt.add_argument("--resume", action="store_true",
                     help="continue the run in --out from checkpoints/last.ckpt")
+    pt.add_argument("--print-config", action="store_true",
+                    help="print the resolved recipe (overrides applied, validated) and exit")
 
     pr = sub.add_parser("probe", help="linear probe (and kNN / geometry) of a finished run")
     pr.add_argument("run", help="run directory")
@@ -45,10 +47,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from contrastmix.config import load_recipe
-    from contrastmix.train.pretrain import pretrain
 
     overrides = [o for group in args.overrides for o in group]
     cfg = load_recipe(args.recipe, overrides)
+    if args.print_config:  # a YAML that is itself a recipe (the run's config.yaml will match)
+        from omegaconf import OmegaConf
+
+        print(OmegaConf.to_yaml(cfg), end="")
+        return 0
+    from contrastmix.train.pretrain import pretrain
+
     run = pretrain(cfg, args.out, resume=args.resume)
     print(f"run directory: {run}")
     return 0

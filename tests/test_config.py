@@ -116,3 +116,22 @@ def test_values_rejected_when_pretrain_builds(
     with pytest.raises(RecipeError, match=re.escape(needle)):
         pretrain(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_print_config_is_a_recipe_and_trains_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contrastmix.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pretrain", "mochi_mnist1d", "--set", "method.num_hard=512",
+                 "optim.lr=0.1", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "resolved.yaml").write_text(printed)
+    again = load_recipe(tmp_path / "resolved.yaml")
+    assert again == load_recipe("mochi_mnist1d", ["method.num_hard=512", "optim.lr=0.1"])
+    assert again.method.num_hard == 512 and again.optim.lr == 0.1
+    # bad values are still refused, in one line
+    assert main(["pretrain", "mochi_mnist1d", "--set", "optim.lr=-1", "--print-config"]) == 2
+    assert "invalid value for recipe key 'optim.lr'" in capsys.readouterr().err
