@@ -75,3 +75,37 @@ def test_interrupted_run_resumes_with_its_queue(tmp_path: Path) -> None:
     with (tmp_path / "metrics.csv").open() as fh:
         logged = {int(r["step"]) for r in csv.DictReader(fh) if r.get("train_loss_step")}
     assert logged >= {0, 1, 2, 4, 5}
+
+
+class FailBeforeTraining(pl.Callback):
+    """Raise while the trainer sets up, before any checkpoint is restored or step taken."""
+
+    def setup(self, trainer, pl_module, stage) -> None:  # noqa: ANN001
+        raise RuntimeError("failed before training")
+
+
+def test_failed_resume_never_overwrites_the_checkpoint(tmp_path: Path) -> None:
+    from contrastmix.errors import CheckpointError
+
+    cfg = load_recipe("moco_mnist1d", OVERRIDES)
+    pretrain(cfg, tmp_path)
+    ckpt_path = tmp_path / "checkpoints" / "last.ckpt"
+    before = ckpt_path.read_bytes()
+    # a recipe whose queue or model differs from the checkpoint's: refused, named, up front
+    other = load_recipe("moco_mnist1d", [*OVERRIDES, "method.queue_size=256", "model.width=16",
+                                         "optim.lr=0.5"])
+    with pytest.raises(CheckpointError, match=r"method.queue_size: 320 -> 256; model.width: "
+                                              r"32 -> 16; optim.lr: 0.06 -> 0.5"):
+        pretrain(other, tmp_path, resume=True)
+    # an exception before training starts: the interrupt checkpoint is not written (it would
+    # hold an untrained model), so the run's checkpoint survives byte for byte
+    more = load_recipe("moco_mnist1d", [*OVERRIDES, "trainer.max_epochs=3"])
+    with pytest.raises(RuntimeError, match="failed before training"):
+        pretrain(more, tmp_path, resume=True, extra_callbacks=[FailBeforeTraining()])
+    assert ckpt_path.read_bytes() == before
+    assert not ckpt_path.with_name("last.ckpt.tmp").exists()
+    # and the run still resumes (trainer settings and the loader's workers may change)
+    more = load_recipe("moco_mnist1d", [*OVERRIDES, "trainer.max_epochs=3",
+                                        "data.eval_batch_size=512"])
+    pretrain(more, tmp_path, resume=True)
+    assert torch.load(ckpt_path, weights_only=True)["global_step"] == 9

@@ -94,15 +94,46 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
     return apply_overrides(raw or {}, [])
 
 
-def _check_checkpoint(path: Path, method: str) -> None:
+# Sections a resumed run must share with its checkpoint: they fix the weights' and the queue's
+# shapes, what the loss means, the optimiser state (whose restored learning rates would
+# silently win over new ones) and the steps per epoch. trainer and eval settings may change
+# (e.g. more epochs), and so may the keys in _RESUME_FREE.
+_RESUME_FIXED = ("method", "model", "optim", "data")
+_RESUME_FREE = ("data.num_workers", "data.eval_batch_size")
+
+
+def _differences(saved: Any, now: Any, prefix: str) -> list[str]:
+    """``key: saved -> now`` for every leaf of ``saved`` that ``now`` changes (keys that only
+    one side has are skipped: a run from an older schema still resumes)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        out: list[str] = []
+        for k in saved:
+            if k in now and f"{prefix}.{k}" not in _RESUME_FREE:
+                out += _differences(saved[k], now[k], f"{prefix}.{k}")
+        return out
+    return [] if saved == now else [f"{prefix}: {saved!r} -> {now!r}"]
+
+
+def _check_checkpoint(path: Path, cfg: DictConfig) -> None:
+    """The checkpoint a run resumes from must be of the recipe's method and share its
+    :data:`_RESUME_FIXED` sections (otherwise restoring it fails deep inside Lightning)."""
     from contrastmix.runs import load_state_file
 
+    method = cfg.method.name
     ckpt = load_state_file(path)  # weights only; a corrupt / foreign file is a CheckpointError
-    hp = ckpt.get("hyper_parameters", {})
-    saved = (hp.get("cfg") or {}).get("method", {}).get("name")
+    saved_cfg = ckpt.get("hyper_parameters", {}).get("cfg") or {}
+    saved = saved_cfg.get("method", {}).get("name")
     if saved != method:
         raise CheckpointError(
             f"checkpoint {path} was trained with method '{saved}', the recipe asks for '{method}'"
+        )
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    changed = [d for s in _RESUME_FIXED for d in _differences(saved_cfg.get(s), plain[s], s)]
+    if changed:
+        raise CheckpointError(
+            f"cannot resume {path} with other {' / '.join(_RESUME_FIXED)} settings: "
+            f"{'; '.join(changed)}. Resume with the run's values, or start a new run (--out)"
         )
 
 
@@ -224,7 +255,7 @@ def pretrain(
                     f"run {run_dir} was trained with method '{saved.method.name}', "
                     f"the recipe asks for '{method}'"
                 )
-        _check_checkpoint(paths["last"], method)
+        _check_checkpoint(paths["last"], cfg)
         ckpt_path = str(paths["last"])
     elif paths["last"].is_file():
         raise RunDirError(
