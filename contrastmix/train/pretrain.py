@@ -97,9 +97,9 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
 # Sections a resumed run must share with its checkpoint: they fix the weights' and the queue's
 # shapes, what the loss means, the optimiser state (whose restored learning rates would
 # silently win over new ones) and the steps per epoch. trainer and eval settings may change
-# (e.g. more epochs), and so may the keys in _RESUME_FREE.
+# (e.g. more epochs), and so may the keys in _RESUME_FREE (where the data lives, loader).
 _RESUME_FIXED = ("method", "model", "optim", "data")
-_RESUME_FREE = ("data.num_workers", "data.eval_batch_size")
+_RESUME_FREE = ("data.num_workers", "data.eval_batch_size", "data.root", "data.download")
 
 
 def _differences(saved: Any, now: Any, prefix: str) -> list[str]:
