@@ -103,6 +103,8 @@ def test_override_values_are_not_evaluated() -> None:
         ("mochi_mnist1d", "method.num_hard=0", "`num_hard` must be > 0"),
         ("moco_mnist1d", "method.queue_size=0", "`method.queue_size` must be > 0"),
         ("moco_mnist1d", "trainer.devices=0", "trainer settings rejected"),
+        # Lightning raises a TypeError for this one
+        ("moco_mnist1d", "trainer.devices=[0,1]", "`devices` selected with `CPUAccelerator`"),
     ],
 )
 def test_values_rejected_when_pretrain_builds(
@@ -112,7 +114,8 @@ def test_values_rejected_when_pretrain_builds(
     # a RecipeError before any training, and no run directory
     from contrastmix.train.pretrain import pretrain
 
-    cfg = load_recipe(recipe, [override, "trainer.enable_progress_bar=false"])
+    cfg = load_recipe(recipe, [override, "trainer.enable_progress_bar=false",
+                               "trainer.accelerator=cpu"])
     with pytest.raises(RecipeError, match=re.escape(needle)):
         pretrain(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()

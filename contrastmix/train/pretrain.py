@@ -190,8 +190,9 @@ def _quiet_lightning() -> None:
 @contextlib.contextmanager
 def _recipe_values(sections: str) -> Iterator[None]:
     """Report what the code built from the recipe's ``sections`` rejected (a ``ValueError``
-    from a loss or model, Lightning's ``MisconfigurationException``, a missing optional
-    package) as a :class:`~contrastmix.errors.RecipeError`, before any training: the CLI then
+    from a loss or model, Lightning's ``MisconfigurationException`` or ``TypeError`` (e.g.
+    ``trainer.devices=[0, 1]`` on CPUs), a missing optional package) as a
+    :class:`~contrastmix.errors.RecipeError`, before any training: the CLI then
     prints one line, not a traceback from deep inside. Our own errors pass unchanged."""
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
@@ -199,7 +200,7 @@ def _recipe_values(sections: str) -> Iterator[None]:
         yield
     except ContrastmixError:
         raise
-    except (ValueError, MisconfigurationException, ImportError) as e:
+    except (ValueError, TypeError, MisconfigurationException, ImportError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RecipeError(f"recipe {sections} settings rejected: {msg}") from e
 
