@@ -124,7 +124,8 @@ def time_mochi_materialised_loss(st: Setup, device: str, repeats: int) -> list[f
 
 
 def time_mochi_parts(st: Setup, device: str, repeats: int) -> dict[str, float]:
-    """Median seconds of the fast path's parts: top-N + draws, type-1 norms, bare top-N."""
+    """Median seconds of the fast path's parts: top-N + draws, type-1 norms, bare top-N; and
+    ``pair_dots_floor`` (:func:`time_pair_dots_floor` on the same draws) where it runs."""
     gen = torch.Generator(device=device).manual_seed(0)
     sims = st.query @ st.queue.T
 
@@ -133,7 +134,9 @@ def time_mochi_parts(st: Setup, device: str, repeats: int) -> dict[str, float]:
                                      generator=gen)
 
     dr = mochi_mod.mochi_draws(sims, st.num_hard, st.num_mix, st.num_query_mix, generator=gen)
+    floor = time_pair_dots_floor(st.queue, dr.pos_i, dr.pos_j, repeats)
     return {
+        **({"pair_dots_floor": floor} if floor is not None else {}),
         "topk_and_draws": statistics.median(_time(draws, device, repeats)),
         "type1_norms": statistics.median(
             _time(lambda: mochi_mod._pair_norms(st.queue, dr.pos_i, dr.pos_j, dr.alpha,
@@ -184,14 +187,6 @@ def time_pair_dots_floor(queue: torch.Tensor, pos_i: torch.Tensor, pos_j: torch.
     pi, pj = pos_i.contiguous().numpy(), pos_j.contiguous().numpy()
     out = np.empty(pi.shape, np.float32)
     return statistics.median(_time(lambda: run_parallel(kern, q, pi, pj, out), "cpu", repeats))
-
-
-def benchmark_draws(st: Setup) -> tuple[torch.Tensor, torch.Tensor]:
-    """The type-1 pairs (``pos_i``, ``pos_j``) of one MoCHi draw on the benchmark's inputs."""
-    gen = torch.Generator(device=st.query.device).manual_seed(0)
-    dr = mochi_mod.mochi_draws(st.query @ st.queue.T, st.num_hard, st.num_mix,
-                               st.num_query_mix, generator=gen)
-    return dr.pos_i.cpu(), dr.pos_j.cpu()
 
 
 def _method_overrides(method: str, queue: int, mix: tuple[int, int, int]) -> list[str]:
@@ -406,7 +401,7 @@ def main() -> None:
         run_moco, run_mochi, run_ratios, run_draws = time_recipe_runs(
             a.queue, a.recipe_runs, a.recipe_epochs,
             mix=(a.num_hard, a.num_mix, a.num_query_mix), keep_memory=not a.default_malloc)
-    floor = time_pair_dots_floor(st.queue, *benchmark_draws(st), a.repeats)
+    floor = parts.pop("pair_dots_floor", None)
     run_floor = (time_pair_dots_floor(*run_draws, a.repeats) if run_draws is not None
                  else None)
     med = statistics.median

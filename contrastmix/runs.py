@@ -6,9 +6,8 @@ Used by ``contrastmix probe`` and ``contrastmix report``. Loading never unpickle
 
 from __future__ import annotations
 
-import contextlib
 import pickle
-from collections.abc import Iterator
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,8 @@ from contrastmix.errors import CheckpointError, ContrastmixError, EmbeddingError
 
 __all__ = [
     "load_run", "load_backbone", "extract_run_features", "probe_run", "resolve_device",
-    "load_state_file", "finite_embeddings",
+    "load_state_file",
 ]
-
-
-@contextlib.contextmanager
-def finite_embeddings(run_dir: str | Path) -> Iterator[None]:
-    """Evaluate a run: a NaN / inf that a metric finds in its embeddings (a
-    :class:`~contrastmix._validation.NonFiniteError`) becomes an
-    :class:`~contrastmix.errors.EmbeddingError` that names the run and what to do."""
-    try:
-        yield
-    except NonFiniteError as e:
-        raise EmbeddingError(
-            f"{run_dir}: the trained model gives non-finite embeddings ({e}). The run diverged "
-            "(lower optim.lr, or set trainer.gradient_clip_val) or its weights are corrupt"
-        ) from e
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -73,14 +58,21 @@ def load_run(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_state_file(path: str | Path) -> dict[str, Any]:
+def load_state_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """A ``state_dict`` file read with ``torch.load(..., weights_only=True)``.
+
+    Args:
+        path: The file.
+        mmap: Map the tensors instead of reading them (for a caller that only looks at the
+            file's small entries, e.g. a checkpoint's hyper-parameters).
 
     Raises:
         CheckpointError: the file cannot be read or does not hold a dict.
     """
+    # torch maps only its zip format; any other file is read, so that it gets the errors below
+    mmap = mmap and zipfile.is_zipfile(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         # torch's own message suggests weights_only=False: never for a file a user hands in
         raise CheckpointError(
@@ -136,7 +128,7 @@ def extract_run_features(
     bs = cfg.data.eval_batch_size
     trx, try_ = extract_features(net, DataLoader(data.train, batch_size=bs), dev)
     tex, tey = extract_features(net, DataLoader(data.test, batch_size=bs), dev)
-    check_finite("train features", trx)  # NonFiniteError: see finite_embeddings
+    check_finite("train features", trx)  # NonFiniteError: probe_run names the run
     check_finite("test features", tex)
     return {"cfg": cfg, "task": data.task, "data": data, "train_x": trx, "train_y": try_,
             "test_x": tex, "test_y": tey}
@@ -152,8 +144,13 @@ def probe_run(
         One JSON-serialisable dict: the metrics plus the exact protocol used.
     """
     device = resolve_device(device)  # a bad --device fails before any work
-    with finite_embeddings(run_dir):
+    try:
         return _probe_run(run_dir, knn=knn, geometry=geometry, device=device)
+    except NonFiniteError as e:  # a NaN / inf that a metric found in the run's embeddings
+        raise EmbeddingError(
+            f"{run_dir}: the trained model gives non-finite embeddings ({e}). The run diverged "
+            "(lower optim.lr, or set trainer.gradient_clip_val) or its weights are corrupt"
+        ) from e
 
 
 def _probe_run(

@@ -157,8 +157,9 @@ def test_corrupt_run_files_are_named(moco_run: Path, tmp_path: Path) -> None:
         read_run_config(other)
     garbage = tmp_path / "garbage.pt"
     garbage.write_text("not a checkpoint\n")
-    with pytest.raises(CheckpointError, match="not a weights-only torch file"):
-        load_state_file(garbage)
+    for mmap in (False, True):  # resume maps the checkpoint: same error for a garbage file
+        with pytest.raises(CheckpointError, match="not a weights-only torch file"):
+            load_state_file(garbage, mmap=mmap)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((moco_run / "backbone.pt").read_bytes()[:100])
     with pytest.raises(CheckpointError, match="cannot read .*truncated.pt"):

@@ -120,7 +120,9 @@ def _check_checkpoint(path: Path, cfg: DictConfig) -> None:
     from contrastmix.runs import load_state_file
 
     method = cfg.method.name
-    ckpt = load_state_file(path)  # weights only; a corrupt / foreign file is a CheckpointError
+    # weights only (a corrupt / foreign file is a CheckpointError); mapped, not read: only the
+    # hyper-parameters are looked at here, and Lightning reads the whole file when it resumes
+    ckpt = load_state_file(path, mmap=True)
     saved_cfg = ckpt.get("hyper_parameters", {}).get("cfg") or {}
     saved = saved_cfg.get("method", {}).get("name")
     if saved != method:
@@ -249,13 +251,7 @@ def pretrain(
     if resume:
         if not paths["last"].is_file():
             raise RunDirError(f"cannot resume: no checkpoint at {paths['last']}")
-        if paths["config"].is_file():
-            saved = read_run_config(run_dir)
-            if saved.method.name != method:
-                raise CheckpointError(
-                    f"run {run_dir} was trained with method '{saved.method.name}', "
-                    f"the recipe asks for '{method}'"
-                )
+        # the checkpoint's own recipe: its method, and the sections that must not change
         _check_checkpoint(paths["last"], cfg)
         ckpt_path = str(paths["last"])
     elif paths["last"].is_file():
