@@ -96,7 +96,7 @@ def render(results: list[dict], command: str, threads: int = 1) -> str:
         f"SGD lr 0.05, weight decay 5e-4, cosine, batch 128, no augmentation besides mixup "
         f"with lambda ~ Beta(1, 1)); seeds {seeds}; mean ± std over seeds (n - 1 divisor).",
         "NC metrics on the clean train split (4000 signals) with the trained classifier, as "
-        "`eval.collapse.neural_collapse` defines them (NC1 = Tr(Sigma_W Sigma_B^+) / C).",
+        "`contrastmix.eval.collapse.neural_collapse` defines them (NC1 = Tr(Sigma_W Sigma_B^+) / C).",
         "",
         "Command:",
         "",

@@ -1,4 +1,4 @@
-"""kNN evaluation speed: ``eval.knn.knn_predict`` vs scikit-learn ``KNeighborsClassifier``.
+"""kNN evaluation speed: ``contrastmix.eval.knn.knn_predict`` vs scikit-learn ``KNeighborsClassifier``.
 
 Goal (issue "Evaluation", benchmarks): 50,000 bank rows x 10,000 queries x 512 dims, k = 200,
 tau = 0.1: ``knn_predict`` is >= 3x faster than
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from eval.knn import knn_predict
+from contrastmix.eval.knn import knn_predict
 
 
 def make_data(
@@ -92,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
         threadpool_limits(limits=a.threads)
     if a.backends is None:
-        from eval._knn_rescore import bf16_matmul_available
+        from contrastmix.eval._knn_rescore import bf16_matmul_available
 
         a.backends = "torch,bf16,faiss" if bf16_matmul_available() else "torch,faiss"
     backends = [b for b in a.backends.split(",") if b]

@@ -1,4 +1,4 @@
-"""Linear-probe solver speed: ``eval.probe.fit_logistic`` vs scikit-learn ``LogisticRegression``.
+"""Linear-probe solver speed: ``contrastmix.eval.probe.fit_logistic`` vs scikit-learn ``LogisticRegression``.
 
 Goal (issue "Evaluation", benchmarks): on 50,000 x 512 features with 10 classes, one fit at a
 fixed penalty is >= 3x faster than ``sklearn.linear_model.LogisticRegression(solver="lbfgs")``
@@ -29,7 +29,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from eval.probe import fit_logistic
+from contrastmix.eval.probe import fit_logistic
 
 
 def make_data(

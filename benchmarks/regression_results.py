@@ -72,8 +72,8 @@ def raw_reference(dataset: str, runs_dir: Path) -> dict:
     """The same ridge probe on the raw (flattened) inputs: no training, a reference row."""
     from contrastmix.config import load_recipe
     from contrastmix.data.registry import build_data
-    from eval.ordering import distance_spearman
-    from eval.probe import linear_probe
+    from contrastmix.eval.ordering import distance_spearman
+    from contrastmix.eval.probe import linear_probe
 
     cached = runs_dir / dataset / "raw_inputs" / "probe.json"
     if cached.is_file():

@@ -115,7 +115,7 @@ def _probe_lines(res: dict) -> list[str]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from eval.report import write_report
+    from contrastmix.eval.report import write_report
 
     path = write_report(args.run, args.out)
     print(f"report: {path}")

@@ -41,7 +41,18 @@ __all__ = [
     "SCHEDULERS",
 ]
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+def _recipes_dir() -> Path:
+    """The bundled recipes: the package ``contrastmix.recipes`` (``recipes/`` in the repository,
+    installed as package data by a wheel or an editable install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("contrastmix.recipes")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    return Path(__file__).resolve().parent.parent / "recipes"  # a source tree, not installed
+
+
+RECIPES_DIR = _recipes_dir()
 
 
 @dataclass

@@ -119,7 +119,7 @@ def extract_run_features(
         and ``data`` to reuse an already built recipe and data bundle.
     """
     from contrastmix.data.registry import build_data
-    from eval.probe import extract_features
+    from contrastmix.eval.probe import extract_features
 
     cfg = load_run(run_dir) if cfg is None else cfg
     data = build_data(cfg.data) if data is None else data  # reuse the caller's bundle
@@ -157,13 +157,13 @@ def _probe_run(
     run_dir: str | Path, *, knn: bool, geometry: bool, device: torch.device
 ) -> dict[str, Any]:
     from contrastmix.data.registry import build_data
-    from eval.probe import linear_probe
+    from contrastmix.eval.probe import linear_probe
 
     cfg = load_run(run_dir)
 
     bundle = build_data(cfg.data)
     if bundle.task == "multimodal":  # retrieval, zero-shot, gap, fusion heads
-        from eval.multimodal import probe_multimodal_run
+        from contrastmix.eval.multimodal import probe_multimodal_run
 
         return probe_multimodal_run(run_dir, cfg, device)
     f = extract_run_features(run_dir, device, cfg=cfg, data=bundle)
@@ -178,7 +178,7 @@ def _probe_run(
     )
     out.update(_jsonable(res))
     if f["task"] == "regression":
-        from eval.ordering import distance_spearman
+        from contrastmix.eval.ordering import distance_spearman
 
         out["spearman"] = float(distance_spearman(f["test_x"], f["test_y"], seed=cfg.seed))
     out["protocol"] = {
@@ -188,7 +188,7 @@ def _probe_run(
         "of train, refit on train+val; last model reported",
     }
     if knn and f["task"] == "classification":
-        from eval.knn import knn_predict
+        from contrastmix.eval.knn import knn_predict
 
         k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
         pred = knn_predict(f["train_x"], f["train_y"], f["test_x"], k=k, temperature=t)
@@ -196,7 +196,7 @@ def _probe_run(
         out["knn"] = {"k": min(k, len(f["train_x"])), "temperature": t,
                       "features": "L2-normalised backbone features"}
     if geometry:
-        from eval.geometry import effective_rank, uniformity
+        from contrastmix.eval.geometry import effective_rank, uniformity
 
         z = torch.nn.functional.normalize(f["test_x"].double(), dim=1)
         out["geometry"] = {
@@ -204,7 +204,7 @@ def _probe_run(
             "effective_rank": float(effective_rank(f["test_x"])),
         }
         if f["task"] == "classification":
-            from eval.collapse import neural_collapse
+            from contrastmix.eval.collapse import neural_collapse
 
             nc = neural_collapse(f["test_x"], f["test_y"])
             out["geometry"]["neural_collapse"] = _jsonable(nc)

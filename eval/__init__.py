@@ -1,35 +1,35 @@
 """Evaluation of frozen representations (METHODS.md §5, §8, §9).
 
-* :mod:`eval.probe` — feature extraction with the backbone frozen in eval mode, linear probe
+* :mod:`contrastmix.eval.probe` — feature extraction with the backbone frozen in eval mode, linear probe
   (logistic regression by L-BFGS / ridge) with validation-selected penalty and refit.
-* :mod:`eval.knn` — weighted kNN classifier (InstDisc / MoCo monitor), torch or faiss.
-* :mod:`eval.geometry` — alignment, uniformity, effective rank (RankMe), modality gap.
-* :mod:`eval.collapse` — neural-collapse metrics NC1-NC4 and mixup geometry.
-* :mod:`eval.calibration` — ECE, reliability diagrams, temperature scaling.
+* :mod:`contrastmix.eval.knn` — weighted kNN classifier (InstDisc / MoCo monitor), torch or faiss.
+* :mod:`contrastmix.eval.geometry` — alignment, uniformity, effective rank (RankMe), modality gap.
+* :mod:`contrastmix.eval.collapse` — neural-collapse metrics NC1-NC4 and mixup geometry.
+* :mod:`contrastmix.eval.calibration` — ECE, reliability diagrams, temperature scaling.
 """
 
-from eval.calibration import (
+from contrastmix.eval.calibration import (
     expected_calibration_error,
     fit_temperature,
     plot_reliability,
     reliability_diagram,
     to_probabilities,
 )
-from eval.collapse import (
+from contrastmix.eval.collapse import (
     mixup_geometry,
     neural_collapse,
     plot_mixup_projection,
     three_class_projection,
 )
-from eval.geometry import (
+from contrastmix.eval.geometry import (
     alignment,
     effective_rank,
     modality_gap,
     multimodal_geometry,
     uniformity,
 )
-from eval.knn import knn_accuracy, knn_predict, knn_scores
-from eval.probe import (
+from contrastmix.eval.knn import knn_accuracy, knn_predict, knn_scores
+from contrastmix.eval.probe import (
     LogisticFit,
     extract_features,
     fit_logistic,

@@ -26,7 +26,7 @@ Back-ends: ``"torch"`` (exact matmul + ``topk`` on the features' device, chunked
 rows so peak memory is ``chunk_size x N`` similarities), ``"bf16"`` (CPU, float32: a bf16
 screening product on the CPU's bf16 matrix units, then an exact fp32 re-ranking of the rows
 that can still be neighbours — the same neighbours as ``"torch"``, see
-:mod:`eval._knn_rescore`), ``"faiss"`` (``IndexFlatIP``, exact inner product on CPU, for large
+:mod:`contrastmix.eval._knn_rescore`), ``"faiss"`` (``IndexFlatIP``, exact inner product on CPU, for large
 banks) and ``"auto"`` (``"bf16"`` for float32 CPU problems of at least ``BF16_MIN_WORK``
 similarities when the CPU has bf16 instructions, faiss for CPU banks with at least
 ``faiss_min_bank`` rows when faiss is importable, torch otherwise).
@@ -44,7 +44,7 @@ from contrastmix._validation import (
     check_same_length,
     check_tensor,
 )
-from eval._knn_rescore import bf16_matmul_available, rescored_topk
+from contrastmix.eval._knn_rescore import bf16_matmul_available, rescored_topk
 
 __all__ = ["knn_scores", "knn_predict", "knn_accuracy", "FAISS_MIN_BANK", "BF16_MIN_WORK"]
 

@@ -13,7 +13,7 @@ Two-tower runs (``clip``, ``m2mix``; METHODS.md §5) on the test split:
   model's CLIP temperature.
 - **geometry** (Wang & Isola, ICML 2020; Liang et al., NeurIPS 2022): alignment of the test pairs,
   uniformity (t = 2) of the image embeddings, of the caption embeddings and of their union, and
-  the modality gap ``||mean(I) - mean(T)||`` (:func:`eval.geometry.multimodal_geometry`).
+  the modality gap ``||mean(I) - mean(T)||`` (:func:`contrastmix.eval.geometry.multimodal_geometry`).
 
 Fusion runs (``m3col``, ``concat``; METHODS.md §6): fusion-head accuracy (the inference path),
 each unimodal head's accuracy, the fusion head's ECE, and the geometry of every cyclic pair of
@@ -182,7 +182,7 @@ def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _calibration(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    from eval.calibration import expected_calibration_error
+    from contrastmix.eval.calibration import expected_calibration_error
 
     logp = torch.log_softmax(logits.double(), dim=1)
     conf = logp.exp().max(dim=1).values
@@ -218,7 +218,7 @@ def two_tower_metrics(
     Returns:
         Flat dict of floats (see the module docstring) plus ``zero_shot_temperature``.
     """
-    from eval.geometry import multimodal_geometry
+    from contrastmix.eval.geometry import multimodal_geometry
 
     check_tensor("images", images, floating=True)
     check_tensor("labels", labels, ndim=1)
@@ -277,7 +277,7 @@ def fusion_metrics(
         ``fusion_accuracy``, ``unimodal_accuracy`` (per modality), ``fusion_ece``,
         ``fusion_nll``, ``embedding_geometry`` (per cyclic modality pair ``"a|b"``).
     """
-    from eval.geometry import multimodal_geometry
+    from contrastmix.eval.geometry import multimodal_geometry
 
     device = next(model.parameters()).device
     mods: list[str] = list(model.modalities)  # type: ignore[arg-type]

@@ -54,7 +54,7 @@ from contrastmix._validation import (
     check_same_length,
     check_tensor,
 )
-from eval.calibration import (
+from contrastmix.eval.calibration import (
     expected_calibration_error,
     fit_temperature,
     plot_reliability,

@@ -8,8 +8,8 @@ as PNG files next to it. Sections:
 2. **Training curves** — from ``metrics.csv``: loss, weighted-kNN accuracy, the proxy-task
    accuracy (share of queries whose key beats every negative; Kalantidis et al., NeurIPS
    2020, §3), the learning rate and any other logged metric.
-3. **Metrics** — linear probe (:func:`eval.probe.linear_probe`, METHODS.md §9), weighted kNN
-   (:func:`eval.knn.knn_accuracy`), uniformity and alignment (Wang & Isola, ICML 2020),
+3. **Metrics** — linear probe (:func:`contrastmix.eval.probe.linear_probe`, METHODS.md §9), weighted kNN
+   (:func:`contrastmix.eval.knn.knn_accuracy`), uniformity and alignment (Wang & Isola, ICML 2020),
    effective rank (RankMe; Garrido et al., ICML 2023), NC1/NC2 (Papyan, Han & Donoho, PNAS
    2020) — all on backbone features of the test split extracted **once**
    (:func:`contrastmix.runs.extract_run_features`), except the contrastive rows below.
@@ -550,7 +550,7 @@ def _probe_section(ctx: _Context, probe: dict[str, Any] | None, reliability: Pat
 
 
 def _run_probe(ctx: _Context) -> tuple[dict[str, Any], Path | None]:
-    from eval.probe import linear_probe
+    from contrastmix.eval.probe import linear_probe
 
     f = ctx.feats
     assert f is not None
@@ -570,7 +570,7 @@ def _run_probe(ctx: _Context) -> tuple[dict[str, Any], Path | None]:
 
 def _metrics_rows(ctx: _Context, probe: dict[str, Any] | None) -> None:
     """Fill ``ctx.metrics`` with the probe, kNN and geometry rows of the test features."""
-    from eval.geometry import effective_rank, uniformity
+    from contrastmix.eval.geometry import effective_rank, uniformity
 
     f = ctx.feats
     assert f is not None
@@ -590,14 +590,14 @@ def _metrics_rows(ctx: _Context, probe: dict[str, Any] | None) -> None:
                 m.append((f"linear probe MAE ({g})", _fmt(res["mae"]), f"n = {res['n']}"))
     tr_x, tr_y, te_x, te_y = f["train_x"], f["train_y"], f["test_x"], f["test_y"]
     if ctx.task == "classification":
-        from eval.knn import knn_accuracy
+        from contrastmix.eval.knn import knn_accuracy
 
         k, t = ctx.cfg.eval.knn_k, ctx.cfg.eval.knn_temperature
         with _step(ctx, f"weighted kNN (k={k}, tau={t})"):
             acc = knn_accuracy(tr_x, tr_y, te_x, te_y, k=k, temperature=t)
         m.append(("kNN accuracy", _fmt(acc), f"k = {min(k, len(tr_x))}, tau = {t}"))
     else:
-        from eval.ordering import distance_spearman
+        from contrastmix.eval.ordering import distance_spearman
 
         rho = distance_spearman(te_x, te_y, max_samples=min(1000, ctx.max_points),
                                 seed=ctx.seed)
@@ -612,7 +612,7 @@ def _metrics_rows(ctx: _Context, probe: dict[str, Any] | None) -> None:
     m.append(("effective rank (backbone)", _fmt(float(effective_rank(te_x))),
               f"RankMe, of at most min(N, d) = {min(te_x.shape)}"))
     if ctx.task == "classification":
-        from eval.collapse import neural_collapse
+        from contrastmix.eval.collapse import neural_collapse
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -731,7 +731,7 @@ def _call_augment(aug: Callable[..., Tensor], x: Tensor, gen: torch.Generator) -
 def _section_similarities(ctx: _Context) -> _Section:
     from contrastmix.runs import load_backbone
     from contrastmix.train.pretrain import run_paths
-    from eval.geometry import alignment, uniformity
+    from contrastmix.eval.geometry import alignment, uniformity
 
     sec = _Section("similarities", "Positive and negative similarities")
     data = ctx.feats["data"] if ctx.feats else ctx.data
@@ -896,7 +896,7 @@ def _epochs_trained(run_dir: Path) -> int | None:
 
 def _geometry_values(x: Tensor, y: Tensor, max_points: int, seed: int) -> dict[str, float]:
     """Uniformity, effective rank and (integer labels, >= 2 classes) NC1/NC2 of ``x``."""
-    from eval.geometry import effective_rank, uniformity
+    from contrastmix.eval.geometry import effective_rank, uniformity
 
     vals: dict[str, float] = {}
     if x.shape[0] >= 2:
@@ -906,7 +906,7 @@ def _geometry_values(x: Tensor, y: Tensor, max_points: int, seed: int) -> dict[s
         vals["effective rank"] = float(effective_rank(x))
     integer = not (y.is_floating_point() or y.is_complex()) and y.ndim == 1
     if integer and torch.unique(y).numel() >= 2:
-        from eval.collapse import neural_collapse
+        from contrastmix.eval.collapse import neural_collapse
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

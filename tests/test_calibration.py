@@ -1,4 +1,4 @@
-"""Tests for eval.calibration: ECE, reliability diagram, temperature scaling."""
+"""Tests for contrastmix.eval.calibration: ECE, reliability diagram, temperature scaling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.calibration import (
+from contrastmix.eval.calibration import (
     expected_calibration_error,
     fit_temperature,
     plot_reliability,

@@ -129,7 +129,7 @@ def test_bad_device_is_one_line(moco_run: Path) -> None:
 def test_device_and_output_errors_name_the_problem(moco_run: Path, tmp_path: Path) -> None:
     from contrastmix.errors import ContrastmixError, RunDirError
     from contrastmix.runs import resolve_device
-    from eval.report import write_report
+    from contrastmix.eval.report import write_report
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ContrastmixError, match="unknown device 'gpu0'"):
@@ -197,7 +197,7 @@ def test_nan_embeddings_are_named(moco_run: Path, tmp_path: Path) -> None:
     from contrastmix._validation import NonFiniteError
     from contrastmix.errors import EmbeddingError
     from contrastmix.runs import probe_run
-    from eval.report import write_report
+    from contrastmix.eval.report import write_report
 
     assert issubclass(NonFiniteError, ValueError)  # library callers still get a ValueError
     diverged = tmp_path / "diverged"

@@ -1,4 +1,4 @@
-"""Tests for eval.collapse: neural-collapse metrics and mixup geometry (METHODS.md §8)."""
+"""Tests for contrastmix.eval.collapse: neural-collapse metrics and mixup geometry (METHODS.md §8)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.collapse import (
+from contrastmix.eval.collapse import (
     mixup_geometry,
     neural_collapse,
     plot_mixup_projection,

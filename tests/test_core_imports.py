@@ -10,7 +10,7 @@ def test_core_does_not_import_lightning() -> None:
     code = (
         "import sys\n"
         "import contrastmix.losses, contrastmix.mixing, contrastmix.banks, contrastmix.models\n"
-        "import contrastmix.data, contrastmix.config, contrastmix.runs, eval.probe, eval.knn\n"
+        "import contrastmix.data, contrastmix.config, contrastmix.runs, contrastmix.eval.probe, contrastmix.eval.knn\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')]\n"
         "print(','.join(bad))\n"
     )

@@ -1,4 +1,4 @@
-"""Tests for eval.geometry: alignment, uniformity, effective rank, modality gap."""
+"""Tests for contrastmix.eval.geometry: alignment, uniformity, effective rank, modality gap."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.geometry import (
+from contrastmix.eval.geometry import (
     alignment,
     effective_rank,
     modality_gap,

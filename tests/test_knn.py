@@ -1,4 +1,4 @@
-"""Tests for eval.knn: weighted kNN classifier (METHODS.md §9)."""
+"""Tests for contrastmix.eval.knn: weighted kNN classifier (METHODS.md §9)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval._knn_rescore import bf16_matmul_available, rescored_topk
-from eval.knn import _neighbours_torch, knn_accuracy, knn_predict, knn_scores
+from contrastmix.eval._knn_rescore import bf16_matmul_available, rescored_topk
+from contrastmix.eval.knn import _neighbours_torch, knn_accuracy, knn_predict, knn_scores
 
 BF16 = bf16_matmul_available()
 BACKENDS = ("torch", "faiss", *(("bf16",) if BF16 else ()))

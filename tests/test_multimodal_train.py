@@ -19,7 +19,7 @@ from contrastmix.config import load_recipe
 from contrastmix.data.bundles_multimodal import MultimodalDataset, collate_multimodal
 from contrastmix.data.registry import build_data
 from contrastmix.errors import CheckpointError, DatasetError, RecipeError, RunDirError
-from eval.multimodal import mean_average_precision, retrieval_recall
+from contrastmix.eval.multimodal import mean_average_precision, retrieval_recall
 
 TINY = [
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=32",
@@ -241,7 +241,7 @@ def test_fusion_probe(runs: dict[str, Path], method: str) -> None:
 def test_artifacts_restore_the_trained_model(runs: dict[str, Path]) -> None:
     """backbone.pt + model.pt rebuild exactly the model of the last checkpoint."""
     from contrastmix.runs import load_run
-    from eval.multimodal import load_multimodal_model
+    from contrastmix.eval.multimodal import load_multimodal_model
 
     for method, run in runs.items():
         state = torch.load(run / "model.pt", weights_only=True)
@@ -262,8 +262,8 @@ def test_artifacts_restore_the_trained_model(runs: dict[str, Path]) -> None:
 
 def test_probe_zero_shot_matches_a_direct_computation(runs: dict[str, Path]) -> None:
     from contrastmix.runs import load_run, probe_run
-    from eval.calibration import expected_calibration_error
-    from eval.multimodal import load_multimodal_model
+    from contrastmix.eval.calibration import expected_calibration_error
+    from contrastmix.eval.multimodal import load_multimodal_model
 
     run = runs["clip"]
     cfg = load_run(run)

@@ -18,7 +18,7 @@ _SCRIPT = """
 import torch
 import torch.nn.functional as F
 from contrastmix.mixing.mochi import _pair_norms, mochi_draws
-from eval._knn_rescore import rescored_topk
+from contrastmix.eval._knn_rescore import rescored_topk
 d = mochi_draws(torch.randn(8, 100), 10, 5, 2, generator=torch.Generator().manual_seed(0))
 _pair_norms(F.normalize(torch.randn(100, 4), dim=1), d.pos_i, d.pos_j, d.alpha, 1 - d.alpha)
 bank = F.normalize(torch.randn(300, 16), dim=1)

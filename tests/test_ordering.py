@@ -1,4 +1,4 @@
-"""eval.ordering: Spearman correlation between embedding distances and label distances."""
+"""contrastmix.eval.ordering: Spearman correlation between embedding distances and label distances."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import rankdata, spearmanr
 
-from eval.ordering import (
+from contrastmix.eval.ordering import (
     average_ranks,
     distance_spearman,
     pairwise_distances,

@@ -1,4 +1,4 @@
-"""Tests for eval.probe: feature extraction, logistic / ridge probes (METHODS.md §9)."""
+"""Tests for contrastmix.eval.probe: feature extraction, logistic / ridge probes (METHODS.md §9)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression, Ridge
 from torch import nn
 
-from eval.probe import (
+from contrastmix.eval.probe import (
     SHOT_GROUP_NAMES,
     extract_features,
     fit_logistic,

@@ -21,11 +21,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import eval.report as report_mod
+import contrastmix.eval.report as report_mod
 from contrastmix.errors import RunDirError
 from contrastmix.mixing.mochi import mochi_negatives
-from eval.collapse import neural_collapse
-from eval.report import (
+from contrastmix.eval.collapse import neural_collapse
+from contrastmix.eval.report import (
     SIMILARITY_BINS,
     SimilarityHistogram,
     batch_similarities,

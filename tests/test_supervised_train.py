@@ -196,7 +196,7 @@ def test_tiny_run_logs_collapse_saves_features_and_probes(method: str, tmp_path:
     assert summary["method"] == method and "nc3" in summary["metrics"]
 
     # per-epoch feature files in the report's format
-    from eval.report import load_epoch_features
+    from contrastmix.eval.report import load_epoch_features
 
     files = sorted((run / "features").glob("epoch_*.pt"))
     assert [f.name for f in files] == ["epoch_001.pt", "epoch_002.pt"]

@@ -12,7 +12,7 @@ Methods (``method.name``):
   baseline): ``CE(fusion) + sum_m CE(unimodal_m)``.
 
 :func:`build_multimodal_model` turns a recipe into the ``nn.Module`` (no Lightning here), so the
-training module and the probe (:mod:`eval.multimodal`) build exactly the same network.
+training module and the probe (:mod:`contrastmix.eval.multimodal`) build exactly the same network.
 """
 
 from __future__ import annotations

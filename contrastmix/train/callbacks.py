@@ -45,8 +45,8 @@ class OnlineKNN(pl.Callback):
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         if epoch % self.every and not last:
             return
-        from eval.knn import knn_predict
-        from eval.probe import extract_features
+        from contrastmix.eval.knn import knn_predict
+        from contrastmix.eval.probe import extract_features
 
         backbone = pl_module.backbone  # type: ignore[attr-defined]
         xtr, ytr = extract_features(backbone, self._loader(self.train), pl_module.device)

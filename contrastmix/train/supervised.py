@@ -12,14 +12,14 @@ Run-directory files written by this module (besides what
 * ``features/epoch_XXX.pt`` every ``method.save_features_every`` epochs (``XXX`` = completed
   epochs): ``{"features": Tensor[N, d] float32, "labels": Tensor[N] int64, "epoch": int}``
   for a fixed seeded subset of ``method.feature_samples`` clean train samples (the format
-  :func:`eval.report.load_epoch_features` reads);
+  :func:`contrastmix.eval.report.load_epoch_features` reads);
 * ``classifier.pt``: the last layer's ``state_dict`` (``weight [C, d]``, ``bias [C]``);
-* ``mixup_geometry.json``: :func:`eval.collapse.mixup_geometry` of same-class and
+* ``mixup_geometry.json``: :func:`contrastmix.eval.collapse.mixup_geometry` of same-class and
   different-class input mixes ``lam x_a + (1 - lam) x_b`` of train samples, ``lam`` on the
   centres of ``method.geometry_bins`` bins;
 * ``mixup_projection.png``: different-class mixes of three classes projected on the plane of
   their centred classifier rows, coloured by ``lam``
-  (:func:`eval.collapse.plot_mixup_projection`).
+  (:func:`contrastmix.eval.collapse.plot_mixup_projection`).
 
 The mixing maths is in plain functions (:func:`mixup_batch`, :func:`cutmix_batch`,
 :func:`mixed_cross_entropy`, :func:`sample_pairs`) that work with any model and loop. Every
@@ -460,8 +460,8 @@ class SupervisedModule(pl.LightningModule):
             "nc2_equinorm_weight", "nc2_equiangular_weight", "nc2_max_angle_weight",
             "train_acc", "test_acc"}`` (``test_acc`` only with a test set).
         """
-        from eval.collapse import neural_collapse
-        from eval.probe import extract_features
+        from contrastmix.eval.collapse import neural_collapse
+        from contrastmix.eval.probe import extract_features
 
         if self.train_set is None:
             raise ValueError("collapse tracking needs `train_set`")
@@ -504,7 +504,7 @@ class SupervisedModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ final artefacts
     def mixup_geometry_report(self, png: Path | None = None) -> dict[str, Any]:
-        """:func:`eval.collapse.mixup_geometry` of input mixes of train samples.
+        """:func:`contrastmix.eval.collapse.mixup_geometry` of input mixes of train samples.
 
         ``method.geometry_pairs`` same-class and as many different-class pairs are mixed at
         every ``lam`` of the grid (the centres of ``method.geometry_bins`` bins); ``mu_G`` is
@@ -517,8 +517,8 @@ class SupervisedModule(pl.LightningModule):
             The JSON-ready geometry dict plus ``"lam_grid"``, ``"num_pairs"`` and
             ``"projection_classes"``.
         """
-        from eval.collapse import mixup_geometry, plot_mixup_projection, three_class_projection
-        from eval.probe import extract_features
+        from contrastmix.eval.collapse import mixup_geometry, plot_mixup_projection, three_class_projection
+        from contrastmix.eval.probe import extract_features
 
         if self.train_set is None:
             raise ValueError("the mixup geometry needs `train_set`")

@@ -1,0 +1,1 @@
+"""Bundled recipes (YAML), installed as ``contrastmix.recipes``; see README *Recipes*."""
