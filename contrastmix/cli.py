@@ -22,9 +22,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="train a recipe and write a run directory")
-    pt.add_argument("recipe", help="recipe YAML path or bundled recipe name (e.g. moco_mnist1d)")
+    pt.add_argument("recipe", nargs="?", default=None,
+                    help="recipe YAML path or bundled recipe name (e.g. moco_mnist1d)")
     pt.add_argument("--set", dest="overrides", action="append", default=[], nargs="+",
                     metavar="KEY=VALUE", help="override recipe keys, e.g. trainer.max_epochs=5")
+    pt.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="import a Python module (dotted name, or a .py file) before the recipe "
+                    "is read, e.g. to register a method, dataset or backbone of your own; "
+                    "repeatable")
+    pt.add_argument("--keep-freed-memory", action="store_true",
+                    help="glibc only: keep freed heap memory in the process between steps "
+                    "(fewer page faults with large queues; changes the whole process)")
     pt.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
     pt.add_argument("--resume", action="store_true",
                     help="continue the run in --out from checkpoints/last.ckpt")
@@ -45,10 +53,51 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _import_user_modules(names: list[str]) -> None:
+    """Import each ``--import`` module: a dotted module name, or the path of a ``.py`` file."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    from contrastmix.errors import ContrastmixError
+
+    for name in names:
+        path = Path(name)
+        try:
+            if name.endswith(".py"):
+                if not path.is_file():
+                    raise ContrastmixError(f"--import {name}: no such file")
+                spec = importlib.util.spec_from_file_location(path.stem, path)
+                assert spec is not None and spec.loader is not None
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[path.stem] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except ContrastmixError:
+            raise
+        except ModuleNotFoundError as e:
+            raise ContrastmixError(f"--import {name}: {e}") from None
+        except Exception as e:  # the user's module failed: say which and why, in one line
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ContrastmixError(
+                f"--import {name} failed: {type(e).__name__}: {first}") from None
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     from contrastmix.config import load_recipe
 
+    _import_user_modules(args.imports)
     overrides = [o for group in args.overrides for o in group]
+    # `--set a=1 RECIPE`: the greedy --set took the recipe; give it back
+    stray = [o for o in overrides if "=" not in o]
+    if args.recipe is None and len(stray) == 1:
+        args.recipe = stray[0]
+        overrides.remove(stray[0])
+    if args.recipe is None:
+        from contrastmix.errors import ContrastmixError
+
+        raise ContrastmixError("pretrain needs a RECIPE (a YAML path or a bundled recipe name)")
     cfg = load_recipe(args.recipe, overrides)
     if args.print_config:  # a YAML that is itself a recipe (the run's config.yaml will match)
         from omegaconf import OmegaConf
@@ -57,6 +106,10 @@ def _pretrain(args: argparse.Namespace) -> int:
         return 0
     from contrastmix.train.pretrain import pretrain
 
+    if args.keep_freed_memory:
+        from contrastmix.train.allocator import keep_freed_memory
+
+        keep_freed_memory()
     run = pretrain(cfg, args.out, resume=args.resume)
     print(f"run directory: {run}")
     return 0

@@ -1,7 +1,8 @@
 """Typed recipe schema (OmegaConf structured configs) and recipe loading.
 
 A recipe is a YAML file validated against :class:`RecipeConfig`; the ``method`` section is
-validated against the schema registered for ``method.name`` (:func:`register_method`). Unknown
+validated against the config dataclass of the method named by ``method.name``
+(:data:`contrastmix.methods.METHODS`), whose ``__post_init__`` checks its values. Unknown
 keys, wrong types, out-of-range values of the shared sections (``trainer``, ``optim``,
 ``data``, ``model``, ``eval``) and missing files raise :class:`~contrastmix.errors.RecipeError`
 with one line naming the problem. YAML is read with ``yaml.safe_load`` and overrides ``a.b=c``
@@ -29,10 +30,6 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "EvalConfig",
-    "MoCoConfig",
-    "MoCHiConfig",
-    "register_method",
-    "method_schemas",
     "load_recipe",
     "apply_overrides",
     "find_recipe",
@@ -71,9 +68,6 @@ class TrainerConfig:
     limit_train_batches: float = 1.0
     gradient_clip_val: float | None = None
     num_threads: int = 0  # torch.set_num_threads for CPU runs; 0 leaves torch's default
-    # glibc only: keep freed heap memory for the next step instead of returning it to the OS
-    # (page faults cost 20-25 % of a step at queue 16384); contrastmix.train.allocator
-    keep_freed_memory: bool = True
     checkpoint_every_n_epochs: int = 1
     # Lightning's SyncBatchNorm conversion: BatchNorm statistics over the global batch under
     # DDP (otherwise each rank normalises with, and keeps, its own statistics)
@@ -164,33 +158,6 @@ class EvalConfig:
 
 
 @dataclass
-class MoCoConfig:
-    """MoCo v2 (METHODS §1 base)."""
-
-    name: str = "moco"
-    temperature: float = 0.2
-    queue_size: int = 4096
-    momentum: float = 0.99
-    end_momentum: float | None = None
-    bank_backend: str = "torch"
-    symmetric: bool = False
-    # Queue rows holding the query's own sample (an older key of the same image) are not
-    # negatives: masked out of the softmax. Matters when the queue is close to the dataset size.
-    exclude_same_instance: bool = True
-
-
-@dataclass
-class MoCHiConfig(MoCoConfig):
-    """MoCHi hard-negative mixing on top of MoCo v2 (METHODS §1)."""
-
-    name: str = "mochi"
-    num_hard: int = 1024
-    num_mix: int = 1024
-    num_query_mix: int = 128
-    warmup_epochs: int = 10
-
-
-@dataclass
 class RecipeConfig:
     """A whole recipe: what to train (``method``), on what, how, and how to evaluate."""
 
@@ -202,23 +169,6 @@ class RecipeConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-_METHODS: dict[str, type] = {}
-
-
-def register_method(name: str, schema: type) -> None:
-    """Register the structured schema of ``method`` for ``method.name == name``."""
-    _METHODS[name] = schema
-
-
-def method_schemas() -> dict[str, type]:
-    """A copy of the method-name -> schema registry."""
-    return dict(_METHODS)
-
-
-register_method("moco", MoCoConfig)
-register_method("mochi", MoCHiConfig)
 
 
 def find_recipe(recipe: str | Path) -> Path:
@@ -250,16 +200,37 @@ def _key_error(cfg: DictConfig, e: OmegaConfBaseException) -> RecipeError:
     return RecipeError(f"unknown recipe key '{key}'{hint}")
 
 
-def _base_for(method_name: Any) -> DictConfig:
-    if method_name is None:
+def _method_schema(name: Any) -> type:
+    """The config dataclass of method ``name`` from the method registry
+    (:data:`contrastmix.methods.METHODS`, imported here and not at import time: it holds
+    the training modules)."""
+    from contrastmix.methods import get_method
+
+    if name is None:
         raise RecipeError("recipe has no `method.name` (e.g. method: {name: moco})")
-    if method_name not in _METHODS:
-        raise RecipeError(
-            f"unknown method '{method_name}'; known methods: {', '.join(sorted(_METHODS))}"
-        )
+    return get_method(name).Config
+
+
+def _base_for(method_name: Any, typed_method: bool) -> DictConfig:
     base = OmegaConf.structured(RecipeConfig)
-    base.method = OmegaConf.structured(_METHODS[method_name])
+    if typed_method:
+        base.method = OmegaConf.structured(_method_schema(method_name))
+    else:  # a run's own config.yaml: the method section as written (see rundir.py)
+        if method_name is None:
+            raise RecipeError("recipe has no `method.name` (e.g. method: {name: moco})")
+        base.method = OmegaConf.create({"name": method_name})
     return base
+
+
+def _check_method(cfg: DictConfig) -> None:
+    """Run the method config's own checks (its dataclass ``__post_init__``)."""
+    try:
+        OmegaConf.to_object(cfg.method)
+    except ValueError as e:
+        raise RecipeError(f"invalid method setting: {str(e).splitlines()[0]}") from None
+    except OmegaConfBaseException as e:  # a ValueError raised inside __post_init__
+        cause = e.__cause__ if isinstance(e.__cause__, ValueError) else e
+        raise RecipeError(f"invalid method setting: {str(cause).splitlines()[0]}") from None
 
 
 def _merge(base: DictConfig, other: Any) -> DictConfig:
@@ -356,8 +327,17 @@ def _check_values(cfg: DictConfig) -> None:
             raise RecipeError(f"invalid value for recipe key '{key}': {value!r} (must be {want})")
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> DictConfig:
-    """Validate a raw recipe mapping plus ``key=value`` overrides against the schema."""
+def apply_overrides(
+    raw: dict[str, Any], overrides: list[str] | None, *, typed_method: bool = True
+) -> DictConfig:
+    """Validate a raw recipe mapping plus ``key=value`` overrides against the schema.
+
+    Args:
+        raw: The recipe as a mapping.
+        overrides: ``["trainer.max_epochs=5", ...]``.
+        typed_method: Validate ``method`` against its method's config (and run its checks);
+            ``False`` keeps the section as written (evaluation of a finished run).
+    """
     if not isinstance(raw, dict):
         raise RecipeError("a recipe must be a YAML mapping")
     ov = _nest(_parse_overrides(overrides or []))
@@ -365,9 +345,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> DictCon
     if not isinstance(method, dict):
         raise RecipeError("recipe key 'method' must be a mapping with a `name`")
     name = (ov.get("method") or {}).get("name", method.get("name"))
-    cfg = _merge(_base_for(name), raw)
+    cfg = _merge(_base_for(name, typed_method), raw)
     cfg = _merge(cfg, ov)
     _check_values(cfg)
+    if typed_method:
+        _check_method(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
 
@@ -392,6 +374,3 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictC
         raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
     return apply_overrides(raw or {}, overrides)
 
-
-# Method families defined in their own modules register themselves on import.
-import contrastmix.methods  # noqa: E402,F401

@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader
 
 from contrastmix._validation import NonFiniteError, check_finite
 from contrastmix.errors import CheckpointError, ContrastmixError, EmbeddingError, RunDirError
+from contrastmix.models.build import build_backbone
+from contrastmix.rundir import read_run_config, run_paths
 
 __all__ = [
     "load_run", "load_backbone", "extract_run_features", "probe_run", "resolve_device",
@@ -45,8 +47,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_run(run_dir: str | Path) -> DictConfig:
     """Validate that ``run_dir`` is a finished run and return its recipe."""
-    from contrastmix.train.pretrain import read_run_config, run_paths
-
     cfg = read_run_config(run_dir)
     p = run_paths(run_dir)
     if not p["backbone"].is_file():
@@ -88,9 +88,6 @@ def load_state_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
 
 def load_backbone(run_dir: str | Path, cfg: DictConfig, in_channels: int) -> nn.Module:
     """Build the recipe's backbone and load ``backbone.pt`` strictly (weights only)."""
-    from contrastmix.models.build import build_backbone
-    from contrastmix.train.pretrain import run_paths
-
     path = run_paths(run_dir)["backbone"]
     state = load_state_file(path)
     m = cfg.model

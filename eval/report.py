@@ -730,7 +730,7 @@ def _call_augment(aug: Callable[..., Tensor], x: Tensor, gen: torch.Generator) -
 
 def _section_similarities(ctx: _Context) -> _Section:
     from contrastmix.runs import load_backbone
-    from contrastmix.train.pretrain import run_paths
+    from contrastmix.rundir import run_paths
     from contrastmix.eval.geometry import alignment, uniformity
 
     sec = _Section("similarities", "Positive and negative similarities")

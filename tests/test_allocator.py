@@ -60,25 +60,38 @@ def test_user_malloc_environment_wins() -> None:
     assert applied == "False"
 
 
-def test_recipe_knob_defaults_on_and_can_be_turned_off() -> None:
-    assert load_recipe("moco_mnist1d", []).trainer.keep_freed_memory is True
-    cfg = load_recipe("moco_mnist1d", ["trainer.keep_freed_memory=false"])
-    assert cfg.trainer.keep_freed_memory is False
-
-
-@pytest.mark.parametrize("keep", [True, False])
-def test_pretrain_applies_the_knob(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+def test_no_recipe_knob_and_pretrain_leaves_malloc_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A library call never changes malloc: only the CLI's --keep-freed-memory does."""
+    from contrastmix.errors import RecipeError
     from contrastmix.train import allocator
     from contrastmix.train.pretrain import pretrain
 
+    with pytest.raises(RecipeError, match="keep_freed_memory"):
+        load_recipe("moco_mnist1d", ["trainer.keep_freed_memory=false"])
     calls: list[bool] = []
     monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(True) or True)
     cfg = load_recipe("moco_mnist1d", [
         "trainer.max_epochs=1", "trainer.limit_train_batches=1", "method.queue_size=256",
         "data.batch_size=128", "eval.knn_every_n_epochs=0", "trainer.enable_progress_bar=false",
-        f"trainer.keep_freed_memory={str(keep).lower()}",
     ])
     pretrain(cfg, tmp_path / "run")
+    assert calls == []
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_cli_option_applies_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    from contrastmix.cli import main
+    from contrastmix.train import allocator
+
+    calls: list[bool] = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(True) or True)
+    argv = ["pretrain", "moco_mnist1d", "--out", str(tmp_path / "run"), "--set",
+            "trainer.max_epochs=1", "trainer.limit_train_batches=1", "method.queue_size=256",
+            "data.batch_size=128", "eval.knn_every_n_epochs=0",
+            "trainer.enable_progress_bar=false"]
+    assert main(argv + (["--keep-freed-memory"] if keep else [])) == 0
     assert calls == ([True] if keep else [])

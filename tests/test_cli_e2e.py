@@ -73,7 +73,7 @@ def test_unknown_recipe_key(tmp_path: Path) -> None:
     ("override", "needle"),
     [
         # rejected when the module is built
-        ("method.temperature=0", "method and model settings rejected: `method.temperature`"),
+        ("method.temperature=0", "invalid method setting: `method.temperature` must be > 0"),
         # rejected by Lightning when the Trainer is built
         ("trainer.precision=17", "trainer settings rejected: Precision '17' is invalid"),
     ],
@@ -148,7 +148,7 @@ def test_corrupt_run_files_are_named(moco_run: Path, tmp_path: Path) -> None:
 
     from contrastmix.errors import CheckpointError, RunDirError
     from contrastmix.runs import load_state_file
-    from contrastmix.train.pretrain import read_run_config
+    from contrastmix.rundir import read_run_config
 
     other = tmp_path / "other"
     shutil.copytree(moco_run, other)

@@ -99,14 +99,29 @@ def test_override_values_are_not_evaluated() -> None:
 @pytest.mark.parametrize(
     ("recipe", "override", "needle"),
     [
-        ("mochi_mnist1d", "method.warmup_epochs=-1", "`method.warmup_epochs` must be >= 0"),
-        ("mochi_mnist1d", "method.num_hard=0", "`num_hard` must be > 0"),
-        ("moco_mnist1d", "method.queue_size=0", "`method.queue_size` must be > 0"),
         ("moco_mnist1d", "trainer.devices=0", "trainer settings rejected"),
         # Lightning raises a TypeError for this one
         ("moco_mnist1d", "trainer.devices=[0,1]", "`devices` selected with `CPUAccelerator`"),
     ],
 )
+@pytest.mark.parametrize(
+    ("recipe", "override", "needle"),
+    [
+        ("mochi_mnist1d", "method.warmup_epochs=-1", "`method.warmup_epochs` must be >= 0"),
+        ("mochi_mnist1d", "method.num_hard=0", "`method.num_hard` must be >= 1"),
+        ("moco_mnist1d", "method.queue_size=0", "`method.queue_size` must be >= 1"),
+        ("moco_mnist1d", "method.temperature=0", "`method.temperature` must be > 0"),
+        ("moco_mnist1d", "method.bank_backend=faiss", "`method.bank_backend` must be one of"),
+    ],
+)
+def test_method_values_rejected_when_the_recipe_loads(
+    recipe: str, override: str, needle: str
+) -> None:
+    # each method's config checks its own values (next to the method), in one line
+    with pytest.raises(RecipeError, match=re.escape(needle)):
+        load_recipe(recipe, [override])
+
+
 def test_values_rejected_when_pretrain_builds(
     tmp_path: Path, recipe: str, override: str, needle: str
 ) -> None:

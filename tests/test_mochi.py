@@ -181,7 +181,9 @@ def test_loss_equals_materialised_loss(dtype, mask) -> None:
     query_ids = torch.arange(b)
     ids = {"queue_ids": queue_ids, "query_ids": query_ids}
     q = q0.clone().requires_grad_()
-    loss_fn = MoCHiLoss(tau, num_hard=16, num_mix=24, num_query_mix=8, mask_same_instance=mask)
+    loss_fn = MoCHiLoss(
+        tau, num_hard=16, num_mix=24, num_query_mix=8, exclude_same_instance=mask
+    )
     loss = loss_fn(q, key, queue, generator=_gen(1), **ids)
     loss.backward()
     g_fast = q.grad.clone()
@@ -211,7 +213,7 @@ def test_fused_loss_with_a_query_without_eligible_rows(dtype) -> None:
     ids = {"queue_ids": torch.zeros(k, dtype=torch.long),
            "query_ids": torch.tensor([0, 1, 2])}  # query 0 owns every row
     q = q0.clone().requires_grad_()
-    loss = MoCHiLoss(tau, num_hard=4, num_mix=6, num_query_mix=2)(
+    loss = MoCHiLoss(tau, num_hard=4, num_mix=6, num_query_mix=2, exclude_same_instance=False)(
         q, key, queue, generator=_gen(2), **ids)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(q.grad).all()
@@ -239,7 +241,7 @@ def test_cpu_kernels_and_torch_path_agree(mask: bool, monkeypatch) -> None:
         monkeypatch.setattr(mochi_mod, "USE_NUMBA", numba_on)
         q = q0.clone().requires_grad_()
         loss_fn = MoCHiLoss(tau, num_hard=40, num_mix=64, num_query_mix=16,
-                            mask_same_instance=mask)
+                            exclude_same_instance=mask)
         loss = loss_fn(q, key, queue, generator=_gen(3), **ids)
         loss.backward()
         out[numba_on] = (loss.detach(), q.grad.clone(), loss_fn.last_proxy_accuracy)
@@ -318,9 +320,9 @@ def test_proxy_accuracy_matches_loop() -> None:
     assert loss.last_proxy_accuracy == pytest.approx(wins / 32)
 
 
-@pytest.mark.parametrize("mask_same_instance", [True, False])
+@pytest.mark.parametrize("exclude_same_instance", [True, False])
 @pytest.mark.parametrize("numba_on", [True, False])
-def test_proxy_accuracy_with_own_rows(mask_same_instance: bool, numba_on: bool,
+def test_proxy_accuracy_with_own_rows(exclude_same_instance: bool, numba_on: bool,
                                       monkeypatch) -> None:
     """The mixed path takes the row maximum from the hard-set selection; it must still be
     the maximum over the denominator's real negatives (own rows in it or not)."""
@@ -334,13 +336,13 @@ def test_proxy_accuracy_with_own_rows(mask_same_instance: bool, numba_on: bool,
     queue[:32] = key  # each query's own key sits in the queue, and beats the query's key
     queue[:32, 0] += 1e-3
     queue = F.normalize(queue, dim=1)
-    loss = MoCHiLoss(0.2, 8, 8, 2, mask_same_instance=mask_same_instance)
+    loss = MoCHiLoss(0.2, 8, 8, 2, exclude_same_instance=exclude_same_instance)
     loss(q, key, queue, queue_ids=queue_ids, query_ids=query_ids, generator=_gen(0))
     assert loss.last_mixed
     wins = 0
     for b in range(32):
         negs = [n for n, i in zip(queue, queue_ids, strict=True)
-                if not (mask_same_instance and int(i) == b)]
+                if not (exclude_same_instance and int(i) == b)]
         wins += all(float(q[b] @ key[b]) > float(q[b] @ n) for n in negs)
     assert loss.last_proxy_accuracy == pytest.approx(wins / 32)
 
@@ -420,7 +422,7 @@ def test_loss_leaves_torch_thread_count_alone() -> None:
         torch.set_num_threads(before)
 
 
-def test_mask_same_instance_reduces_to_moco_with_ids() -> None:
+def test_exclude_same_instance_reduces_to_moco_with_ids() -> None:
     """With the mask on and no mixing, MoCHi equals MoCo InfoNCE given the same ids."""
     torch.manual_seed(5)
     q = F.normalize(torch.randn(6, 16), dim=1)
@@ -428,8 +430,8 @@ def test_mask_same_instance_reduces_to_moco_with_ids() -> None:
     queue = F.normalize(torch.randn(40, 16), dim=1)
     queue_ids = torch.arange(40) % 10
     query_ids = torch.tensor([0, 1, 2, 3, 11, 12])
-    masked = MoCHiLoss(num_hard=8, num_mix=0, num_query_mix=0, mask_same_instance=True)
-    plain = MoCHiLoss(num_hard=8, num_mix=0, num_query_mix=0)
+    masked = MoCHiLoss(num_hard=8, num_mix=0, num_query_mix=0, exclude_same_instance=True)
+    plain = MoCHiLoss(num_hard=8, num_mix=0, num_query_mix=0, exclude_same_instance=False)
     got = masked(q, k, queue, queue_ids=queue_ids, query_ids=query_ids)
     want = moco_infonce(q, k, queue, 0.2, queue_ids=queue_ids, query_ids=query_ids)
     torch.testing.assert_close(got, want)
@@ -437,7 +439,7 @@ def test_mask_same_instance_reduces_to_moco_with_ids() -> None:
     assert unmasked.item() > got.item()  # the own keys were extra negatives
     # with mixing on, the masked loss stays finite with finite gradients
     qg = q.clone().requires_grad_()
-    mixed = MoCHiLoss(num_hard=8, num_mix=16, num_query_mix=4, mask_same_instance=True)
+    mixed = MoCHiLoss(num_hard=8, num_mix=16, num_query_mix=4, exclude_same_instance=True)
     mixed(qg, k, queue, queue_ids=queue_ids, query_ids=query_ids).backward()
     assert torch.isfinite(qg.grad).all()
 

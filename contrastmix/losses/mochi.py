@@ -45,16 +45,20 @@ class MoCHiLoss(nn.Module):
         num_hard: ``N``, hard-set size per query (1024).
         num_mix: ``s``, type-1 synthetic negatives per query (1024).
         num_query_mix: ``s'``, type-2 synthetic negatives per query (128).
-        mask_same_instance: Also leave queue rows of the query's own sample (given by
+        exclude_same_instance: Also leave queue rows of the query's own sample (given by
             ``queue_ids``/``query_ids``) out of the InfoNCE denominator, as
-            :func:`~contrastmix.losses.moco.moco_infonce` does when given ids. Off by default
-            (MoCo keeps them); they are always kept out of the hard set.
+            :func:`~contrastmix.losses.moco.moco_infonce` does when given ids (the default;
+            ``False`` keeps them as negatives, as the original MoCo does). They are always
+            kept out of the hard set. Without ids nothing is excluded.
 
     Attributes:
         mix_enabled: Default of ``forward(..., mix=None)``.
         last_mixed: Whether the last call appended synthetic negatives.
-        last_proxy_accuracy: Share of queries of the last call whose key logit beats every
-            *real* negative logit (the MoCo proxy task; NaN before the first call).
+        last_proxy: Share of queries of the last call whose key logit beats every *real*
+            negative logit (the MoCo proxy task), a 0-d tensor on the inputs' device (no host
+            synchronisation); ``None`` before the first call.
+        last_proxy_accuracy: The same as a float (NaN before the first call); reading it
+            synchronises with the device.
 
     Inputs must be L2-normalised: non-normalised ``query``/``key``/``queue`` raise
     ``ValueError`` (``check_unit_norm``), as do NaN, wrong shapes and bad hyper-parameters.
@@ -66,7 +70,7 @@ class MoCHiLoss(nn.Module):
         num_hard: int = 1024,
         num_mix: int = 1024,
         num_query_mix: int = 128,
-        mask_same_instance: bool = False,
+        exclude_same_instance: bool = True,
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)
@@ -75,21 +79,21 @@ class MoCHiLoss(nn.Module):
         self.num_hard = num_hard
         self.num_mix = num_mix
         self.num_query_mix = num_query_mix
-        self.mask_same_instance = bool(mask_same_instance)
+        self.exclude_same_instance = bool(exclude_same_instance)
         self.mix_enabled = True
         self.last_mixed = False
-        self._last_proxy: Tensor | None = None
+        self.last_proxy: Tensor | None = None
 
     @property
     def last_proxy_accuracy(self) -> float:
         """Proxy-task accuracy of the last call (a float; syncs once when read on a GPU)."""
-        return float("nan") if self._last_proxy is None else float(self._last_proxy)
+        return float("nan") if self.last_proxy is None else float(self.last_proxy)
 
     def extra_repr(self) -> str:
         return (
             f"temperature={self.temperature}, num_hard={self.num_hard}, "
             f"num_mix={self.num_mix}, num_query_mix={self.num_query_mix}, "
-            f"mask_same_instance={self.mask_same_instance}"
+            f"exclude_same_instance={self.exclude_same_instance}"
         )
 
     def forward(
@@ -112,7 +116,7 @@ class MoCHiLoss(nn.Module):
             queue_ids: Optional ``[K]`` sample ids of the queue rows.
             query_ids: Optional ``[B]`` sample ids of the queries: queue rows of the same
                 sample are kept out of that query's hard set (and out of the InfoNCE
-                denominator when ``mask_same_instance``).
+                denominator when ``exclude_same_instance``).
             generator: Optional ``torch.Generator`` for the mixing draws.
             mix: Override :attr:`mix_enabled` for this call.
 
@@ -127,12 +131,12 @@ class MoCHiLoss(nn.Module):
         check_unit_norm("key", key)
         queue_norms = check_unit_norm("queue", queue)
         # [B, K] rows of each query's own sample, out of its denominator when
-        # mask_same_instance (None without ids); the hard set leaves them out either way
+        # exclude_same_instance (None without ids); the hard set leaves them out either way
         check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
         same = (
             same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
                                query.device)
-            if self.mask_same_instance else None
+            if self.exclude_same_instance else None
         )
         do_mix = (
             (self.mix_enabled if mix is None else mix)
@@ -149,7 +153,7 @@ class MoCHiLoss(nn.Module):
                 return self._mixed_loss(q, n, pos, real, same, queue_ids, query_ids, generator,
                                         queue_norms.to(dtype).square())
             real_max = row_max(real)
-            self._last_proxy = proxy_accuracy(pos, real_max)
+            self.last_proxy = proxy_accuracy(pos, real_max)
             return fused_infonce(pos, real, real_max)
 
     def _mixed_loss(
@@ -175,6 +179,6 @@ class MoCHiLoss(nn.Module):
         # rows are ineligible for the hard set but still in the denominator
         own_unmasked = queue_ids is not None and same is None
         real_max = real.detach().amax(dim=1) if own_unmasked else coef.top
-        self._last_proxy = proxy_accuracy(pos, real_max)
+        self.last_proxy = proxy_accuracy(pos, real_max)
         q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
         return fused_infonce(pos, real, real_max, coef=coef, q_dot_qbar=q_dot_qbar)

@@ -16,9 +16,10 @@ an allocator that keeps memory for the same reason (jemalloc, tcmalloc); with gl
   beyond that.
 
 The cost: a process keeps up to ~1 GiB of freed memory for reuse instead of giving it back.
-``trainer.keep_freed_memory: false`` in a recipe turns it off; so do the user's own
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables, which win. Other
-C libraries (musl, macOS, Windows) are left as they are.
+It changes the whole process, so no library call applies it: only the command line does,
+when asked (``contrastmix pretrain RECIPE --keep-freed-memory``). The user's own
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` environment variables win. Other C
+libraries (musl, macOS, Windows) are left as they are.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -38,30 +38,41 @@ def _param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dic
 
 
 def build_optimizer(
-    cfg: Any, modules: Iterable[nn.Module], steps_per_epoch: int, max_epochs: int
+    optim: Mapping[str, Any], modules: Iterable[nn.Module], total_steps: int, max_epochs: int
 ) -> dict[str, Any]:
     """Build ``configure_optimizers``' return value from a recipe's ``optim`` section.
 
     Biases and normalisation parameters get no weight decay. The schedule is stepped per
-    optimisation step.
+    optimisation step: ``optim.warmup_epochs`` of linear warm-up (as a share of the run's
+    ``total_steps``, so that it is right on any number of devices), then cosine decay to 0 at
+    ``total_steps`` (or a constant rate).
+
+    Args:
+        optim: The recipe's ``optim`` section (a mapping).
+        modules: The modules to train.
+        total_steps: Optimiser steps of the whole run (Lightning's
+            ``trainer.estimated_stepping_batches``).
+        max_epochs: Epochs of the run.
     """
-    groups = _param_groups(modules, cfg.weight_decay)
-    if cfg.name == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    elif cfg.name == "adamw":
-        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    groups = _param_groups(modules, optim["weight_decay"])
+    name, lr = optim["name"], optim["lr"]
+    if name == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=optim["momentum"])
+    elif name == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr)
     else:
-        raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {OPTIMIZERS}")
-    total = max(1, steps_per_epoch * max_epochs)
-    warm = steps_per_epoch * cfg.warmup_epochs
-    if cfg.scheduler == "cosine":
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    total = max(1, int(total_steps))
+    warm = int(round(total * optim["warmup_epochs"] / max(1, max_epochs)))
+    if optim["scheduler"] == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, total, warm)
         )
-    elif cfg.scheduler == "constant":
+    elif optim["scheduler"] == "constant":
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, 0, warm) if s < warm else 1.0
         )
     else:
-        raise ValueError(f"unknown scheduler {cfg.scheduler!r}; choose one of {SCHEDULERS}")
+        raise ValueError(
+            f"unknown scheduler {optim['scheduler']!r}; choose one of {SCHEDULERS}")
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,13 +1,6 @@
-"""Run a recipe: build data and module, train with Lightning, write the run directory.
+"""Run a recipe: build data and method, train with Lightning, write the run directory.
 
-Run directory layout::
-
-    config.yaml            the resolved recipe
-    checkpoints/last.ckpt  Lightning checkpoint (model, queue + pointer, optimiser, loops)
-    backbone.pt            encoder state_dict (torch.load(..., weights_only=True))
-    metrics.csv            every logged metric, all resumed segments merged
-    logs/version_*/        raw CSV logs per segment; tb/ TensorBoard logs
-    run.json               summary: method, epochs, wall time, last metrics
+The run directory's layout is described in :mod:`contrastmix.rundir`.
 """
 
 from __future__ import annotations
@@ -15,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,70 +22,18 @@ from torch.utils.data import DataLoader
 
 from contrastmix.data.registry import DataBundle, build_data
 from contrastmix.errors import CheckpointError, ContrastmixError, RecipeError, RunDirError
+from contrastmix.methods import Method, get_method
+from contrastmix.rundir import run_paths
+from contrastmix.runs import load_state_file
+from contrastmix.train.callbacks import OnlineKNN, SaveOnInterrupt
 
-__all__ = ["pretrain", "register_module", "build_module", "run_paths", "read_run_config"]
-
-ModuleFactory = Callable[[dict[str, Any], DataBundle, int], pl.LightningModule]
-_FACTORIES: dict[str, ModuleFactory] = {}
-
-
-def register_module(method: str, factory: ModuleFactory) -> None:
-    """Register the Lightning module factory ``(cfg, data, steps_per_epoch) -> module``."""
-    _FACTORIES[method] = factory
+__all__ = ["pretrain", "build_method"]
 
 
-def _moco_factory(cfg: dict[str, Any], data: DataBundle, steps: int) -> pl.LightningModule:
-    from contrastmix.train.moco import MoCoModule
-
-    return MoCoModule(cfg, data.in_channels, data.batch_augment, steps)
-
-
-register_module("moco", _moco_factory)
-register_module("mochi", _moco_factory)
-
-
-def build_module(cfg: dict[str, Any], data: DataBundle, steps: int) -> pl.LightningModule:
-    """Instantiate the module registered for ``cfg['method']['name']``."""
-    import importlib
-
-    for mod in ("regression", "multimodal", "supervised"):  # register their factories
-        importlib.import_module(f"contrastmix.train.{mod}")
-    name = cfg["method"]["name"]
-    if name not in _FACTORIES:
-        raise CheckpointError(f"no training module registered for method '{name}'")
-    return _FACTORIES[name](cfg, data, steps)
-
-
-def run_paths(run_dir: str | Path) -> dict[str, Path]:
-    """Standard paths inside a run directory."""
-    r = Path(run_dir)
-    return {
-        "config": r / "config.yaml",
-        "ckpt_dir": r / "checkpoints",
-        "last": r / "checkpoints" / "last.ckpt",
-        "backbone": r / "backbone.pt",
-        "metrics": r / "metrics.csv",
-        "summary": r / "run.json",
-    }
-
-
-def read_run_config(run_dir: str | Path) -> DictConfig:
-    """Load and re-validate a run directory's ``config.yaml``."""
-    import yaml
-
-    from contrastmix.config import apply_overrides
-
-    p = run_paths(run_dir)["config"]
-    if not Path(run_dir).is_dir():
-        raise RunDirError(f"run directory does not exist: {run_dir}")
-    if not p.is_file():
-        raise RunDirError(f"{run_dir} is not a run directory (no config.yaml)")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0]
-        raise RunDirError(f"{p} is not valid YAML ({first}); was it edited?") from None
-    return apply_overrides(raw or {}, [])
+def build_method(cfg: dict[str, Any], data: DataBundle) -> Method:
+    """Instantiate the method named by ``cfg['method']['name']`` (see
+    :data:`contrastmix.methods.METHODS`) on ``data``."""
+    return get_method(cfg["method"]["name"])(cfg, data)
 
 
 # Sections a resumed run must share with its checkpoint: they fix the weights' and the queue's
@@ -117,8 +59,6 @@ def _differences(saved: Any, now: Any, prefix: str) -> list[str]:
 def _check_checkpoint(path: Path, cfg: DictConfig) -> None:
     """The checkpoint a run resumes from must be of the recipe's method and share its
     :data:`_RESUME_FIXED` sections (otherwise restoring it fails deep inside Lightning)."""
-    from contrastmix.runs import load_state_file
-
     method = cfg.method.name
     # weights only (a corrupt / foreign file is a CheckpointError); mapped, not read: only the
     # hyper-parameters are looked at here, and Lightning reads the whole file when it resumes
@@ -174,19 +114,56 @@ def _limit(value: float) -> float | int | None:
     return int(value) if value > 1 else float(value)
 
 
-def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tips and known-harmless deprecation chatter."""
-    import logging
+class _NoTips(logging.Filter):
+    """Drop Lightning's advertising tips."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero",
+                      "lightning.pytorch.utilities.rank_zero")
+
+
+@contextlib.contextmanager
+def _process_state(seed: int, num_threads: int) -> Iterator[None]:
+    """Seed, thread count and Lightning's chatter for one run, restored afterwards.
+
+    ``pretrain`` is a library call: the global RNGs (Python, NumPy, torch), torch's thread count,
+    the logging filters and the warning filters are as the caller had them once it returns.
+    """
+    import random
     import warnings
 
-    class _NoTips(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "litlogger" not in record.getMessage()
+    import numpy as np
 
-    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_NoTips())
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    py_state, np_state = random.getstate(), np.random.get_state()
+    env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
+    threads = torch.get_num_threads()
+    tips = _NoTips()
+    loggers = [logging.getLogger(n) for n in _LIGHTNING_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(tips)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+            if num_threads > 0:
+                torch.set_num_threads(num_threads)
+            pl.seed_everything(seed, workers=True, verbose=False)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        for lg in loggers:
+            lg.removeFilter(tips)
 
 
 @contextlib.contextmanager
@@ -224,6 +201,10 @@ def pretrain(
 ) -> Path:
     """Train ``cfg`` and write the run directory; returns its path.
 
+    A library call: the process's global RNG states, torch's thread count and the logging and
+    warning filters are restored when it returns (``trainer.num_threads`` and ``seed`` apply
+    to the run only).
+
     Args:
         cfg: A validated recipe (:func:`contrastmix.config.load_recipe`).
         out: Run directory (default ``runs/<recipe name>``).
@@ -235,18 +216,11 @@ def pretrain(
         CheckpointError: resuming a checkpoint of another method.
         RecipeError: trainer settings that cannot work here (``sync_batchnorm`` on CPUs),
             or a value that the data, model, method, optimiser, kNN monitor or Lightning
-            rejects when built (e.g. ``method.temperature=0``, ``trainer.precision=17``).
+            rejects when built (e.g. ``trainer.precision=17``).
     """
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    from contrastmix.train.allocator import keep_freed_memory
-    from contrastmix.train.callbacks import OnlineKNN, SaveOnInterrupt
-
     _check_trainer(cfg)
     run_dir = Path(out if out is not None else Path("runs") / cfg.name)
     paths = run_paths(run_dir)
-    method = cfg.method.name
     ckpt_path: str | None = None
     if resume:
         if not paths["last"].is_file():
@@ -259,15 +233,17 @@ def pretrain(
             f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue "
             "it or --out to start a new one"
         )
+    with _process_state(cfg.seed, cfg.trainer.num_threads):
+        return _fit(cfg, run_dir, ckpt_path, extra_callbacks or [])
 
-    _quiet_lightning()
-    if cfg.trainer.keep_freed_memory:
-        keep_freed_memory()
-    if cfg.trainer.num_threads > 0:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
+         extra_callbacks: list[pl.Callback]) -> Path:
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    paths = run_paths(run_dir)
     is_rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
-
     with _recipe_values("data"):
         data = build_data(cfg.data)
         loader = DataLoader(
@@ -275,18 +251,10 @@ def pretrain(
             num_workers=cfg.data.num_workers, drop_last=cfg.data.drop_last,
             collate_fn=data.collate_fn, persistent_workers=cfg.data.num_workers > 0,
         )
-    world = int(cfg.trainer.devices) if str(cfg.trainer.devices).isdigit() else 1
-    world *= cfg.trainer.num_nodes
-    steps = max(1, len(loader) // max(1, world))
-    limit = _limit(cfg.trainer.limit_train_batches)
-    if isinstance(limit, float):
-        steps = max(1, int(steps * limit))
-    elif isinstance(limit, int):
-        steps = min(steps, limit)
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     with _recipe_values("method and model"):
-        module = build_module(plain, data, steps)  # type: ignore[arg-type]
+        module = build_method(plain, data)  # type: ignore[arg-type]
 
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
@@ -305,7 +273,7 @@ def pretrain(
                     batch_size=cfg.data.eval_batch_size, collate_fn=None,
                 )
             )
-    callbacks += extra_callbacks or []
+    callbacks += extra_callbacks
     t = cfg.trainer
     with _recipe_values("trainer"):
         trainer = pl.Trainer(
@@ -328,14 +296,13 @@ def pretrain(
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
     wall = time.time() - start
     if trainer.is_global_zero:
-        torch.save(module.backbone.state_dict(), paths["backbone"])  # type: ignore[attr-defined]
-        if hasattr(module, "export_artifacts"):  # e.g. a multimodal model's towers and heads
-            module.export_artifacts(run_dir)
+        module.export(run_dir)
         _merge_metrics(run_dir)
         last = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         summary = {
-            "method": method, "epochs": trainer.current_epoch, "global_step": trainer.global_step,
-            "wall_time_s": round(wall, 2), "resumed": resume, "metrics": last,
+            "method": cfg.method.name, "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step, "wall_time_s": round(wall, 2),
+            "resumed": ckpt_path is not None, "metrics": last,
         }
         paths["summary"].write_text(json.dumps(summary, indent=2))
     return run_dir
