@@ -73,6 +73,8 @@ def _import_user_modules(names: list[str]) -> None:
                 sys.modules[path.stem] = module
                 spec.loader.exec_module(module)
             else:
+                if "" not in sys.path and str(Path.cwd()) not in sys.path:
+                    sys.path.insert(0, str(Path.cwd()))  # as `python -m` would
                 importlib.import_module(name)
         except ContrastmixError:
             raise

@@ -1,0 +1,123 @@
+"""The method architecture: registry, user methods through --import, process state."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastmix.config import load_recipe
+from contrastmix.errors import RecipeError
+from contrastmix.methods import METHODS, Method, MethodConfig, get_method, register_method
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=64",
+        "eval.knn_every_n_epochs=0", "trainer.enable_progress_bar=false"]
+
+
+def test_registry_names_each_method_once() -> None:
+    assert all(m.name == name and m.Config().name == name for name, m in METHODS.items())
+    assert all(issubclass(m, Method) for m in METHODS.values())
+    with pytest.raises(RecipeError, match="unknown method 'nope'; known methods: .*moco"):
+        get_method("nope")
+
+
+def test_register_method_checks_what_it_is_given() -> None:
+    @dataclass
+    class Cfg(MethodConfig):
+        name: str = "other_name"
+
+    class Bad(Method):
+        name = "bad_method"
+        Config = Cfg
+
+    with pytest.raises(ValueError, match="default name is 'other_name', expected 'bad_method'"):
+        register_method(Bad)
+    with pytest.raises(ValueError, match="needs a Method subclass"):
+        register_method(object)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="is taken by"):
+        register_method(type("Clash", (METHODS["moco"],), {}))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "contrastmix.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_a_user_method_trains_through_the_cli(tmp_path: Path) -> None:
+    """examples/my_method.py, outside the package, registered by --import and trained."""
+    work = tmp_path / "work"
+    work.mkdir()
+    run = tmp_path / "run"
+    res = _cli("pretrain", str(ROOT / "examples" / "my_method.yaml"), "--import",
+               str(ROOT / "examples" / "my_method.py"), "--out", str(run), "--set", *TINY,
+               cwd=work)
+    assert res.returncode == 0, res.stderr
+    cfg = json.loads((run / "run.json").read_text())
+    assert cfg["method"] == "my_simclr" and cfg["global_step"] == 2
+    assert (run / "backbone.pt").is_file() and (run / "projector.pt").is_file()
+    res = _cli("probe", str(run), "--json", cwd=work)
+    assert res.returncode == 0, res.stderr
+    assert 0.0 <= json.loads(res.stdout)["accuracy"] <= 1.0
+    # a dotted module name on the working directory's path
+    (work / "my_mod.py").write_text((ROOT / "examples" / "my_method.py").read_text())
+    res = _cli("pretrain", str(ROOT / "examples" / "my_method.yaml"), "--import", "my_mod",
+               "--set", "method.temperature=0", cwd=work)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("contrastmix: error: invalid method setting: "
+                                  "`method.temperature` must be > 0, got 0.0")
+
+
+def test_import_errors_are_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    for target, needle in [(str(bad), "--import " + str(bad) + " failed: RuntimeError: boom"),
+                           ("no_such_module_xyz", "No module named 'no_such_module_xyz'"),
+                           (str(tmp_path / "missing.py"), "no such file")]:
+        res = _cli("pretrain", "moco_mnist1d", "--import", target, "--print-config",
+                   cwd=tmp_path)
+        assert res.returncode == 2 and "Traceback" not in res.stderr
+        assert needle in res.stderr, res.stderr
+
+
+def test_set_before_the_recipe_does_not_swallow_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from contrastmix.cli import main
+
+    assert main(["pretrain", "--set", "optim.lr=0.5", "moco_mnist1d", "--print-config"]) == 0
+    assert "lr: 0.5" in capsys.readouterr().out
+
+
+def test_unknown_method_in_a_recipe_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="unknown method 'mocco'"):
+        load_recipe("moco_mnist1d", ["method.name=mocco"])
+
+
+def test_pretrain_leaves_the_process_as_it_found_it(tmp_path: Path) -> None:
+    """A library call: RNG states, thread count and logging filters are restored."""
+    import numpy as np
+
+    from contrastmix.train.pretrain import pretrain
+
+    torch.manual_seed(123)
+    random.seed(5)
+    np.random.seed(7)  # noqa: NPY002 - the legacy global state is what we check
+    threads = torch.get_num_threads()
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())  # noqa: NPY002
+    filters = {n: list(logging.getLogger(n).filters)
+               for n in ("pytorch_lightning.utilities.rank_zero",)}
+    cfg = load_recipe("moco_mnist1d", [*TINY, "method.queue_size=256", "trainer.num_threads=1",
+                                       "seed=99"])
+    pretrain(cfg, tmp_path / "run")
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert random.getstate() == before[1]
+    assert (np.random.get_state()[1] == before[2]).all()  # noqa: NPY002
+    assert {n: list(logging.getLogger(n).filters) for n in filters} == filters
