@@ -1,4 +1,4 @@
-"""Neural collapse over training, ERM vs mixup on MNIST-1D (METHODS §8; issue 6, item 5).
+"""Neural collapse over training, ERM vs mixup on MNIST-1D (docs/methods.md §8; issue 6, item 5).
 
 Trains ``recipes/erm_mnist1d.yaml`` and ``recipes/mixup_mnist1d.yaml`` (one seed after the
 other, through :func:`contrastmix.train.pretrain.pretrain`, i.e. what ``contrastmix pretrain``
@@ -90,7 +90,7 @@ def render(results: list[dict], command: str, threads: int = 1) -> str:
     by = {m: [r for r in results if r["method"] == m] for m in METHODS}
     seeds = sorted({r["seed"] for r in results})
     lines = [
-        "# Neural collapse: ERM vs mixup on MNIST-1D (METHODS §8)",
+        "# Neural collapse: ERM vs mixup on MNIST-1D (docs/methods.md §8)",
         "",
         f"Recipes `recipes/erm_mnist1d.yaml`, `recipes/mixup_mnist1d.yaml` (cnn1d width 32, "
         f"SGD lr 0.05, weight decay 5e-4, cosine, batch 128, no augmentation besides mixup "

@@ -16,6 +16,7 @@ from contrastmix.eval.calibration import (
     to_probabilities,
 )
 from contrastmix.eval.collapse import (
+    mixed_pair_features,
     mixup_geometry,
     neural_collapse,
     plot_mixup_projection,
@@ -51,6 +52,7 @@ __all__ = [
     "knn_predict",
     "knn_scores",
     "linear_probe",
+    "mixed_pair_features",
     "mixup_geometry",
     "modality_gap",
     "multimodal_geometry",

@@ -1,4 +1,4 @@
-"""Neural-collapse metrics and the geometry of mixup features (METHODS.md §8).
+"""Neural-collapse metrics and the geometry of mixup features (docs/methods.md §8).
 
 * Papyan, Han & Donoho, "Prevalence of neural collapse during the terminal phase of deep
   learning training", PNAS 2020 (NC1-NC4).
@@ -41,11 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from contrastmix._validation import check_same_length, check_tensor
 
-__all__ = ["neural_collapse", "mixup_geometry", "three_class_projection", "plot_mixup_projection"]
+__all__ = ["neural_collapse", "mixup_geometry", "mixed_pair_features", "three_class_projection",
+           "plot_mixup_projection"]
 
 
 def _int_tensor(name: str, y: object) -> Tensor:
@@ -355,6 +356,47 @@ def mixup_geometry(
             "num_same_class": int(same.sum()),
             "num_different_class": n_diff,
         }
+
+
+@torch.no_grad()
+def mixed_pair_features(
+    backbone: nn.Module, x_a: Tensor, x_b: Tensor, lams: Tensor, *, batch_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """Features of ``lam x_a + (1 - lam) x_b`` for every pair and every ``lam`` of a grid.
+
+    The input of :func:`mixup_geometry` (pairs from
+    :func:`contrastmix.mixing.pairs.sample_pairs`). The backbone runs in eval mode (BatchNorm
+    running statistics) under ``no_grad``; every sub-module's train/eval flag is restored.
+
+    Args:
+        backbone: Any module mapping ``[B, ...]`` to ``[B, d]``.
+        x_a: ``[P, ...]`` first inputs of the pairs (on the backbone's device).
+        x_b: ``[P, ...]`` second inputs of the pairs.
+        lams: ``[L]`` mixing weights of ``x_a``.
+        batch_size: Forward batch size.
+
+    Returns:
+        ``(features [L * P, d] float32 on CPU, lam [L * P])``, ``lam``-major.
+    """
+    check_tensor("x_a", x_a, floating=True)
+    check_tensor("x_b", x_b, floating=True)
+    check_tensor("lams", lams, ndim=1, floating=True)
+    if x_a.shape != x_b.shape:
+        raise ValueError(f"`x_a` {tuple(x_a.shape)} and `x_b` {tuple(x_b.shape)} differ")
+    modes = [(m, m.training) for m in backbone.modules()]
+    backbone.eval()
+    try:
+        feats: list[Tensor] = []
+        lam_out: list[Tensor] = []
+        for lam in lams.tolist():
+            mixed = lam * x_a + (1.0 - lam) * x_b
+            for s in range(0, mixed.shape[0], batch_size):
+                feats.append(backbone(mixed[s: s + batch_size]).float().cpu())
+            lam_out.append(torch.full((x_a.shape[0],), lam, dtype=torch.float32))
+    finally:
+        for m, t in modes:
+            m.train(t)
+    return torch.cat(feats).flatten(1), torch.cat(lam_out)
 
 
 def three_class_projection(

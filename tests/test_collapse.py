@@ -1,4 +1,5 @@
-"""Tests for contrastmix.eval.collapse: neural-collapse metrics and mixup geometry (METHODS.md §8)."""
+"""Tests for contrastmix.eval.collapse: neural-collapse metrics and mixup geometry
+(docs/methods.md §8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Supervised ERM / mixup recipes (METHODS §8): mixing maths, recipes, end-to-end runs + probe."""
+"""Supervised ERM / mixup (docs/methods.md §8, §10): mixing maths, recipes, end-to-end runs +
+probe."""
 
 from __future__ import annotations
 
@@ -10,18 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from contrastmix.eval.collapse import mixed_pair_features
 
 from contrastmix.config import RECIPES_DIR, load_recipe
 from contrastmix.errors import RecipeError
+from contrastmix.losses import mixed_cross_entropy
+from contrastmix.mixing import cutmix_batch, mixup_batch, sample_pairs
 from contrastmix.runs import probe_run
 from contrastmix.train.pretrain import pretrain
-from contrastmix.train.supervised import (
-    cutmix_batch,
-    mixed_cross_entropy,
-    mixed_pair_features,
-    mixup_batch,
-    sample_pairs,
-)
 
 TINY = [
     "trainer.num_threads=1", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
@@ -218,10 +215,21 @@ def test_tiny_run_logs_collapse_saves_features_and_probes(method: str, tmp_path:
     assert all(0.0 <= v <= 1.0 for v in geo["off_plane_share"])
     assert (run / "mixup_projection.png").stat().st_size > 1000
 
-    # the checkpoint names its method (resume check) and carries the generator state
+    # artifacts.json lists what evaluation may read (read without the training code)
+    from contrastmix.rundir import read_artifacts
+
+    art = read_artifacts(run)
+    assert {"classifier.pt", "features", "mixup_geometry.json",
+            "mixup_projection.png"} <= set(art.files)
+    assert art.projector is None and "nc1" in art.expected_metrics
+
+    # the checkpoint names its method (resume check) and carries the generator states
+    # (mixup's mixing stream; ERM draws nothing at random)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["hyper_parameters"]["cfg"]["method"]["name"] == method
-    assert "generator_state" in ckpt
+    assert "generator_states" in ckpt
+    if method == "mixup":
+        assert "mix" in ckpt["generator_states"]
 
     # `contrastmix probe` still works on the run (it probes `.backbone`)
     res = probe_run(run)
@@ -234,14 +242,14 @@ def test_cutmix_training_step_on_images_gives_finite_gradients() -> None:
     from omegaconf import OmegaConf
 
     from contrastmix.data.registry import build_data
-    from contrastmix.train.pretrain import build_module
+    from contrastmix.methods import get_method
 
     cfg = load_recipe(RECIPES_DIR / "mixup_mnist1d.yaml", [
         "data.name=digits", "data.seed=0", "model.backbone=cnn2d", "model.width=4",
         "method.cutmix_prob=1.0",
     ])
     data = build_data(cfg.data)
-    module = build_module(OmegaConf.to_container(cfg, resolve=True), data, 1)  # type: ignore[arg-type]
+    module = get_method("mixup")(OmegaConf.to_container(cfg, resolve=True), data)  # type: ignore[arg-type]
     x = torch.stack([data.train[i][0] for i in range(16)])
     y = torch.stack([torch.as_tensor(data.train[i][1]) for i in range(16)])
     with warnings.catch_warnings():
@@ -251,3 +259,86 @@ def test_cutmix_training_step_on_images_gives_finite_gradients() -> None:
     assert math.isfinite(float(loss.detach()))
     grads = [p.grad for p in module.parameters() if p.requires_grad]
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+
+
+# ------------------------------------------------------------------------------ the methods
+@pytest.mark.parametrize(
+    ("recipe", "override"),
+    [
+        ("erm_mnist1d", "method.label_smoothing=1.0"),
+        ("erm_mnist1d", "method.label_smoothing=-0.1"),
+        ("erm_mnist1d", "method.save_features_every=-1"),
+        ("erm_mnist1d", "method.feature_samples=0"),
+        ("erm_mnist1d", "method.geometry_pairs=-1"),
+        ("erm_mnist1d", "method.geometry_bins=0"),
+        ("mixup_mnist1d", "method.mixup_alpha=0"),
+        ("mixup_mnist1d", "method.cutmix_prob=1.5"),
+        ("mixup_mnist1d", "method.feature_samples=0"),  # ERM's checks apply to mixup too
+    ],
+)
+def test_method_values_rejected_when_the_recipe_loads(recipe: str, override: str) -> None:
+    key = override.split("=")[0]
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe, [override])
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("invalid method setting:")
+    assert f"`{key}` must be" in msg
+
+
+def _module(method: str, overrides: list[str] | None = None):  # noqa: ANN202
+    from omegaconf import OmegaConf
+
+    from contrastmix.data.registry import build_data
+    from contrastmix.methods import get_method
+
+    cfg = load_recipe(RECIPES_DIR / f"{method}_mnist1d.yaml", ["model.width=4", *(overrides or [])])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return get_method(method)(plain, build_data(cfg.data)), plain  # type: ignore[arg-type]
+
+
+def test_erm_leaves_the_batch_unchanged_and_mixup_mixes_it() -> None:
+    erm, _ = _module("erm")
+    mixup, _ = _module("mixup")
+    x, y = torch.randn(8, 1, 40), torch.arange(8)
+    xe, ya, yb, lam = erm.mix(x, y)
+    assert xe is x and ya is y and yb is y and lam == 1.0
+    xm, ya, yb, lam = mixup.mix(x, y)
+    assert 0.0 <= lam <= 1.0 and torch.equal(ya, y)
+    assert torch.allclose(xm, lam * x + (1 - lam) * x[yb])
+    assert isinstance(mixup.classifier, torch.nn.Linear) and mixup.classifier.out_features == 10
+
+
+def test_mixing_stream_resumes_from_the_checkpoint() -> None:
+    # the base saves every seeded generator in the checkpoint: a resumed run draws what the
+    # uninterrupted one would have drawn next
+    a, _ = _module("mixup", ["method.cutmix_prob=0.5"])
+    x, y = torch.randn(8, 1, 40), torch.arange(8)
+    for _ in range(3):
+        a.mix(x, y)
+    ckpt: dict = {}
+    a.on_save_checkpoint(ckpt)
+    assert set(ckpt["generator_states"]) == {"mix"}
+    b, _ = _module("mixup", ["method.cutmix_prob=0.5"])
+    b.on_load_checkpoint(ckpt)
+    for _ in range(4):
+        xa, _, yba, la = a.mix(x, y)
+        xb, _, ybb, lb = b.mix(x, y)
+        assert la == lb and torch.equal(yba, ybb) and torch.equal(xa, xb)
+    fresh, _ = _module("mixup", ["method.cutmix_prob=0.5"])
+    assert fresh.mix(x, y)[3] != a.mix(x, y)[3]  # a fresh module starts the stream over
+
+
+def test_supervised_methods_need_a_classification_dataset() -> None:
+    from contrastmix.data.registry import DataBundle
+    from contrastmix.methods import get_method
+
+    _, plain = _module("erm")
+    reg = DataBundle(pretrain=[], train=[], test=[], batch_augment=None, in_channels=1,
+                     num_classes=0, task="regression")
+    for method in ("erm", "mixup"):
+        with pytest.raises(ValueError, match="trains on classification data"):
+            get_method(method)(plain, reg)
+    one = DataBundle(pretrain=[], train=[], test=[], batch_augment=None, in_channels=1,
+                     num_classes=1)
+    with pytest.raises(ValueError, match="num_classes"):
+        get_method("erm")(plain, one)
