@@ -137,7 +137,7 @@ def _process_state(seed: int, num_threads: int) -> Iterator[None]:
 
     import numpy as np
 
-    py_state, np_state = random.getstate(), np.random.get_state()
+    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
     env = {k: os.environ.get(k) for k in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")}
     threads = torch.get_num_threads()
     tips = _NoTips()
@@ -156,7 +156,7 @@ def _process_state(seed: int, num_threads: int) -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
         random.setstate(py_state)
-        np.random.set_state(np_state)
+        np.random.set_state(np_state)  # noqa: NPY002
         for k, v in env.items():
             if v is None:
                 os.environ.pop(k, None)
