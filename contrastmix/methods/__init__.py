@@ -15,14 +15,20 @@ from __future__ import annotations
 from contrastmix.errors import RecipeError
 from contrastmix.methods.base import Method, MethodConfig
 from contrastmix.methods.erm import ERM
+from contrastmix.methods.l1 import L1Regression
 from contrastmix.methods.mixup import Mixup
 from contrastmix.methods.mochi import MoCHi
 from contrastmix.methods.moco import MoCo
+from contrastmix.methods.rnc import RnC
+from contrastmix.methods.supcon import SupCon
+from contrastmix.methods.supremix import SupReMix
 
 __all__ = ["METHODS", "Method", "MethodConfig", "register_method", "get_method"]
 
 #: The built-in methods by recipe name.
-METHODS: dict[str, type[Method]] = {m.name: m for m in (MoCo, MoCHi, ERM, Mixup)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (MoCo, MoCHi, SupReMix, RnC, SupCon, L1Regression, ERM, Mixup)
+}
 
 
 def register_method(method: type[Method], *, replace: bool = False) -> type[Method]:
