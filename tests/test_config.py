@@ -99,14 +99,6 @@ def test_override_values_are_not_evaluated() -> None:
 @pytest.mark.parametrize(
     ("recipe", "override", "needle"),
     [
-        ("moco_mnist1d", "trainer.devices=0", "trainer settings rejected"),
-        # Lightning raises a TypeError for this one
-        ("moco_mnist1d", "trainer.devices=[0,1]", "`devices` selected with `CPUAccelerator`"),
-    ],
-)
-@pytest.mark.parametrize(
-    ("recipe", "override", "needle"),
-    [
         ("mochi_mnist1d", "method.warmup_epochs=-1", "`method.warmup_epochs` must be >= 0"),
         ("mochi_mnist1d", "method.num_hard=0", "`method.num_hard` must be >= 1"),
         ("moco_mnist1d", "method.queue_size=0", "`method.queue_size` must be >= 1"),
@@ -122,6 +114,14 @@ def test_method_values_rejected_when_the_recipe_loads(
         load_recipe(recipe, [override])
 
 
+@pytest.mark.parametrize(
+    ("recipe", "override", "needle"),
+    [
+        ("moco_mnist1d", "trainer.devices=0", "trainer settings rejected"),
+        # Lightning raises a TypeError for this one
+        ("moco_mnist1d", "trainer.devices=[0,1]", "`devices` selected with `CPUAccelerator`"),
+    ],
+)
 def test_values_rejected_when_pretrain_builds(
     tmp_path: Path, recipe: str, override: str, needle: str
 ) -> None:

@@ -14,13 +14,19 @@ from __future__ import annotations
 
 from contrastmix.errors import RecipeError
 from contrastmix.methods.base import Method, MethodConfig
+from contrastmix.methods.clip import CLIP
+from contrastmix.methods.concat import Concat
+from contrastmix.methods.m2mix import M2Mix
+from contrastmix.methods.m3col import M3CoL
 from contrastmix.methods.mochi import MoCHi
 from contrastmix.methods.moco import MoCo
 
 __all__ = ["METHODS", "Method", "MethodConfig", "register_method", "get_method"]
 
 #: The built-in methods by recipe name.
-METHODS: dict[str, type[Method]] = {m.name: m for m in (MoCo, MoCHi)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (MoCo, MoCHi, CLIP, M2Mix, Concat, M3CoL)
+}
 
 
 def register_method(method: type[Method], *, replace: bool = False) -> type[Method]:
