@@ -1,7 +1,7 @@
 """Geometry of representations: alignment, uniformity, effective rank, modality gap.
 
 * Alignment and uniformity: Wang & Isola, "Understanding Contrastive Representation Learning
-  through Alignment and Uniformity on the Hypersphere", ICML 2020 (METHODS.md §5).
+  through Alignment and Uniformity on the Hypersphere", ICML 2020 (docs/methods.md §5).
 * Effective rank (RankMe): Garrido, Balestriero, Najman & LeCun, "RankMe: Assessing the
   Downstream Performance of Pretrained Self-Supervised Representations by Their Rank",
   ICML 2023; Roy & Vetterli, "The effective rank", 2007.
@@ -196,7 +196,7 @@ def multimodal_geometry(
     max_samples: int | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, float]:
-    """The two-modality report of METHODS.md §5 as plain floats.
+    """The two-modality report of docs/methods.md §5 as plain floats.
 
     Args:
         a: ``[N, d]`` modality A (images); b: ``[M, d]`` modality B (texts).

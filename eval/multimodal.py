@@ -1,6 +1,12 @@
 """Evaluation of multimodal runs (``contrastmix probe RUN --json`` for ``task == "multimodal"``).
 
-Two-tower runs (``clip``, ``m2mix``; METHODS.md §5) on the test split:
+The run's network is rebuilt from its ``multimodal.json`` (the network by kind and the arguments
+that build it, :func:`contrastmix.models.multimodal.build_multimodal`) and the recipe's ``model``
+section, with the weights of ``backbone.pt`` and ``model.pt``; what is measured depends on the
+kind, never on the method that trained it.
+
+Two-tower networks (``architecture: two_tower``, e.g. CLIP and m2-mix; docs/methods.md §5) on the
+test split:
 
 - image->text and text->image **retrieval**: recall@k (k = 1, 5) and mean average precision.
   The digits captions describe only the class (one of six templates per class, so ~60 distinct
@@ -9,36 +15,41 @@ Two-tower runs (``clip``, ``m2mix``; METHODS.md §5) on the test split:
   information about which template its caption used.
 - **zero-shot** classification from one prompt per class (``argmax_c cos(I, P_c)``), and the
   expected calibration error (Guo et al., 2017; 15 equal-width bins) and NLL of the zero-shot
-  probabilities ``softmax(cos / τ_zs)`` with ``τ_zs`` = ``method.zero_shot_temperature`` or the
-  model's CLIP temperature.
+  probabilities ``softmax(cos / τ_zs)`` with ``τ_zs`` = the ``zero_shot_temperature`` of
+  ``multimodal.json`` (the recipe's ``method.zero_shot_temperature``) or the model's CLIP
+  temperature.
 - **geometry** (Wang & Isola, ICML 2020; Liang et al., NeurIPS 2022): alignment of the test pairs,
   uniformity (t = 2) of the image embeddings, of the caption embeddings and of their union, and
-  the modality gap ``||mean(I) - mean(T)||`` (:func:`contrastmix.eval.geometry.multimodal_geometry`).
+  the modality gap ``||mean(I) - mean(T)||``
+  (:func:`contrastmix.eval.geometry.multimodal_geometry`).
 
-Fusion runs (``m3col``, ``concat``; METHODS.md §6): fusion-head accuracy (the inference path),
+Fusion networks (``architecture: fusion``, e.g. M3CoL and its concat baseline; docs/methods.md
+§6): fusion-head accuracy (the inference path),
 each unimodal head's accuracy, the fusion head's ECE, and the geometry of every cyclic pair of
 projected modality embeddings.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from contrastmix._validation import check_same_length, check_tensor
 from contrastmix.errors import CheckpointError, RunDirError
+from contrastmix.models.multimodal import SPEC_FILE
 
 __all__ = [
     "RECALL_KS",
     "ECE_BINS",
     "retrieval_recall",
     "mean_average_precision",
+    "read_multimodal_spec",
     "load_multimodal_model",
     "two_tower_metrics",
     "fusion_metrics",
@@ -113,57 +124,85 @@ def mean_average_precision(sim: Tensor, query_labels: Tensor, gallery_labels: Te
     return float(ap[valid].mean()) if bool(valid.any()) else float("nan")
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        out = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(out, dict)
-        return out  # type: ignore[return-value]
-    return dict(cfg)
+def read_multimodal_spec(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``multimodal.json``: the network by kind (``architecture``: ``two_tower`` or
+    ``fusion``), the arguments that rebuild it and the names of its files.
+
+    Raises:
+        RunDirError: no such file, not JSON, or a file name outside the run directory.
+    """
+    path = Path(run_dir) / SPEC_FILE
+    if not path.is_file():
+        raise RunDirError(
+            f"{run_dir} has no {SPEC_FILE} (the description of a multimodal run's network); was "
+            "it trained to the end?"
+        )
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise RunDirError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(spec, dict):
+        raise RunDirError(f"{path} does not hold a JSON object")
+    root = Path(run_dir).resolve()
+    for key in ("model_file", "backbone_file"):
+        name = spec.get(key)
+        if not isinstance(name, str) or not (root / name).resolve().is_relative_to(root):
+            raise RunDirError(f"{path}: `{key}` must name a file inside the run, got {name!r}")
+    return spec
 
 
-def load_multimodal_model(run_dir: str | Path, cfg: Any, data: Any) -> nn.Module:
-    """Rebuild a run's multimodal model and load ``backbone.pt`` and ``model.pt`` (weights only).
+def load_multimodal_model(
+    run_dir: str | Path, cfg: Any = None, spec: dict[str, Any] | None = None
+) -> nn.Module:
+    """Rebuild a run's multimodal network and load ``backbone.pt`` and ``model.pt``.
+
+    The network is built from ``multimodal.json`` (its kind and arguments) and the recipe's
+    ``model`` section (the image encoder), by
+    :func:`contrastmix.models.multimodal.build_multimodal`; the weights are read with
+    ``torch.load(..., weights_only=True)``.
 
     Args:
         run_dir: The run directory.
-        cfg: Its recipe.
-        data: Its :class:`~contrastmix.data.registry.DataBundle`.
+        cfg: Its recipe (default: read from ``config.yaml``).
+        spec: Its ``multimodal.json`` (default: read from the run).
 
     Returns:
         The model in eval mode on the CPU.
 
     Raises:
-        RunDirError: ``model.pt`` is missing.
-        CheckpointError: a file is unreadable or does not match the recipe's model.
+        RunDirError: ``multimodal.json`` or ``model.pt`` is missing.
+        CheckpointError: the description cannot be built, or a weights file is unreadable or
+            does not match it.
     """
-    from contrastmix.methods.multimodal import build_multimodal_model, image_encoder_of
-    from contrastmix.runs import load_backbone, load_state_file
-    from contrastmix.train.multimodal import MODEL_FILE
+    from contrastmix.models.multimodal import build_multimodal, image_encoder_of
+    from contrastmix.runs import load_backbone, load_run, load_state_file
 
-    plain = _plain(cfg)
-    extras = dict(data.extras or {})
-    model = build_multimodal_model(
-        plain, data.in_channels, data.num_classes,
-        signal_channels=int(extras.get("signal_channels", 1)),
-    )
+    cfg = load_run(run_dir) if cfg is None else cfg
+    spec = read_multimodal_spec(run_dir) if spec is None else spec
+    meta = Path(run_dir) / SPEC_FILE
+    try:
+        model = build_multimodal(spec, cfg.model)
+        in_channels = int(spec["arguments"]["in_channels"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{meta} does not describe a network that builds: {e}") from None
     encoder, prefix = image_encoder_of(model)
-    encoder.load_state_dict(load_backbone(run_dir, cfg, data.in_channels).state_dict())
-    path = Path(run_dir) / MODEL_FILE
+    encoder.load_state_dict(load_backbone(run_dir, cfg, in_channels).state_dict())
+    path = Path(run_dir) / spec["model_file"]
     if not path.is_file():
         raise RunDirError(
-            f"{run_dir} has no {MODEL_FILE} (the text tower / heads of a multimodal run); was it "
-            "trained to the end?"
+            f"{run_dir} has no {spec['model_file']} (the text tower / heads of a multimodal "
+            "run); was it trained to the end?"
         )
     state = load_state_file(path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise CheckpointError(f"{path} does not match the recipe's model: {first}") from None
+        raise CheckpointError(f"{path} does not match the run's network: {first}") from None
     missing = [k for k in missing if not k.startswith(prefix)]
     if missing or unexpected:
         raise CheckpointError(
-            f"{path} does not match the recipe's model: missing keys {missing[:5]}, "
+            f"{path} does not match the run's network: missing keys {missing[:5]}, "
             f"unexpected keys {list(unexpected)[:5]}"
         )
     return model.eval()
@@ -329,18 +368,18 @@ def probe_multimodal_run(
         entry naming every evaluation choice.
     """
     from contrastmix.data.registry import build_data
-    from contrastmix.methods.multimodal import FUSION_METHODS, TWO_TOWER_METHODS
     from contrastmix.runs import resolve_device
 
     data = build_data(cfg.data)
     dev = resolve_device(device)
-    model = load_multimodal_model(run_dir, cfg, data).to(dev)
-    name = str(cfg.method.name)
+    spec = read_multimodal_spec(run_dir)
+    kind = spec.get("architecture")
+    model = load_multimodal_model(run_dir, cfg, spec).to(dev)
     extras = dict(data.extras or {})
     bs = int(cfg.data.eval_batch_size)
     out: dict[str, Any] = {
-        "run": str(run_dir), "method": name, "dataset": str(cfg.data.name), "task": "multimodal",
-        "n_test": len(data.test),
+        "run": str(run_dir), "method": str(cfg.method.name), "dataset": str(cfg.data.name),
+        "task": "multimodal", "architecture": kind, "n_test": len(data.test),
     }
     common = {
         "split": "test split of the recipe's dataset (data.seed fixes split, captions, pairing)",
@@ -348,14 +387,16 @@ def probe_multimodal_run(
         "once in float32, metrics in float64",
         "text_tower": "all-MiniLM-L6-v2 sentence embeddings (frozen unless "
         "method.text_frozen=false) + the run's trained projection",
+        "model": f"rebuilt from {SPEC_FILE} (architecture {kind!r}) and the recipe's model "
+        "section; weights from backbone.pt and model.pt",
     }
-    if name in TWO_TOWER_METHODS:
+    if kind == "two_tower":
         images, captions, labels = [], [], []
         for inputs, y in _batches(data.test, data.collate_fn, bs):
             images.append(inputs["image"])
             captions += list(inputs["text"])
             labels.append(y)
-        zs_t = cfg.method.zero_shot_temperature
+        zs_t = spec.get("zero_shot_temperature")
         prompts = list(extras["class_prompts"])
         metrics = two_tower_metrics(
             model, torch.cat(images), captions, torch.cat(labels), prompts,
@@ -374,7 +415,8 @@ def probe_multimodal_run(
             "prompts": prompts,
             "prompt_template": extras.get("prompt_template"),
             "zero_shot_temperature": metrics["zero_shot_temperature"],
-            "zero_shot_temperature_source": "method.zero_shot_temperature" if zs_t is not None
+            "zero_shot_temperature_source": f"zero_shot_temperature of {SPEC_FILE} (the "
+            "recipe's method.zero_shot_temperature)" if zs_t is not None
             else "the model's CLIP temperature",
             "calibration": f"ECE with {ECE_BINS} equal-width confidence bins (Guo et al. 2017) "
             "and NLL of softmax(cos / zero_shot_temperature)",
@@ -383,7 +425,7 @@ def probe_multimodal_run(
             "(float64); modality_gap = ||mean(I) - mean(T)||",
         }
         return out
-    if name in FUSION_METHODS:
+    if kind == "fusion":
         res = fusion_metrics(model, ((_to(x, dev), y) for x, y in
                                      _batches(data.test, data.collate_fn, bs)))
         out.update(res)
@@ -398,4 +440,6 @@ def probe_multimodal_run(
             "the union, modality gap, on L2-normalised projected embeddings z_m",
         }
         return out
-    raise ValueError(f"method '{name}' is not a multimodal method")
+    raise CheckpointError(
+        f"{Path(run_dir) / SPEC_FILE}: unknown architecture {kind!r} (known: two_tower, fusion)"
+    )

@@ -228,16 +228,25 @@ def test_m2mix_bad_input() -> None:
 
 
 def test_m2mix_module_total_and_schedule() -> None:
+    # the 1 / (epoch + 1) schedule is the method's; the loss takes the coefficient
+    from contrastmix.methods.m2mix import mix_coefficient
+
     img, txt = _unit(6, 5, seed=29), _unit(6, 5, seed=30)
     mod = M2MixLoss(temperature=0.05, mix_temperature=0.07, weight=0.02)
     for epoch in (0, 3):
-        out = mod.compute(img, txt, epoch, lam=0.35)
+        out = mod.compute(img, txt, coef=mix_coefficient(epoch), lam=0.35)
         expect = clip_loss(img, txt, 0.05) + 0.02 / (epoch + 1) * m2mix_loss(img, txt, 0.35)
         torch.testing.assert_close(out.loss, expect)
         assert out.coef == pytest.approx(1 / (epoch + 1))
-    flat = M2MixLoss(weight=0.02, schedule=False).compute(img, txt, 5, lam=0.35)
+    assert mix_coefficient(5, scheduled=False) == 1.0
+    flat = M2MixLoss(weight=0.02).compute(img, txt, coef=mix_coefficient(5, False), lam=0.35)
     assert flat.coef == 1.0
     torch.testing.assert_close(flat.m2, m2mix_loss(img, txt, 0.35))
+    off = mod.compute(img, txt, coef=0.0)  # no mixed term, no lam drawn
+    torch.testing.assert_close(off.loss, clip_loss(img, txt, 0.05))
+    assert math.isnan(off.lam)
+    with pytest.raises(ValueError, match="epoch"):
+        mix_coefficient(-1)
 
 
 def test_m2mix_module_lambda_draws_follow_generator_and_beta() -> None:
@@ -259,7 +268,7 @@ def test_m2mix_module_lambda_draws_follow_generator_and_beta() -> None:
 
 def test_m2mix_module_unimodal_terms() -> None:
     img, txt = _unit(6, 5, seed=33), _unit(6, 5, seed=34)
-    mod = M2MixLoss(weight=0.01, vmix_weight=0.1, lmix_weight=0.2, schedule=False)
+    mod = M2MixLoss(weight=0.01, vmix_weight=0.1, lmix_weight=0.2)
     out = mod.compute(img, txt, lam=0.6)
     torch.testing.assert_close(out.vmix, unimodal_mix_loss(img, txt, 0.6))
     torch.testing.assert_close(out.lmix, unimodal_mix_loss(txt, img, 0.6))
@@ -284,8 +293,8 @@ def test_m2mix_module_bad_hyper_parameters() -> None:
         M2MixLoss(weight=-0.1)
     with pytest.raises(ValueError, match="reduction"):
         M2MixLoss(reduction="max")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="epoch"):
-        M2MixLoss()(_unit(3, 2), _unit(3, 2, seed=1), -1)
+    with pytest.raises(ValueError, match="coef"):
+        M2MixLoss()(_unit(3, 2), _unit(3, 2, seed=1), coef=-1)
 
 
 # ------------------------------------------------------------------------- two-tower model

@@ -89,7 +89,7 @@ def test_batch_of_one_raises() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         m3co_loss(_randn(1, 3), _randn(1, 3), torch.ones(1), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="at least 2"):
-        M3CoLLoss()([_randn(1, 3), _randn(1, 3)], progress=0.0)
+        M3CoLLoss()([_randn(1, 3), _randn(1, 3)], mixup=True)
 
 
 def test_m3co_bad_input() -> None:
@@ -183,7 +183,7 @@ def test_pairs_both_directions_and_cycle() -> None:
 
 def test_module_reproduces_explicit_draws() -> None:
     zs = [_randn(6, 4, seed=s) for s in (12, 13, 14)]
-    loss = M3CoLLoss()(zs, progress=0.1, generator=torch.Generator().manual_seed(3))
+    loss = M3CoLLoss()(zs, mixup=True, generator=torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     expect = 0.0
     for k, j in M3CoLLoss.pairs(3):
@@ -191,27 +191,33 @@ def test_module_reproduces_explicit_draws() -> None:
         expect = expect + m3co_loss(zs[k], zs[j], beta, perm, temperature=0.1)
     torch.testing.assert_close(loss, expect)
     as_dict = M3CoLLoss()(
-        {"a": zs[0], "b": zs[1], "c": zs[2]}, 0.1, generator=torch.Generator().manual_seed(3)
+        {"a": zs[0], "b": zs[1], "c": zs[2]}, generator=torch.Generator().manual_seed(3)
     )
     torch.testing.assert_close(as_dict, loss)
 
 
 def test_phase_switch_to_softclip() -> None:
-    mod = M3CoLLoss(mixup_pct=0.33)
-    assert mod.uses_mixup(0.0) and mod.uses_mixup(0.32) and not mod.uses_mixup(0.33)
+    # The schedule is the method's (the loss takes the phase per call).
+    from contrastmix.config import load_recipe
+    from contrastmix.errors import RecipeError
+    from contrastmix.methods.m3col import softclip_epoch, uses_mixup
+
     # The authors' epoch rule: epoch < int(0.33 * 10) = 3.
-    assert mod.uses_mixup(epoch=2, max_epochs=10) and not mod.uses_mixup(epoch=3, max_epochs=10)
+    assert uses_mixup(0, 10, 0.33) and uses_mixup(2, 10, 0.33) and not uses_mixup(3, 10, 0.33)
+    assert softclip_epoch(0.33, 10) == 3 and softclip_epoch(0.33, 60) == 19
+    assert not uses_mixup(0, 10, 0.0) and uses_mixup(9, 10, 1.0)
+    mod = M3CoLLoss()
     p, q = _randn(5, 4, seed=15), _randn(5, 4, seed=16)
-    late = mod([p, q], progress=0.5)
+    late = mod([p, q], mixup=False)
     torch.testing.assert_close(late, soft_clip_loss(p, q, 0.125) + soft_clip_loss(q, p, 0.125))
-    with pytest.raises(ValueError, match="progress"):
-        mod([p, q], progress=1.5)
     with pytest.raises(ValueError, match="epoch"):
-        mod([p, q])
-    with pytest.raises(ValueError, match="mixup_pct"):
-        M3CoLLoss(mixup_pct=2.0)
+        uses_mixup(-1, 10, 0.33)
+    with pytest.raises(ValueError, match="max_epochs"):
+        uses_mixup(0, 0, 0.33)
+    with pytest.raises(RecipeError, match="mixup_pct"):
+        load_recipe("m3col_digits_tri", ["method.mixup_pct=2.0"])
     with pytest.raises(ValueError, match="at least 2 modalities"):
-        mod([p], progress=0.0)
+        mod([p], mixup=True)
 
 
 def test_soft_clip_matches_loop_reference() -> None:
@@ -283,10 +289,10 @@ def test_model_outputs_and_training_step() -> None:
         out.unimodal_logits,
         out.embeddings,
         labels,
-        0.0,
+        mixup=True,
         generator=torch.Generator().manual_seed(2),
     )
-    contrast = M3CoLLoss()(out.embeddings, 0.0, generator=torch.Generator().manual_seed(2))
+    contrast = M3CoLLoss()(out.embeddings, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(terms.contrast, contrast)
     torch.testing.assert_close(
         terms.loss, m3col_total_loss(out.fusion_logits, out.unimodal_logits, labels, contrast)

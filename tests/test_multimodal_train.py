@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+from contrastmix.eval.multimodal import mean_average_precision, retrieval_recall
 
 from contrastmix.config import load_recipe
 from contrastmix.data.bundles_multimodal import MultimodalDataset, collate_multimodal
 from contrastmix.data.registry import build_data
 from contrastmix.errors import CheckpointError, DatasetError, RecipeError, RunDirError
-from contrastmix.eval.multimodal import mean_average_precision, retrieval_recall
 
 TINY = [
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=32",
@@ -168,16 +168,61 @@ def test_clip_on_a_non_multimodal_dataset_raises(tmp_path: Path) -> None:
     from contrastmix.train.pretrain import pretrain
 
     cfg = load_recipe("clip_digits", [*TINY, "data.name=digits", "data.options={}"])
-    with pytest.raises(ValueError, match="multimodal dataset"):
+    with pytest.raises(RecipeError, match="trains on multimodal data; dataset 'digits'"):
         pretrain(cfg, tmp_path / "bad")
 
 
 def test_fusion_without_image_modality_raises() -> None:
-    from contrastmix.methods.multimodal import build_multimodal_model
+    from contrastmix.models.multimodal import build_fusion
 
-    cfg = load_recipe("m3col_digits_tri", ["method.modalities=[signal, text]"])
+    with pytest.raises(RecipeError, match=r"`method.modalities` must be a list including 'image'"):
+        load_recipe("m3col_digits_tri", ["method.modalities=[signal, text]"])
+    model_cfg = load_recipe("m3col_digits_tri").model
     with pytest.raises(ValueError, match="image"):
-        build_multimodal_model(cfg, 1, 10)
+        build_fusion(model_cfg, modalities=["signal", "text"], in_channels=1, num_classes=10,
+                     proj_dim=8, hidden_dim=8, dropout=0.0)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "override", "key"),
+    [
+        ("clip_digits", "method.temperature=0", "temperature"),
+        ("clip_digits", "method.proj_dim=0", "proj_dim"),
+        ("clip_digits", "method.zero_shot_temperature=-1", "zero_shot_temperature"),
+        ("m2mix_digits", "method.alpha=0", "alpha"),
+        ("m2mix_digits", "method.mix_temperature=0", "mix_temperature"),
+        ("m2mix_digits", "method.weight=-0.1", "weight"),
+        ("m2mix_digits", "method.vmix_weight=-1", "vmix_weight"),
+        ("m2mix_digits", "method.reduction=max", "reduction"),
+        ("concat_digits_tri", "method.dropout=1.0", "dropout"),
+        ("concat_digits_tri", "method.modalities=[image, image]", "modalities"),
+        ("concat_digits_tri", "method.modalities=[image, audio]", "modalities"),
+        ("concat_digits_tri", "method.modalities=[image]", "modalities"),
+        ("concat_digits_tri", "method.signal_backbone=resnet18", "signal_backbone"),
+        ("concat_digits_tri", "method.hidden_dim=0", "hidden_dim"),
+        ("m3col_digits_tri", "method.mix_prob=1.5", "mix_prob"),
+        ("m3col_digits_tri", "method.mixup_pct=-0.1", "mixup_pct"),
+        ("m3col_digits_tri", "method.temperature=0", "temperature"),
+        ("m3col_digits_tri", "method.soft_temperature=0", "soft_temperature"),
+        ("m3col_digits_tri", "method.beta_param=0", "beta_param"),
+        ("m3col_digits_tri", "method.contrast_weight=-1", "contrast_weight"),
+        ("m3col_digits_tri", "method.dropout=-0.1", "dropout"),
+    ],
+)
+def test_method_configs_reject_bad_values_at_load(recipe: str, override: str, key: str) -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe, [override])
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("invalid method setting:"), msg
+    assert f"`method.{key}` must be" in msg, msg
+
+
+def test_method_configs_accept_edge_values() -> None:
+    cfg = load_recipe("m2mix_digits", ["method.weight=0", "method.reduction=mean"])
+    assert cfg.method.weight == 0 and cfg.method.reduction == "mean"
+    cfg = load_recipe("m3col_digits_tri", ["method.mix_prob=0", "method.mixup_pct=1",
+                                           "method.dropout=0", "method.modalities=[text, image]"])
+    assert list(cfg.method.modalities) == ["text", "image"]
 
 
 # ------------------------------------------------------------------------ end to end
@@ -240,16 +285,22 @@ def test_fusion_probe(runs: dict[str, Path], method: str) -> None:
 
 def test_artifacts_restore_the_trained_model(runs: dict[str, Path]) -> None:
     """backbone.pt + model.pt rebuild exactly the model of the last checkpoint."""
-    from contrastmix.runs import load_run
     from contrastmix.eval.multimodal import load_multimodal_model
 
+    from contrastmix.rundir import read_artifacts
+    from contrastmix.runs import load_run
+
+    kinds = {"clip": "two_tower", "m2mix": "two_tower", "m3col": "fusion", "concat": "fusion"}
     for method, run in runs.items():
         state = torch.load(run / "model.pt", weights_only=True)
         assert not any(k.startswith(("image_encoder.", "encoders.image.")) for k in state)
         assert not any("auto_model" in k or "sentence" in k for k in state)  # MiniLM not saved
-        assert json.loads((run / "multimodal.json").read_text())["method"] == method
+        spec = json.loads((run / "multimodal.json").read_text())
+        assert spec["architecture"] == kinds[method] and spec["method"] == method
+        assert spec["arguments"]["in_channels"] == 1
+        assert {"model.pt", "multimodal.json"} <= set(read_artifacts(run).files)
         cfg = load_run(run)
-        model = load_multimodal_model(run, cfg, build_data(cfg.data))
+        model = load_multimodal_model(run, cfg)
         ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["hyper_parameters"]["cfg"]["method"]["name"] == method
         ref = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
@@ -261,14 +312,15 @@ def test_artifacts_restore_the_trained_model(runs: dict[str, Path]) -> None:
 
 
 def test_probe_zero_shot_matches_a_direct_computation(runs: dict[str, Path]) -> None:
-    from contrastmix.runs import load_run, probe_run
     from contrastmix.eval.calibration import expected_calibration_error
     from contrastmix.eval.multimodal import load_multimodal_model
+
+    from contrastmix.runs import load_run, probe_run
 
     run = runs["clip"]
     cfg = load_run(run)
     data = build_data(cfg.data)
-    model = load_multimodal_model(run, cfg, data)
+    model = load_multimodal_model(run, cfg)
     x = torch.stack([data.test[i][0]["image"] for i in range(len(data.test))])
     y = torch.tensor([data.test[i][1] for i in range(len(data.test))])
     with torch.no_grad():
@@ -292,6 +344,17 @@ def test_missing_or_foreign_artifacts_raise(runs: dict[str, Path], tmp_path: Pat
     shutil.copy(runs["m3col"] / "model.pt", run / "model.pt")  # another model's heads
     with pytest.raises(CheckpointError, match="model.pt"):
         probe_run(run)
+    shutil.copy(runs["clip"] / "model.pt", run / "model.pt")
+    spec = json.loads((run / "multimodal.json").read_text())
+    (run / "multimodal.json").write_text(json.dumps({**spec, "architecture": "three_tower"}))
+    with pytest.raises(CheckpointError, match="three_tower"):
+        probe_run(run)
+    (run / "multimodal.json").write_text(json.dumps({**spec, "model_file": "../x.pt"}))
+    with pytest.raises(RunDirError, match="model_file"):
+        probe_run(run)
+    (run / "multimodal.json").unlink()
+    with pytest.raises(RunDirError, match="multimodal.json"):
+        probe_run(run)
 
 
 def test_resume_refuses_another_method(runs: dict[str, Path]) -> None:
@@ -300,3 +363,45 @@ def test_resume_refuses_another_method(runs: dict[str, Path]) -> None:
     cfg = load_recipe("m2mix_digits", TINY)
     with pytest.raises(CheckpointError, match="clip"):
         pretrain(cfg, runs["clip"], resume=True)
+
+
+_PROBE_WITHOUT_LIGHTNING = """
+import json, sys
+
+class _NoLightning:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("pytorch_lightning", "lightning", "lightning_fabric"):
+            raise ImportError(f"blocked in this test: {name}")
+        return None
+
+sys.meta_path.insert(0, _NoLightning())
+from contrastmix.cli import main
+
+rc = main(["probe", sys.argv[1], "--json"])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in (
+    "pytorch_lightning", "lightning", "lightning_fabric")
+    or m.startswith(("contrastmix.methods", "contrastmix.train")))
+print(json.dumps({"rc": rc, "loaded": loaded}))
+"""
+
+
+@pytest.mark.parametrize("method", ["clip", "concat"])
+def test_probe_needs_neither_lightning_nor_training_code(runs: dict[str, Path],
+                                                         method: str) -> None:
+    """``contrastmix probe`` of a multimodal run works where Lightning cannot be imported, and
+    loads neither ``contrastmix.methods`` nor ``contrastmix.train``."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", _PROBE_WITHOUT_LIGHTNING, str(runs[method])],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()
+    status = json.loads(lines[-1])
+    assert status == {"rc": 0, "loaded": []}, res.stderr[-3000:]
+    probe = json.loads("\n".join(lines[:-1]))
+    assert probe["task"] == "multimodal" and probe["method"] == method
+    if method == "clip":
+        assert probe["architecture"] == "two_tower" and "zero_shot_accuracy" in probe
+    else:
+        assert probe["architecture"] == "fusion" and "fusion_accuracy" in probe

@@ -3,11 +3,13 @@
 Both bundles have ``task="multimodal"``. Their datasets yield ``(inputs, label, index)`` with
 ``inputs`` a dict ``{modality: value}`` (``image [1, 8, 8]``, ``signal [1, 40]``, ``text`` str);
 :func:`collate_multimodal` stacks tensors and keeps captions as a list of strings. ``pretrain``
-and ``train`` are the train split (raw inputs; the training module applies
-``batch_augment`` to images and ``extras["signal_augment"]`` to signals on the device), ``test``
-is the test split. ``extras`` holds what :func:`contrastmix.eval.multimodal.probe_multimodal_run` needs:
-``modalities``, ``class_prompts``, ``prompt_template``, ``class_names`` (and
-``signal_channels`` / ``signal_augment`` for digits-tri).
+and ``train`` are the train split (raw inputs; the multimodal methods,
+:mod:`contrastmix.methods._multimodal`, apply ``batch_augment`` to images and
+``extras["signal_augment"]`` to signals on the device, with seeded generators), ``test``
+is the test split. ``extras`` holds what
+:func:`contrastmix.eval.multimodal.probe_multimodal_run` needs: ``modalities``,
+``class_prompts``, ``prompt_template``, ``class_names`` (and ``signal_channels`` /
+``signal_augment`` for digits-tri).
 
 ``data.options`` (free keys, validated here):
 

@@ -1,7 +1,7 @@
 """Symmetric image-text InfoNCE (the CLIP loss).
 
 Radford et al., "Learning Transferable Visual Models From Natural Language Supervision",
-ICML 2021. See METHODS.md §5 ("Base CLIP loss")::
+ICML 2021. See docs/methods.md §5 ("Base CLIP loss")::
 
     S = I T^T / tau,   L_clip = 1/2 [ CE(S, diag) + CE(S^T, diag) ]
 
@@ -137,7 +137,7 @@ def clip_loss(
     gather_distributed: bool = True,
     normalize: bool = False,
 ) -> Tensor:
-    """Symmetric InfoNCE ``1/2 [CE(I T^T / τ, diag) + CE(T I^T / τ, diag)]`` (METHODS.md §5).
+    """Symmetric InfoNCE ``1/2 [CE(I T^T / τ, diag) + CE(T I^T / τ, diag)]`` (docs/methods.md §5).
 
     Args:
         image: ``[B, d]`` L2-normalised image embeddings.

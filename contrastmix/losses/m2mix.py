@@ -1,6 +1,7 @@
 """Geodesic multimodal mixup (m2-mix).
 
-Oh et al., "Geodesic Multi-Modal Mixup for Robust Fine-Tuning", NeurIPS 2023. See METHODS.md §5.
+Oh et al., "Geodesic Multi-Modal Mixup for Robust Fine-Tuning", NeurIPS 2023. See
+docs/methods.md §5.
 
 Hard negatives are generated on the hypersphere between the two modalities,
 ``M_j = slerp(I_j, T_j, lam)`` (``lam`` weights the image), and every anchor must still prefer its
@@ -9,7 +10,10 @@ own pair over these mixtures::
     image anchor i:  logits_j = (I_i . T_i if j == i else I_i . M_j) / tau_m,  target i
     text anchor i:   logits_j = (T_i . I_i if j == i else T_i . M_j) / tau_m,  target i
     L_m2 = CE_image + CE_text          (or their mean)
-    L = L_clip + w_m * c(epoch) * L_m2,   c(epoch) = 1 / (epoch + 1) when scheduled
+    L = L_clip + c * w_m * L_m2
+
+``c`` is the caller's schedule coefficient (the m2-mix method uses ``1 / (epoch + 1)``,
+:mod:`contrastmix.methods.m2mix`); the loss itself does not know about epochs.
 
 With ``lam = 0`` (``M = T``) the image-anchor term is CLIP's image->text cross-entropy at
 ``tau_m``; with ``lam = 1`` (``M = I``) the text-anchor term is CLIP's text->image one.
@@ -66,7 +70,7 @@ def m2mix_terms(
     gather_distributed: bool = True,
     normalize: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Image-anchor and text-anchor cross-entropies of the m2-mix term (METHODS.md §5).
+    """Image-anchor and text-anchor cross-entropies of the m2-mix term (docs/methods.md §5).
 
     Args:
         image: ``[B, d]`` L2-normalised image embeddings.
@@ -114,7 +118,7 @@ def m2mix_loss(
     gather_distributed: bool = True,
     normalize: bool = False,
 ) -> Tensor:
-    """The m2-mix term ``L_m2``: image-anchor plus text-anchor cross-entropy (METHODS.md §5).
+    """The m2-mix term ``L_m2``: image-anchor plus text-anchor cross-entropy (docs/methods.md §5).
 
     Args:
         image: ``[B, d]`` L2-normalised image embeddings.
@@ -208,18 +212,17 @@ class M2MixOutput(NamedTuple):
 
 
 class M2MixLoss(nn.Module):
-    """CLIP loss plus the scheduled m2-mix term (Oh et al., NeurIPS 2023; METHODS.md §5).
+    """CLIP loss plus the weighted m2-mix term (Oh et al., NeurIPS 2023; docs/methods.md §5).
 
-    ``L = L_clip(τ) + c(epoch) * (weight * L_m2 + vmix_weight * L_vmix + lmix_weight * L_lmix)``
-    with ``c(epoch) = 1 / (epoch + 1)`` when ``schedule`` (else 1) and one ``lam ~ Beta(alpha,
-    alpha)`` per batch shared by all terms (broadcast from rank 0 under DDP).
+    ``L = L_clip(τ) + coef * (weight * L_m2 + vmix_weight * L_vmix + lmix_weight * L_lmix)``
+    with ``coef`` given per call (a schedule over epochs is the caller's) and one ``lam ~
+    Beta(alpha, alpha)`` per batch shared by all terms (broadcast from rank 0 under DDP).
 
     Args:
         temperature: CLIP τ (0.01).
         mix_temperature: τ_m of the mixed terms (0.07).
         alpha: Beta parameter of ``lam`` (0.5).
         weight: w_m of the m2-mix term (0.01; the paper uses [0.001, 0.05]).
-        schedule: Multiply the mixed terms by ``1 / (epoch + 1)``.
         detach_mix: Detach the mixtures of the m2-mix term.
         reduction: ``"sum"`` or ``"mean"`` of the two anchor terms of ``L_m2``.
         vmix_weight: Weight of the optional V-mix (image-only) term; 0 disables it.
@@ -237,7 +240,6 @@ class M2MixLoss(nn.Module):
         mix_temperature: float = 0.07,
         alpha: float = 0.5,
         weight: float = 0.01,
-        schedule: bool = True,
         *,
         detach_mix: bool = False,
         reduction: Reduction = "sum",
@@ -259,19 +261,12 @@ class M2MixLoss(nn.Module):
         self.mix_temperature = float(mix_temperature)
         self.alpha = float(alpha)
         self.weight = float(weight)
-        self.schedule = bool(schedule)
         self.detach_mix = bool(detach_mix)
         self.reduction: Reduction = reduction
         self.vmix_weight = float(vmix_weight)
         self.lmix_weight = float(lmix_weight)
         self.gather_distributed = bool(gather_distributed)
         self.normalize = bool(normalize)
-
-    def coefficient(self, epoch: int) -> float:
-        """``c(epoch) = 1 / (epoch + 1)`` when scheduled, else 1."""
-        if epoch < 0:
-            raise ValueError(f"`epoch` must be >= 0, got {epoch}")
-        return 1.0 / (epoch + 1) if self.schedule else 1.0
 
     def sample_lam(
         self, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
@@ -288,8 +283,8 @@ class M2MixLoss(nn.Module):
         self,
         image: Tensor,
         text: Tensor,
-        epoch: int = 0,
         *,
+        coef: float = 1.0,
         lam: float | None = None,
         temperature: float | Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -299,13 +294,15 @@ class M2MixLoss(nn.Module):
         Args:
             image: ``[B, d]`` image embeddings (unit norm unless ``normalize``).
             text: ``[B, d]`` text embeddings.
-            epoch: Current epoch (0-based) for the ``1 / (epoch + 1)`` schedule.
+            coef: Multiplier of the mixed terms (``>= 0``; 0 skips them), e.g. a schedule.
             lam: Use this mixing weight instead of drawing one.
             temperature: Override the CLIP τ (e.g. a learnable 0-d tensor).
             generator: Random generator of the ``lam`` draw.
         """
         tau = self.temperature if temperature is None else temperature
-        coef = self.coefficient(epoch)
+        coef = float(coef)
+        if not coef >= 0:
+            raise ValueError(f"`coef` must be >= 0, got {coef}")
         l_clip = clip_loss(
             image, text, tau, gather_distributed=self.gather_distributed, normalize=self.normalize
         )
@@ -349,13 +346,13 @@ class M2MixLoss(nn.Module):
         self,
         image: Tensor,
         text: Tensor,
-        epoch: int = 0,
         *,
+        coef: float = 1.0,
         lam: float | None = None,
         temperature: float | Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Scalar total loss; see :meth:`compute` for the arguments and the separate terms."""
         return self.compute(
-            image, text, epoch, lam=lam, temperature=temperature, generator=generator
+            image, text, coef=coef, lam=lam, temperature=temperature, generator=generator
         ).loss

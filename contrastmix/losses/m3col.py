@@ -1,7 +1,7 @@
 """M3Co: multimodal mixup contrastive loss, its SoftCLIP phase and the M3CoL training objective.
 
 Kumar, Singhal et al., "M3CoL: Harnessing Shared Relations via Multimodal Mixup Contrastive
-Learning for Multimodal Classification", 2024. See METHODS.md §6.
+Learning for Multimodal Classification", 2024. See docs/methods.md §6.
 
 For a pair of modalities (``p`` mixed, ``q`` not), a derangement ``perm`` of the batch and one
 coefficient ``beta_i`` per sample::
@@ -15,9 +15,10 @@ coefficient ``beta_i`` per sample::
 targets ``T_.j`` are used as they are (they need not sum to 1), as in the authors' code. With all
 ``beta = 1`` the loss is the symmetric InfoNCE (CLIP) loss at ``tau``.
 
-After ``mixup_pct`` (0.33) of training the contrastive term switches to SoftCLIP (targets
-``softmax(q^ q^T / 0.125)`` against ``p^ q^T / 0.125``, both directions). The model's total loss
-is ``CE(fusion) + sum_m CE(unimodal_m) + 0.1 * L_contrast``.
+Later in training the contrastive term switches to SoftCLIP (targets ``softmax(q^ q^T / 0.125)``
+against ``p^ q^T / 0.125``, both directions); :class:`M3CoLLoss` takes the phase per call
+(``mixup``), the epoch rule is the method's (:mod:`contrastmix.methods.m3col`). The model's
+total loss is ``CE(fusion) + sum_m CE(unimodal_m) + 0.1 * L_contrast``.
 
 Inputs here are the raw (unnormalised) modality features: the loss mixes them *before*
 normalising, as the method prescribes, and normalises internally.
@@ -306,20 +307,19 @@ def _as_list(embeddings: Sequence[Tensor] | Mapping[str, Tensor]) -> list[Tensor
 
 
 class M3CoLLoss(nn.Module):
-    """Contrastive part of M3CoL: M3Co in every direction, then SoftCLIP (METHODS.md §6).
+    """Contrastive part of M3CoL: M3Co in every direction, then SoftCLIP (docs/methods.md §6).
 
     Pairs of modalities ``(k mixed, k + 1 mod M fixed)`` for ``k = 0..M-1``: both directions for
     two modalities, a cycle for three or more. Each pair draws its own derangement and
     coefficients; the pair losses are summed (as in the authors' code).
 
-    Phase: M3Co while ``progress < mixup_pct`` (or, given ``epoch`` and ``max_epochs``, while
-    ``epoch < int(mixup_pct * max_epochs)``, the authors' rule), SoftCLIP afterwards.
+    Phase: M3Co when called with ``mixup=True``, SoftCLIP with ``mixup=False`` (the caller's
+    schedule; M3CoL uses M3Co while ``epoch < int(mixup_pct * max_epochs)``, the authors' rule).
 
     Args:
         temperature: τ of M3Co (0.1).
         beta_param: Beta parameter of the coefficients (0.15).
         mix_prob: Probability that a sample is mixed (0.5).
-        mixup_pct: Share of training that uses M3Co before SoftCLIP (0.33).
         soft_temperature: τ of SoftCLIP (0.125).
         detach_soft_targets: Stop the gradient through SoftCLIP's targets.
         gather_distributed: Use all ranks' embeddings as candidates.
@@ -333,7 +333,6 @@ class M3CoLLoss(nn.Module):
         temperature: float = 0.1,
         beta_param: float = 0.15,
         mix_prob: float = 0.5,
-        mixup_pct: float = 0.33,
         soft_temperature: float = 0.125,
         *,
         detach_soft_targets: bool = False,
@@ -345,12 +344,9 @@ class M3CoLLoss(nn.Module):
         check_positive("soft_temperature", soft_temperature)
         if not 0.0 <= mix_prob <= 1.0:
             raise ValueError(f"`mix_prob` must lie in [0, 1], got {mix_prob}")
-        if not 0.0 <= mixup_pct <= 1.0:
-            raise ValueError(f"`mixup_pct` must lie in [0, 1], got {mixup_pct}")
         self.temperature = float(temperature)
         self.beta_param = float(beta_param)
         self.mix_prob = float(mix_prob)
-        self.mixup_pct = float(mixup_pct)
         self.soft_temperature = float(soft_temperature)
         self.detach_soft_targets = bool(detach_soft_targets)
         self.gather_distributed = bool(gather_distributed)
@@ -362,57 +358,25 @@ class M3CoLLoss(nn.Module):
             raise ValueError(f"need at least 2 modalities, got {num_modalities}")
         return [(k, (k + 1) % num_modalities) for k in range(num_modalities)]
 
-    def uses_mixup(
-        self,
-        progress: float | None = None,
-        *,
-        epoch: int | None = None,
-        max_epochs: int | None = None,
-    ) -> bool:
-        """True in the M3Co phase, False in the SoftCLIP phase.
-
-        Args:
-            progress: Fraction of training done, in ``[0, 1]``.
-            epoch: Current epoch (0-based), with ``max_epochs`` (instead of ``progress``).
-            max_epochs: Total number of epochs.
-        """
-        if progress is not None:
-            if epoch is not None or max_epochs is not None:
-                raise ValueError("give either `progress` or `epoch`/`max_epochs`, not both")
-            if not 0.0 <= float(progress) <= 1.0:
-                raise ValueError(f"`progress` must lie in [0, 1], got {progress}")
-            return float(progress) < self.mixup_pct
-        if epoch is None or max_epochs is None:
-            raise ValueError("give `progress` or both `epoch` and `max_epochs`")
-        if max_epochs <= 0 or epoch < 0:
-            raise ValueError(
-                f"`epoch` must be >= 0 and `max_epochs` > 0, got {epoch} and {max_epochs}"
-            )
-        return epoch < int(self.mixup_pct * max_epochs)
-
     def forward(
         self,
         embeddings: Sequence[Tensor] | Mapping[str, Tensor],
-        progress: float | None = None,
         *,
-        epoch: int | None = None,
-        max_epochs: int | None = None,
+        mixup: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Contrastive loss ``L_contrast`` summed over the modality pairs.
 
         Args:
             embeddings: ``M >= 2`` tensors ``[B, d]`` (raw features, same ``B`` and ``d``).
-            progress: Fraction of training done in ``[0, 1]`` (or give ``epoch``/``max_epochs``).
-            epoch: Current epoch (0-based).
-            max_epochs: Number of epochs.
-            generator: Random generator of the mixing draws (pairs drawn in order).
+            mixup: M3Co (True) or SoftCLIP (False).
+            generator: Random generator of the mixing draws (pairs drawn in order; drawn on
+                its device, so a CPU generator keeps the draws off the accelerator).
 
         Returns:
             Scalar fp32 loss.
         """
         zs = _as_list(embeddings)
-        mixup = self.uses_mixup(progress, epoch=epoch, max_epochs=max_epochs)
         total: Tensor | None = None
         for k, j in self.pairs(len(zs)):
             p, q = zs[k], zs[j]
@@ -423,8 +387,7 @@ class M3CoLLoss(nn.Module):
                     self.beta_param,
                     self.mix_prob,
                     generator=generator,
-                    device=p.device,
-                )
+                )  # on the generator's device: m3co_loss checks them there, then moves them
                 term = m3co_loss(
                     p, q, beta, perm, self.temperature, gather_distributed=self.gather_distributed
                 )
@@ -506,7 +469,7 @@ def _total_terms(
 
 
 class M3CoLObjective(nn.Module):
-    """Full M3CoL training loss: classification heads plus the scheduled contrastive term.
+    """Full M3CoL training loss: classification heads plus the contrastive term (phase per call).
 
     ``L = CE(fusion) + sum_m CE(unimodal_m) + contrast_weight * M3CoLLoss(embeddings)``.
 
@@ -527,16 +490,12 @@ class M3CoLObjective(nn.Module):
         unimodal_logits: Sequence[Tensor] | Mapping[str, Tensor],
         embeddings: Sequence[Tensor] | Mapping[str, Tensor],
         labels: Tensor,
-        progress: float | None = None,
         *,
-        epoch: int | None = None,
-        max_epochs: int | None = None,
+        mixup: bool = True,
         generator: torch.Generator | None = None,
     ) -> M3CoLTerms:
         """All terms; arguments as :meth:`forward`."""
-        contrast = self.contrast(
-            embeddings, progress, epoch=epoch, max_epochs=max_epochs, generator=generator
-        )
+        contrast = self.contrast(embeddings, mixup=mixup, generator=generator)
         return _total_terms(fusion_logits, unimodal_logits, labels, contrast, self.contrast_weight)
 
     def forward(
@@ -545,10 +504,8 @@ class M3CoLObjective(nn.Module):
         unimodal_logits: Sequence[Tensor] | Mapping[str, Tensor],
         embeddings: Sequence[Tensor] | Mapping[str, Tensor],
         labels: Tensor,
-        progress: float | None = None,
         *,
-        epoch: int | None = None,
-        max_epochs: int | None = None,
+        mixup: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Scalar total loss.
@@ -558,9 +515,7 @@ class M3CoLObjective(nn.Module):
             unimodal_logits: ``[B, C]`` logits per modality head.
             embeddings: ``[B, d]`` per-modality features for the contrastive term.
             labels: ``[B]`` class labels.
-            progress: Fraction of training done (or ``epoch``/``max_epochs``).
-            epoch: Current epoch (0-based).
-            max_epochs: Number of epochs.
+            mixup: M3Co (True) or SoftCLIP (False) phase of the contrastive term.
             generator: Random generator of the mixing draws.
         """
         return self.compute(
@@ -568,8 +523,6 @@ class M3CoLObjective(nn.Module):
             unimodal_logits,
             embeddings,
             labels,
-            progress,
-            epoch=epoch,
-            max_epochs=max_epochs,
+            mixup=mixup,
             generator=generator,
         ).loss

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from contrastmix.errors import RecipeError
 from contrastmix.methods.base import Method, MethodConfig
+from contrastmix.methods.clip import CLIP
+from contrastmix.methods.concat import Concat
 from contrastmix.methods.erm import ERM
 from contrastmix.methods.l1 import L1Regression
+from contrastmix.methods.m2mix import M2Mix
+from contrastmix.methods.m3col import M3CoL
 from contrastmix.methods.mixup import Mixup
 from contrastmix.methods.mochi import MoCHi
 from contrastmix.methods.moco import MoCo
@@ -27,7 +31,9 @@ __all__ = ["METHODS", "Method", "MethodConfig", "register_method", "get_method"]
 
 #: The built-in methods by recipe name.
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (MoCo, MoCHi, SupReMix, RnC, SupCon, L1Regression, ERM, Mixup)
+    m.name: m
+    for m in (MoCo, MoCHi, SupReMix, RnC, SupCon, L1Regression, ERM, Mixup, CLIP, M2Mix,
+              Concat, M3CoL)
 }
 
 

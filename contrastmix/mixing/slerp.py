@@ -1,7 +1,7 @@
 """Spherical linear interpolation (slerp) between unit vectors.
 
 Used by geodesic multimodal mixup (m2-mix): Oh et al., "Geodesic Multi-Modal Mixup for Robust
-Fine-Tuning", NeurIPS 2023. See METHODS.md §5 ("slerp convention").
+Fine-Tuning", NeurIPS 2023. See docs/methods.md §5 ("slerp convention").
 
 Convention (pinned by the tests)::
 
@@ -57,7 +57,7 @@ def _lam_tensor(lam: float | Tensor, n: int, a: Tensor, dtype: torch.dtype) -> T
 
 
 def slerp(a: Tensor, b: Tensor, lam: float | Tensor, *, eps: float = 1e-6) -> Tensor:
-    """Spherical interpolation ``m_lam(a, b)`` on the unit sphere (METHODS.md §5).
+    """Spherical interpolation ``m_lam(a, b)`` on the unit sphere (docs/methods.md §5).
 
     Computed in fp32 or wider (also under ``torch.autocast``): fp16/bf16 inputs are upcast and
     the result is returned in ``promote_types(dtype, float32)``. The inputs are re-normalised

@@ -5,7 +5,7 @@
   linear projection to a shared space, returning L2-normalised embeddings for
   :func:`contrastmix.losses.clip.clip_loss` / :class:`contrastmix.losses.m2mix.M2MixLoss`.
 - :class:`M3CoLModel` (Kumar, Singhal et al., "M3CoL: Harnessing Shared Relations via Multimodal
-  Mixup Contrastive Learning for Multimodal Classification", 2024; METHODS.md §6): one encoder
+  Mixup Contrastive Learning for Multimodal Classification", 2024; docs/methods.md §6): one encoder
   and projection per modality, a fusion head (MLP on the concatenation) and one unimodal head per
   modality; inference uses the fusion head. Train with
   :class:`contrastmix.losses.m3col.M3CoLObjective`.
@@ -13,12 +13,18 @@
 Encoders are passed in (any ``nn.Module`` mapping a batch to ``[B, feature_dim]``, e.g.
 ``SmallCNN2d``, ``SignalCNN1d`` or :class:`contrastmix.models.text.MiniLMTextEncoder`), so the
 models work with any backbone.
+
+:func:`build_two_tower` and :func:`build_fusion` build the networks the multimodal recipes train
+from explicit arguments (the image encoder from the recipe's ``model`` section);
+:func:`build_multimodal` builds either from a description ``{"architecture": KIND, "arguments":
+{...}}``, the one a run leaves in ``multimodal.json`` (:data:`SPEC_FILE`), so that training and
+evaluation build the same network without the training code.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -27,7 +33,21 @@ from torch import Tensor, nn
 
 from contrastmix._validation import check_same_length
 
-__all__ = ["TwoTower", "M3CoLModel", "M3CoLOutput", "MLPHead"]
+__all__ = [
+    "TwoTower", "M3CoLModel", "M3CoLOutput", "MLPHead", "MODALITIES", "SIGNAL_BACKBONES",
+    "ARCHITECTURES", "SPEC_FILE", "build_two_tower", "build_fusion", "build_multimodal",
+    "image_encoder_of",
+]
+
+#: Modalities :func:`build_fusion` can encode (``image``: the recipe's backbone; ``signal``: a
+#: 1-D CNN; ``text``: MiniLM).
+MODALITIES: tuple[str, ...] = ("image", "signal", "text")
+#: Backbones of the ``signal`` modality.
+SIGNAL_BACKBONES: tuple[str, ...] = ("cnn1d",)
+#: Kinds of multimodal network, the ``architecture`` of a description.
+ARCHITECTURES: tuple[str, ...] = ("two_tower", "fusion")
+#: The file of a run directory that describes its multimodal network.
+SPEC_FILE = "multimodal.json"
 
 
 def _feature_dim(name: str, encoder: nn.Module, given: int | None) -> int:
@@ -275,3 +295,152 @@ class M3CoLModel(nn.Module):
         """Fusion-head logits ``[B, C]`` (inference path)."""
         z = self.embed(inputs)
         return self.fusion_head(torch.cat([z[m] for m in self.modalities], dim=-1))
+
+
+# ---------------------------------------------------------------------------------- builders
+
+
+def _image_encoder(model_cfg: Mapping[str, Any], in_channels: int) -> nn.Module:
+    from contrastmix.models.build import build_backbone
+
+    return build_backbone(model_cfg["backbone"], in_channels=int(in_channels),
+                          width=int(model_cfg["width"]),
+                          cifar_stem=bool(model_cfg.get("cifar_stem", False)))
+
+
+def _text_encoder(frozen: bool, cache: bool) -> nn.Module:
+    from contrastmix.models.text import MiniLMTextEncoder
+
+    # proj_dim=None: the 384-d sentence embedding; the model adds its own trainable projection.
+    return MiniLMTextEncoder(frozen=bool(frozen), proj_dim=None, cache=bool(cache))
+
+
+def build_two_tower(
+    model_cfg: Mapping[str, Any],
+    *,
+    in_channels: int,
+    proj_dim: int,
+    temperature: float,
+    learn_temperature: bool = False,
+    text_frozen: bool = True,
+    text_cache: bool = True,
+) -> TwoTower:
+    """A CLIP two-tower model: the recipe's image backbone and MiniLM, each projected.
+
+    Args:
+        model_cfg: The recipe's ``model`` section (``backbone``, ``width``, ``cifar_stem``): the
+            image encoder.
+        in_channels: Image channels.
+        proj_dim: Width of the shared embedding space.
+        temperature: CLIP τ (initial value when learnt).
+        learn_temperature: Learn τ.
+        text_frozen: Keep MiniLM frozen (it is then not part of the ``state_dict``).
+        text_cache: Cache the frozen sentence embeddings per caption.
+
+    Returns:
+        A :class:`TwoTower` with a linear projection on each tower.
+    """
+    return TwoTower(
+        _image_encoder(model_cfg, in_channels), _text_encoder(text_frozen, text_cache),
+        proj_dim=int(proj_dim), project_text=True, temperature=float(temperature),
+        learn_temperature=bool(learn_temperature),
+    )
+
+
+def build_fusion(
+    model_cfg: Mapping[str, Any],
+    *,
+    modalities: Sequence[str],
+    in_channels: int,
+    num_classes: int,
+    proj_dim: int,
+    hidden_dim: int,
+    dropout: float,
+    signal_backbone: str = "cnn1d",
+    signal_width: int = 16,
+    signal_channels: int = 1,
+    text_frozen: bool = True,
+    text_cache: bool = True,
+) -> M3CoLModel:
+    """A fusion classifier (:class:`M3CoLModel`) over ``modalities``.
+
+    Args:
+        model_cfg: The recipe's ``model`` section: the ``image`` encoder.
+        modalities: Distinct names from :data:`MODALITIES`, in concatenation order; must
+            include ``image``.
+        in_channels: Image channels.
+        num_classes: Number of classes.
+        proj_dim: Width of each modality's projection ``z_m``.
+        hidden_dim: Hidden width of the heads.
+        dropout: Dropout of the heads, in ``[0, 1)``.
+        signal_backbone: Encoder of ``signal`` (one of :data:`SIGNAL_BACKBONES`).
+        signal_width: Its width.
+        signal_channels: Channels of the signal.
+        text_frozen: Keep MiniLM frozen.
+        text_cache: Cache the frozen sentence embeddings per caption.
+
+    Raises:
+        ValueError: unknown or repeated modalities, no ``image``, an unknown signal backbone.
+    """
+    from contrastmix.models.build import build_backbone
+
+    mods = list(modalities)
+    if any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):
+        raise ValueError(f"`modalities` must be distinct names from {list(MODALITIES)}, got {mods}")
+    if "image" not in mods:
+        raise ValueError(f"`modalities` must include 'image' (the run's backbone), got {mods}")
+    if signal_backbone not in SIGNAL_BACKBONES:
+        raise ValueError(f"`signal_backbone` must be one of {list(SIGNAL_BACKBONES)}, got "
+                         f"{signal_backbone!r}")
+    encoders: dict[str, nn.Module] = {}
+    for m in mods:
+        if m == "image":
+            encoders[m] = _image_encoder(model_cfg, in_channels)
+        elif m == "signal":
+            encoders[m] = build_backbone(signal_backbone, in_channels=int(signal_channels),
+                                         width=int(signal_width))
+        else:
+            encoders[m] = _text_encoder(text_frozen, text_cache)
+    return M3CoLModel(encoders, num_classes=int(num_classes), proj_dim=int(proj_dim),
+                      hidden_dim=int(hidden_dim), dropout=float(dropout))
+
+
+_BUILDERS: dict[str, Any] = {"two_tower": build_two_tower, "fusion": build_fusion}
+
+
+def build_multimodal(spec: Mapping[str, Any], model_cfg: Mapping[str, Any]) -> nn.Module:
+    """Build the network a description names.
+
+    Args:
+        spec: ``{"architecture": "two_tower" | "fusion", "arguments": {...}}``: the keyword
+            arguments of :func:`build_two_tower` / :func:`build_fusion` (other keys ignored).
+        model_cfg: The recipe's ``model`` section (the image encoder).
+
+    Raises:
+        ValueError: an unknown architecture, or arguments its builder rejects.
+    """
+    kind = spec.get("architecture")
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown multimodal architecture {kind!r}; known: {list(ARCHITECTURES)}")
+    args = spec.get("arguments")
+    if not isinstance(args, Mapping):
+        raise ValueError("a multimodal description needs an `arguments` mapping")
+    try:
+        return _BUILDERS[kind](model_cfg, **dict(args))
+    except TypeError as e:  # a missing or unknown argument
+        raise ValueError(f"bad arguments for architecture {kind!r}: {e}") from None
+
+
+def image_encoder_of(model: nn.Module) -> tuple[nn.Module, str]:
+    """The image encoder of a multimodal model and its ``state_dict`` key prefix.
+
+    Returns:
+        ``(model.image_encoder, "image_encoder.")`` for a :class:`TwoTower`,
+        ``(model.encoders["image"], "encoders.image.")`` for an :class:`M3CoLModel`.
+    """
+    if isinstance(model, TwoTower):
+        return model.image_encoder, "image_encoder."
+    if isinstance(model, M3CoLModel) and "image" in model.encoders:
+        return model.encoders["image"], "encoders.image."
+    raise ValueError(f"`model` must be a TwoTower or an M3CoLModel with an image encoder, got "
+                     f"{type(model).__name__}")
