@@ -87,7 +87,7 @@ def _import_user_modules(names: list[str]) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
 
     _import_user_modules(args.imports)
     overrides = [o for group in args.overrides for o in group]

@@ -1,8 +1,8 @@
-"""Typed recipe schema (OmegaConf structured configs) and recipe loading.
+"""Typed recipe schema (OmegaConf structured configs) and its validation.
 
-A recipe is a YAML file validated against :class:`RecipeConfig`; the ``method`` section is
-validated against the config dataclass of the method named by ``method.name``
-(:data:`contrastmix.methods.METHODS`), whose ``__post_init__`` checks its values. Unknown
+A recipe is validated against :class:`RecipeConfig`; the ``method`` section against the config
+dataclass of its method when the caller passes the lookup (:mod:`contrastmix.recipe` does, with
+the method registry; this module never imports the methods). Unknown
 keys, wrong types, out-of-range values of the shared sections (``trainer``, ``optim``,
 ``data``, ``model``, ``eval``) and missing files raise :class:`~contrastmix.errors.RecipeError`
 with one line naming the problem. YAML is read with ``yaml.safe_load`` and overrides ``a.b=c``
@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -30,26 +29,11 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "EvalConfig",
-    "load_recipe",
     "apply_overrides",
-    "find_recipe",
-    "RECIPES_DIR",
     "OPTIMIZERS",
     "SCHEDULERS",
 ]
 
-def _recipes_dir() -> Path:
-    """The bundled recipes: the package ``contrastmix.recipes`` (``recipes/`` in the repository,
-    installed as package data by a wheel or an editable install)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("contrastmix.recipes")
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
-    return Path(__file__).resolve().parent.parent / "recipes"  # a source tree, not installed
-
-
-RECIPES_DIR = _recipes_dir()
 
 
 @dataclass
@@ -171,18 +155,6 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def find_recipe(recipe: str | Path) -> Path:
-    """Resolve a recipe path or the bare name of a bundled recipe (``moco_mnist1d``)."""
-    p = Path(recipe).expanduser()
-    candidates = [p, RECIPES_DIR / p, RECIPES_DIR / f"{p}.yaml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    known = sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
-    hint = f"; bundled recipes: {', '.join(known)}" if known else ""
-    raise RecipeError(f"recipe not found: {recipe}{hint}")
-
-
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(node, DictConfig):
@@ -200,24 +172,13 @@ def _key_error(cfg: DictConfig, e: OmegaConfBaseException) -> RecipeError:
     return RecipeError(f"unknown recipe key '{key}'{hint}")
 
 
-def _method_schema(name: Any) -> type:
-    """The config dataclass of method ``name`` from the method registry
-    (:data:`contrastmix.methods.METHODS`, imported here and not at import time: it holds
-    the training modules)."""
-    from contrastmix.methods import get_method
-
-    if name is None:
+def _base_for(method_name: Any, method_schema: Callable[[str], type] | None) -> DictConfig:
+    if method_name is None:
         raise RecipeError("recipe has no `method.name` (e.g. method: {name: moco})")
-    return get_method(name).Config
-
-
-def _base_for(method_name: Any, typed_method: bool) -> DictConfig:
     base = OmegaConf.structured(RecipeConfig)
-    if typed_method:
-        base.method = OmegaConf.structured(_method_schema(method_name))
+    if method_schema is not None:
+        base.method = OmegaConf.structured(method_schema(method_name))
     else:  # a run's own config.yaml: the method section as written (see rundir.py)
-        if method_name is None:
-            raise RecipeError("recipe has no `method.name` (e.g. method: {name: moco})")
         base.method = OmegaConf.create({"name": method_name})
     return base
 
@@ -328,15 +289,18 @@ def _check_values(cfg: DictConfig) -> None:
 
 
 def apply_overrides(
-    raw: dict[str, Any], overrides: list[str] | None, *, typed_method: bool = True
+    raw: dict[str, Any], overrides: list[str] | None, *,
+    method_schema: Callable[[str], type] | None = None,
 ) -> DictConfig:
     """Validate a raw recipe mapping plus ``key=value`` overrides against the schema.
 
     Args:
         raw: The recipe as a mapping.
         overrides: ``["trainer.max_epochs=5", ...]``.
-        typed_method: Validate ``method`` against its method's config (and run its checks);
-            ``False`` keeps the section as written (evaluation of a finished run).
+        method_schema: ``name -> config dataclass`` of the methods: the ``method`` section is
+            validated against it and its checks run (:func:`contrastmix.recipe.load_recipe`
+            passes the registry's). ``None`` keeps the section as written, with its ``name``
+            (evaluation of a finished run, which must not need the training code).
     """
     if not isinstance(raw, dict):
         raise RecipeError("a recipe must be a YAML mapping")
@@ -345,32 +309,10 @@ def apply_overrides(
     if not isinstance(method, dict):
         raise RecipeError("recipe key 'method' must be a mapping with a `name`")
     name = (ov.get("method") or {}).get("name", method.get("name"))
-    cfg = _merge(_base_for(name, typed_method), raw)
+    cfg = _merge(_base_for(name, method_schema), raw)
     cfg = _merge(cfg, ov)
     _check_values(cfg)
-    if typed_method:
+    if method_schema is not None:
         _check_method(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
-
-
-def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictConfig:
-    """Load, validate and override a recipe.
-
-    Args:
-        recipe: A path, or the name of a recipe in ``recipes/``.
-        overrides: ``["trainer.max_epochs=5", ...]``; values are YAML scalars.
-
-    Returns:
-        The validated config (struct mode: unknown keys raise).
-
-    Raises:
-        RecipeError: missing file, malformed YAML, unknown key or method, wrong value type.
-    """
-    path = find_recipe(recipe)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
-    return apply_overrides(raw or {}, overrides)
-

@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from contrastmix.config import apply_overrides
 from contrastmix.errors import RunDirError
 
 __all__ = ["run_paths", "read_run_config", "RunArtifacts", "read_artifacts", "write_artifacts",
@@ -60,8 +61,6 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
         RunDirError: no such directory, no ``config.yaml``, or a file that is not YAML.
         RecipeError: a shared section that does not validate (an edited file).
     """
-    from contrastmix.config import apply_overrides
-
     p = run_paths(run_dir)["config"]
     if not Path(run_dir).is_dir():
         raise RunDirError(f"run directory does not exist: {run_dir}")
@@ -72,7 +71,7 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0]
         raise RunDirError(f"{p} is not valid YAML ({first}); was it edited?") from None
-    return apply_overrides(raw or {}, [], typed_method=False)
+    return apply_overrides(raw or {}, [])  # no method schema: the section as written
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from contrastmix.config import load_recipe
+from contrastmix.recipe import load_recipe
 
 # six 16 MiB blocks (a step's [B, K] buffers at queue 16384) allocated, written by two threads
 # and freed, five rounds to settle, then the minor page faults of each of ten more rounds

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from contrastmix.config import RECIPES_DIR, load_recipe
+from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.errors import RecipeError
 
 

@@ -38,7 +38,7 @@ def test_digits_split() -> None:
 
 
 def test_missing_dataset_path_is_a_clear_error(tmp_path) -> None:
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
 
     cfg = load_recipe("moco_mnist1d", ["data.name=imagefolder", f"data.root={tmp_path}/nope"])
     with pytest.raises(DatasetError, match="does not exist"):
@@ -51,7 +51,7 @@ def test_missing_dataset_path_is_a_clear_error(tmp_path) -> None:
 def test_imagefolder_two_views(tmp_path) -> None:
     from PIL import Image
 
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
 
     for split in ("train", "test"):
         for c in ("a", "b"):

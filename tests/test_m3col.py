@@ -198,7 +198,7 @@ def test_module_reproduces_explicit_draws() -> None:
 
 def test_phase_switch_to_softclip() -> None:
     # The schedule is the method's (the loss takes the phase per call).
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.errors import RecipeError
     from contrastmix.methods.m3col import softclip_epoch, uses_mixup
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from contrastmix.config import load_recipe
+from contrastmix.recipe import load_recipe
 from contrastmix.errors import RecipeError
 from contrastmix.methods import METHODS, Method, MethodConfig, get_method, register_method
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from contrastmix.config import load_recipe
+from contrastmix.recipe import load_recipe
 from contrastmix.train.pretrain import pretrain
 
 

@@ -12,7 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from contrastmix.config import load_recipe
+from contrastmix.recipe import load_recipe
 from contrastmix.errors import RecipeError
 from contrastmix.losses.clip import clip_logits
 from contrastmix.train.pretrain import pretrain

@@ -16,7 +16,7 @@ import pytest
 import torch
 from contrastmix.eval.multimodal import mean_average_precision, retrieval_recall
 
-from contrastmix.config import load_recipe
+from contrastmix.recipe import load_recipe
 from contrastmix.data.bundles_multimodal import MultimodalDataset, collate_multimodal
 from contrastmix.data.registry import build_data
 from contrastmix.errors import CheckpointError, DatasetError, RecipeError, RunDirError

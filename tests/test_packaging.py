@@ -43,7 +43,7 @@ def test_wheel_installs_package_eval_and_recipes(tmp_path: Path) -> None:
     (elsewhere / "eval" / "__init__.py").write_text("raise ImportError('user eval')\n")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, '')\n"
-        "import contrastmix, contrastmix.eval.probe, contrastmix.config as c\n"
+        "import contrastmix, contrastmix.eval.probe, contrastmix.recipe as c\n"
         "assert contrastmix.__file__.startswith(sys.argv[1]), contrastmix.__file__\n"
         "assert str(c.RECIPES_DIR).startswith(sys.argv[1]), c.RECIPES_DIR\n"
         "from contrastmix.cli import main\n"

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from contrastmix.config import RECIPES_DIR, load_recipe
+from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.data.labels import dataset_labels, label_bin_edges
 from contrastmix.data.registry import DataBundle, TensorIndexDataset, build_data
 from contrastmix.errors import DatasetError, RecipeError

@@ -146,7 +146,7 @@ def _write_epoch_features(run: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def mochi_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, float]]:
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.train.pretrain import pretrain
 
     run = tmp_path_factory.mktemp("report") / "mochi"
@@ -298,7 +298,7 @@ def test_missing_pieces_become_notes_and_a_failure_an_error_note(
 
 def test_regression_run(tmp_path: Path) -> None:
     """A regression run: UMAP coloured by the target, ridge probe, no kNN / NC / reliability."""
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.train.pretrain import pretrain
 
     run = tmp_path / "rnc"

@@ -8,7 +8,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from contrastmix.config import load_recipe
+from contrastmix.recipe import load_recipe
 from contrastmix.train.pretrain import pretrain
 
 OVERRIDES = [

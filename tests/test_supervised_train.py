@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from contrastmix.eval.collapse import mixed_pair_features
 
-from contrastmix.config import RECIPES_DIR, load_recipe
+from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.errors import RecipeError
 from contrastmix.losses import mixed_cross_entropy
 from contrastmix.mixing import cutmix_batch, mixup_batch, sample_pairs

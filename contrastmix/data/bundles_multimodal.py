@@ -38,11 +38,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from contrastmix.data.registry import (
+from contrastmix.data.bundle import (
     DataBundle,
     dataset_options,
     image_augment,
-    register_dataset,
     signal_augment,
 )
 from contrastmix.errors import DatasetError
@@ -269,7 +268,3 @@ def build_digits_tri(cfg: Any) -> DataBundle:
             "image_noise": float(img_noise),
         },
     )
-
-
-register_dataset("digits-captions", build_digits_captions)
-register_dataset("digits-tri", build_digits_tri)

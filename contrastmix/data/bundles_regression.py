@@ -1,4 +1,5 @@
-"""Dataset builders of the regression recipes, registered with :func:`register_dataset`.
+"""Dataset builders of the regression recipes (listed in
+:data:`contrastmix.data.registry.DATASETS`).
 
 * ``rotated-digits`` — predict the rotation angle of a digit image
   (:func:`contrastmix.data.rotated_digits.load_rotated_digits`). ``data.options``:
@@ -31,12 +32,11 @@ from typing import Any
 
 from torch import Tensor
 
-from contrastmix.data.registry import (
+from contrastmix.data.bundle import (
     DataBundle,
     TensorIndexDataset,
     dataset_options,
     image_augment,
-    register_dataset,
     signal_augment,
 )
 from contrastmix.errors import DatasetError
@@ -132,8 +132,3 @@ def build_diabetes(cfg: Any) -> DataBundle:
         pretrain=train, train=train, test=TensorIndexDataset(xte, yte), batch_augment=aug,
         in_channels=DIABETES_FEATURES, num_classes=0, task="regression",
     )
-
-
-register_dataset("rotated-digits", build_rotated_digits)
-register_dataset("mnist1d-reg", build_mnist1d_reg)
-register_dataset("diabetes", build_diabetes)

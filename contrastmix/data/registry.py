@@ -1,85 +1,57 @@
-"""Build the datasets a recipe names: pretraining views, and train/test splits for evaluation.
+"""The dataset registry: ``data.name`` of a recipe -> a builder returning a
+:class:`~contrastmix.data.bundle.DataBundle`.
 
-Every dataset yields ``(x, y, index)``. In-memory datasets (MNIST-1D, digits) yield raw tensors
-and the training module applies a batched augmentation twice on the device
-(:attr:`DataBundle.batch_augment`); PIL datasets (CIFAR, ImageFolder) yield the two views from
-lightly's per-sample transform.
+:data:`DATASETS` lists the built-in datasets explicitly; :func:`register_dataset` adds one from
+user code (``contrastmix pretrain RECIPE --import MODULE``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import Tensor
-from torch.utils.data import ConcatDataset, Dataset
-
+from contrastmix.data.bundle import (
+    DataBundle,
+    TensorIndexDataset,
+    dataset_options,
+    image_augment,
+    signal_augment,
+)
+from contrastmix.data.bundles_builtin import build_digits, build_images, build_mnist1d
+from contrastmix.data.bundles_multimodal import build_digits_captions, build_digits_tri
+from contrastmix.data.bundles_regression import (
+    build_diabetes,
+    build_mnist1d_reg,
+    build_rotated_digits,
+)
 from contrastmix.errors import DatasetError
 
-__all__ = ["TensorIndexDataset", "DataBundle", "build_data", "register_dataset", "datasets"]
+__all__ = ["TensorIndexDataset", "DataBundle", "build_data", "register_dataset", "datasets",
+           "DATASETS", "dataset_options", "image_augment", "signal_augment"]
 
-
-class TensorIndexDataset(Dataset):
-    """In-memory ``(x[i], y[i], offset + i)`` dataset."""
-
-    def __init__(self, x: Tensor, y: Tensor, offset: int = 0) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-        self.x, self.y, self.offset = x, y, offset
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
-        return self.x[i], self.y[i], self.offset + i
-
-
-@dataclass
-class DataBundle:
-    """What a training run and its evaluation need from a dataset.
-
-    Attributes:
-        pretrain: Pretraining set (labelled train split plus any unlabelled pool, label -1).
-        train: Labelled train split with test-time transforms (probe / kNN bank).
-        test: Test split with test-time transforms.
-        batch_augment: On-device batched view augmentation for in-memory data, else ``None``
-            (then ``pretrain`` already yields ``[view1, view2]``).
-        in_channels: Input channels (the number of input features for tabular data).
-        num_classes: Number of classes (0 for regression).
-        task: ``"classification"``, ``"regression"`` or ``"multimodal"``.
-        collate_fn: Collate function for ``pretrain`` (``None`` = default).
-        test_groups: Optional ``[M]`` group id of each test sample (e.g. many/medium/few-shot
-            bins of an imbalanced regression set); the probe reports metrics per group.
-        group_names: Names of the group ids.
-        extras: Anything else a family's probe needs (class prompts, modalities, ...).
-    """
-
-    pretrain: Dataset
-    train: Dataset
-    test: Dataset
-    batch_augment: Callable[..., Tensor] | None
-    in_channels: int
-    num_classes: int
-    task: str = "classification"
-    collate_fn: Callable[[list[Any]], Any] | None = None
-    test_groups: Tensor | None = None
-    group_names: tuple[str, ...] = ()
-    extras: dict[str, Any] | None = None
-
-
-_BUILDERS: dict[str, Callable[[Any], DataBundle]] = {}
+#: Built-in and registered datasets: ``data.name`` -> ``builder(data_cfg) -> DataBundle``.
+DATASETS: dict[str, Callable[[Any], DataBundle]] = {
+    "mnist1d": build_mnist1d,
+    "digits": build_digits,
+    "cifar10": build_images,
+    "cifar100": build_images,
+    "imagefolder": build_images,
+    "rotated-digits": build_rotated_digits,
+    "mnist1d-reg": build_mnist1d_reg,
+    "diabetes": build_diabetes,
+    "digits-captions": build_digits_captions,
+    "digits-tri": build_digits_tri,
+}
 
 
 def register_dataset(name: str, builder: Callable[[Any], DataBundle]) -> None:
     """Register ``builder(data_cfg) -> DataBundle`` under ``data.name == name``."""
-    _BUILDERS[name] = builder
+    DATASETS[name] = builder
 
 
 def datasets() -> list[str]:
     """Names of the registered datasets."""
-    return sorted(_BUILDERS)
+    return sorted(DATASETS)
 
 
 def build_data(cfg: Any) -> DataBundle:
@@ -88,115 +60,8 @@ def build_data(cfg: Any) -> DataBundle:
     Raises:
         DatasetError: unknown dataset name or missing path.
     """
-    if cfg.name not in _BUILDERS:
+    if cfg.name not in DATASETS:
         raise DatasetError(
             f"unknown dataset '{cfg.name}'; choose one of {', '.join(datasets())}"
         )
-    return _BUILDERS[cfg.name](cfg)
-
-
-def dataset_options(cfg: Any, defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated with the recipe's ``data.options`` for one dataset.
-
-    Raises:
-        DatasetError: an option the dataset does not know, or a ``test_fraction`` outside
-            ``(0, 1)``.
-    """
-    given = dict(cfg.options or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise DatasetError(
-            f"unknown data.options for dataset '{cfg.name}': {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(defaults))}"
-        )
-    out = {**defaults, **given}
-    tf = out.get("test_fraction", 0.5)
-    if not isinstance(tf, (int, float)) or not 0.0 < float(tf) < 1.0:
-        raise DatasetError(f"data.options.test_fraction must lie in (0, 1), got {tf!r}")
-    return out
-
-
-def image_augment(cfg: Any, **override: Any) -> Any:
-    """The on-device :class:`~contrastmix.data.augment2d.ImageBatchAugment` of
-    ``cfg.image_aug``; ``override`` replaces arguments (e.g. ``rotation=0.0``)."""
-    from contrastmix.data.augment2d import ImageBatchAugment
-
-    a = cfg.image_aug
-    kw: dict[str, Any] = {
-        "scale": (a.scale[0], a.scale[1]), "rotation": a.rotation, "translate": a.translate,
-        "shear": a.shear, "brightness": a.brightness,
-        "contrast": (a.contrast[0], a.contrast[1]), "noise_std": a.noise_std,
-    }
-    return ImageBatchAugment(**{**kw, **override})
-
-
-def signal_augment(cfg: Any, **override: Any) -> Any:
-    """The on-device :class:`~contrastmix.data.augment1d.SignalAugment` of ``cfg.signal_aug``;
-    ``override`` replaces arguments (e.g. ``max_shift=0.0``)."""
-    from contrastmix.data.augment1d import SignalAugment
-
-    a = cfg.signal_aug
-    kw: dict[str, Any] = {
-        "crop_scale": (a.crop_scale[0], a.crop_scale[1]), "max_shift": a.max_shift,
-        "amplitude": (a.amplitude[0], a.amplitude[1]), "shear": a.shear,
-        "noise_std": a.noise_std, "flip_prob": a.flip_prob,
-    }
-    return SignalAugment(**{**kw, **override})
-
-
-def _builtin(cfg: Any) -> DataBundle:
-    name = cfg.name
-    if name == "mnist1d":
-        from contrastmix.data.mnist1d import load_mnist1d, load_mnist1d_pool
-
-        xtr, ytr = load_mnist1d("train", seed=cfg.seed)
-        xte, yte = load_mnist1d("test", seed=cfg.seed)
-        train = TensorIndexDataset(xtr, ytr)
-        pretrain: Dataset = train
-        if len(cfg.pool_seeds) > 0:
-            pool = load_mnist1d_pool(list(cfg.pool_seeds), exclude=cfg.seed)
-            pool_ds = TensorIndexDataset(
-                pool, torch.full((len(pool),), -1, dtype=torch.long), offset=len(train)
-            )
-            pretrain = ConcatDataset([train, pool_ds])
-        return DataBundle(pretrain, train, TensorIndexDataset(xte, yte), signal_augment(cfg),
-                          1, 10)
-    if name == "digits":
-        from contrastmix.data.digits import load_digits_images
-
-        xtr, ytr = load_digits_images("train", seed=cfg.seed)
-        xte, yte = load_digits_images("test", seed=cfg.seed)
-        train = TensorIndexDataset(xtr, ytr)
-        return DataBundle(train, train, TensorIndexDataset(xte, yte), image_augment(cfg), 1, 10)
-    if name in ("cifar10", "cifar100", "imagefolder"):
-        from contrastmix.data.images import (
-            IndexedDataset,
-            build_image_dataset,
-            eval_transform,
-            stack_views,
-            two_view_transform,
-        )
-
-        base_tr = build_image_dataset(name, cfg.root, "train", download=cfg.download)
-        base_te = build_image_dataset(name, cfg.root, "test", download=cfg.download)
-        ev = eval_transform(name, cfg.image_size)
-        n_cls = len(getattr(base_tr, "classes", [])) or (100 if name == "cifar100" else 10)
-        return DataBundle(
-            pretrain=IndexedDataset(base_tr, two_view_transform(name, cfg.image_size)),
-            train=IndexedDataset(base_tr, ev),
-            test=IndexedDataset(base_te, ev),
-            batch_augment=None,
-            in_channels=3,
-            num_classes=n_cls,
-            collate_fn=stack_views,
-        )
-    raise DatasetError(f"unknown dataset '{name}'")
-
-
-for _name in ("mnist1d", "digits", "cifar10", "cifar100", "imagefolder"):
-    register_dataset(_name, _builtin)
-
-
-# Dataset families defined in their own modules register themselves on import.
-import contrastmix.data.bundles_multimodal  # noqa: E402,F401
-import contrastmix.data.bundles_regression  # noqa: E402,F401
+    return DATASETS[cfg.name](cfg)

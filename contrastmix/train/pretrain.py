@@ -206,7 +206,7 @@ def pretrain(
     to the run only).
 
     Args:
-        cfg: A validated recipe (:func:`contrastmix.config.load_recipe`).
+        cfg: A validated recipe (:func:`contrastmix.recipe.load_recipe`).
         out: Run directory (default ``runs/<recipe name>``).
         resume: Continue from ``checkpoints/last.ckpt`` (queue, pointer, optimiser, epoch).
         extra_callbacks: More Lightning callbacks (tests use this to interrupt a run).
