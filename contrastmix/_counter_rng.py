@@ -7,7 +7,8 @@ uniform is the top 24 bits of ``z`` times ``2⁻²⁴`` (a float32 in ``[0, 1 �
 grid as ``torch.rand``). Any value can be computed on its own, so a parallel kernel draws
 its own numbers in place, in any order, with a result that does not depend on the number of
 threads; :func:`counter_uniform` gives the same values with torch ops on any device (the
-fallback paths and the tests). The seed is one draw from a ``torch.Generator``
+reference path, used on GPUs and wherever numba is not installed). numba is only imported by
+:func:`counter_uniform_kernel`, on demand. The seed is one draw from a ``torch.Generator``
 (:func:`draw_seed`), so ``torch.manual_seed`` / a user's generator make runs reproducible.
 """
 
@@ -34,10 +35,15 @@ def _signed(x: int) -> int:
 
 def draw_seed(generator: torch.Generator | None, device: torch.device) -> Tensor:
     """One 63-bit seed (int64 scalar tensor on ``device``) from ``generator`` (or torch's
-    default generator of ``device``)."""
+    default generator of ``device``).
+
+    No host synchronisation: the draw runs on the generator's device; a CPU generator's seed
+    goes to an accelerator by an asynchronous copy (a blocking one would wait for the queued
+    kernels).
+    """
     gen_device = generator.device if generator is not None else device
     seed = torch.empty((), dtype=torch.int64, device=gen_device).random_(generator=generator)
-    return seed.to(device)
+    return seed.to(device, non_blocking=True)
 
 
 def counter_uniform(seed: Tensor, rows: int, width: int) -> Tensor:

@@ -1,16 +1,47 @@
 """Shared pieces of the CPU numba kernels (MoCHi hard-set selection, bf16-screened kNN).
 
-numba is imported lazily (it ships with umap-learn); nothing here runs at import time.
+numba is an optional CPU accelerator (the ``cpu`` extra: ``pip install contrastmix[cpu]``).
+Plain torch is the reference path and the default everywhere; the numba kernels replace it
+only for CPU tensors, only when numba is importable, and only while they are enabled
+(``CONTRASTMIX_NUMBA=0`` in the environment disables them at import; :data:`ENABLED`).
+numba is imported lazily, inside the functions that build kernels; nothing here imports it
+at import time, so the package works without it.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import torch
 
-__all__ = ["sampled_threshold_kernel", "prefetch_kernel", "run_parallel"]
+__all__ = [
+    "ENABLED",
+    "numba_importable",
+    "numba_enabled",
+    "sampled_threshold_kernel",
+    "prefetch_kernel",
+    "run_parallel",
+]
+
+#: Whether the numba CPU kernels may be used (``CONTRASTMIX_NUMBA=0`` turns them off).
+ENABLED = os.environ.get("CONTRASTMIX_NUMBA", "1") != "0"
+
+
+@functools.lru_cache(maxsize=1)
+def numba_importable() -> bool:
+    """Whether ``import numba`` works in this process (checked once)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def numba_enabled() -> bool:
+    """Whether CPU code may use the numba kernels: :data:`ENABLED` and numba importable."""
+    return ENABLED and numba_importable()
 
 
 @functools.lru_cache(maxsize=1)

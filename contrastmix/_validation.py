@@ -3,10 +3,32 @@
 Every public function of contrastmix validates its tensors with these helpers so that bad
 input fails early with a :class:`ValueError` that names the offending argument, instead of a
 shape error deep inside a matmul or, worse, a silently wrong number.
+
+Two kinds of checks:
+
+* **Structural checks** (type, number of dimensions, sizes, dtype, matching lengths) read only
+  metadata: they are free and always run.
+* **Value checks** (:func:`check_finite`: no NaN/inf; :func:`check_unit_norm`: rows of unit L2
+  norm) read the tensor's values back to the host. On an accelerator that is a host
+  synchronisation (the CPU waits for the queued kernels), which would stall every training
+  step, so the rule is:
+
+  - by default value checks run for **CPU tensors** and are **skipped for tensors on any other
+    device** (CUDA, MPS, ...);
+  - ``CONTRASTMIX_DEBUG_CHECKS=1`` in the environment (read at import) or
+    :func:`set_debug_checks` ``(True)`` runs them on every device (debugging a NaN on a GPU);
+  - ``CONTRASTMIX_DEBUG_CHECKS=0`` or ``set_debug_checks(False)`` skips them everywhere, CPU
+    included (e.g. to time the CPU path without them); ``set_debug_checks(None)`` restores the
+    default.
+
+  :func:`value_checks` says whether they run for a given tensor. Structural errors raise
+  ``ValueError`` in every mode; NaN / non-unit inputs raise ``ValueError`` whenever value
+  checks run.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +36,9 @@ from torch import Tensor
 
 __all__ = [
     "NonFiniteError",
+    "set_debug_checks",
+    "debug_checks",
+    "value_checks",
     "check_tensor",
     "check_finite",
     "check_same_length",
@@ -23,6 +48,43 @@ __all__ = [
     "check_sample_ids",
     "same_instance_mask",
 ]
+
+
+def _debug_from_env() -> bool | None:
+    value = os.environ.get("CONTRASTMIX_DEBUG_CHECKS", "").strip().lower()
+    if value in ("", "auto", "default"):
+        return None
+    return value not in ("0", "false", "no", "off")
+
+
+# None: the default (value checks on CPU tensors only); True: everywhere; False: nowhere.
+_DEBUG_CHECKS: bool | None = _debug_from_env()
+
+
+def set_debug_checks(on: bool | None) -> None:
+    """Choose when value checks (NaN/inf, unit norm) run; see the module docstring.
+
+    Args:
+        on: ``True``: on every device (each check synchronises with an accelerator);
+            ``False``: never; ``None``: the default, CPU tensors only.
+    """
+    global _DEBUG_CHECKS
+    if on is not None and not isinstance(on, bool):
+        raise ValueError(f"`on` must be True, False or None, got {on!r}")
+    _DEBUG_CHECKS = on
+
+
+def debug_checks() -> bool | None:
+    """The current setting of :func:`set_debug_checks` (``None``: the default rule)."""
+    return _DEBUG_CHECKS
+
+
+def value_checks(x: Tensor) -> bool:
+    """Whether value checks run for ``x``: the :func:`set_debug_checks` setting when one is
+    made, else whether ``x`` is on the CPU (reading it back there is no synchronisation)."""
+    if _DEBUG_CHECKS is not None:
+        return _DEBUG_CHECKS
+    return x.device.type == "cpu"
 
 
 def check_tensor(
@@ -43,6 +105,8 @@ def check_tensor(
         dim: Required size of the last dimension.
         finite: Reject NaN / inf entries.
         floating: Require a floating-point dtype.
+
+    The finiteness check is a value check (:func:`value_checks`); the others always run.
 
     Returns:
         ``x`` unchanged.
@@ -73,8 +137,11 @@ class NonFiniteError(ValueError):
 
 
 def check_finite(name: str, x: Tensor) -> Tensor:
-    """Raise :class:`NonFiniteError` if ``x`` holds NaN or inf (e.g. diverged embeddings)."""
-    if x.is_floating_point() or x.is_complex():
+    """Raise :class:`NonFiniteError` if ``x`` holds NaN or inf (e.g. diverged embeddings).
+
+    A value check: skipped where :func:`value_checks` is False (by default, off the CPU).
+    """
+    if (x.is_floating_point() or x.is_complex()) and value_checks(x):
         # One reduction first (cheap); the element-wise check only runs when it is not finite.
         if x.numel() and not bool(torch.isfinite(x.detach().sum())) and not bool(
             torch.isfinite(x.detach()).all()
@@ -100,12 +167,18 @@ def check_same_length(**tensors: Tensor | None) -> int:
     return int(n0)
 
 
-def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor:
+def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor | None:
     """Raise ``ValueError`` unless every row of ``x`` has unit L2 norm (within ``atol``).
 
+    A value check: skipped where :func:`value_checks` is False (by default, off the CPU);
+    then nothing is computed.
+
     Returns:
-        The row norms (detached, fp32 or wider), for callers that need them too.
+        The row norms (detached, fp32 or wider), for callers that need them too; ``None``
+        when the check was skipped.
     """
+    if not value_checks(x):
+        return None
     norms = x.detach().to(torch.promote_types(x.dtype, torch.float32)).norm(dim=-1)
     if x.numel() == 0:
         return norms
@@ -149,7 +222,10 @@ def same_instance_mask(queue_ids: Tensor | None, query_ids: Tensor | None, n_que
     if not check_sample_ids(queue_ids, query_ids, n_queue, n_query):
         return None
     assert queue_ids is not None and query_ids is not None
-    return query_ids.to(device).unsqueeze(1) == queue_ids.to(device).unsqueeze(0)
+    # host-to-accelerator copies are asynchronous (a blocking one waits for the device)
+    nb = torch.device(device).type != "cpu"
+    return (query_ids.to(device, non_blocking=nb).unsqueeze(1)
+            == queue_ids.to(device, non_blocking=nb).unsqueeze(0))
 
 
 def check_positive(name: str, value: float | int, *, allow_zero: bool = False) -> None:

@@ -18,7 +18,9 @@ The ``[M, N]`` similarity product dominates kNN evaluation. On CPUs with bf16 ma
 
 One numba kernel does, per query row and in parallel over rows: a sampled threshold (so one
 pass collects a small superset), the k-th largest screening value, the candidate band, the fp32
-re-scoring and a stable sort.
+re-scoring and a stable sort. numba is optional (the ``cpu`` extra) and imported only when the
+kernel is first built; without it :func:`bf16_matmul_available` is False and
+:func:`contrastmix.eval.knn.knn_scores` uses its torch path.
 """
 
 from __future__ import annotations
@@ -30,17 +32,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contrastmix._numba import run_parallel, sampled_threshold_kernel
+from contrastmix._numba import numba_enabled, run_parallel, sampled_threshold_kernel
 
 __all__ = ["bf16_matmul_available", "bank_rounding", "screening_eps", "rescored_topk"]
 
 
 @functools.lru_cache(maxsize=1)
 def bf16_matmul_available() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) and numba."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:  # pragma: no cover - numba comes with umap-learn
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX-BF16) and the
+    optional numba accelerator is installed and enabled (:func:`contrastmix._numba.numba_enabled`:
+    ``pip install contrastmix[cpu]``, not ``CONTRASTMIX_NUMBA=0``)."""
+    if not numba_enabled():
         return False
     try:
         with open("/proc/cpuinfo") as fh:

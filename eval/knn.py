@@ -1,4 +1,4 @@
-"""Weighted k-nearest-neighbour classifier on frozen features (METHODS.md §9).
+"""Weighted k-nearest-neighbour classifier on frozen features (docs/methods.md §9).
 
 Wu, Xiong, Yu & Lin, "Unsupervised Feature Learning via Non-Parametric Instance
 Discrimination", CVPR 2018 (the kNN monitor later used by MoCo, SimCLR and others).
@@ -22,14 +22,16 @@ Determinism:
   same ratio but cannot overflow, so ``tau -> 0`` (1-NN) and ``tau -> inf`` (majority vote)
   are both exact limits.
 
-Back-ends: ``"torch"`` (exact matmul + ``topk`` on the features' device, chunked over query
-rows so peak memory is ``chunk_size x N`` similarities), ``"bf16"`` (CPU, float32: a bf16
-screening product on the CPU's bf16 matrix units, then an exact fp32 re-ranking of the rows
-that can still be neighbours — the same neighbours as ``"torch"``, see
-:mod:`contrastmix.eval._knn_rescore`), ``"faiss"`` (``IndexFlatIP``, exact inner product on CPU, for large
-banks) and ``"auto"`` (``"bf16"`` for float32 CPU problems of at least ``BF16_MIN_WORK``
-similarities when the CPU has bf16 instructions, faiss for CPU banks with at least
-``faiss_min_bank`` rows when faiss is importable, torch otherwise).
+Back-ends: ``"torch"`` (the reference: exact matmul + ``topk`` on the features' device, GPUs
+included, chunked over query rows so peak memory is ``chunk_size x N`` similarities),
+``"bf16"`` (CPU, float32, needs the optional numba accelerator, ``pip install
+contrastmix[cpu]``: a bf16 screening product on the CPU's bf16 matrix units, then an exact
+fp32 re-ranking of the rows that can still be neighbours — the same neighbours as
+``"torch"``, see :mod:`contrastmix.eval._knn_rescore`), ``"faiss"`` (``IndexFlatIP``, exact
+inner product on CPU, for large banks) and ``"auto"`` (``"bf16"`` for float32 CPU problems of
+at least ``BF16_MIN_WORK`` similarities when the CPU has bf16 instructions and numba is
+installed and enabled, faiss for CPU banks with at least ``faiss_min_bank`` rows when faiss
+is importable, torch otherwise).
 """
 
 from __future__ import annotations
@@ -196,7 +198,8 @@ def knn_scores(
     if backend == "bf16" and not bf16_ok:
         raise ValueError(
             "backend 'bf16' needs float32 CPU features and a CPU with AVX512-BF16/AMX-BF16 "
-            "(and numba); use backend='torch'"
+            "and the optional numba accelerator (`pip install contrastmix[cpu]`, not "
+            "disabled by CONTRASTMIX_NUMBA=0); use backend='torch'"
         )
     if backend == "auto" and bf16_ok and n * test_x.shape[0] >= BF16_MIN_WORK and n > k:
         backend = "bf16"
@@ -243,7 +246,7 @@ def knn_predict(
     chunk_size: int | None = None,
     faiss_min_bank: int = FAISS_MIN_BANK,
 ) -> Tensor:
-    """Weighted-kNN predictions (METHODS.md §9); arguments as :func:`knn_scores`.
+    """Weighted-kNN predictions (docs/methods.md §9); arguments as :func:`knn_scores`.
 
     Returns:
         ``[M]`` int64 predicted labels (class-score ties -> lowest class index).

@@ -1,4 +1,4 @@
-"""Tests for contrastmix.eval.knn: weighted kNN classifier (METHODS.md §9)."""
+"""Tests for contrastmix.eval.knn: weighted kNN classifier (docs/methods.md §9)."""
 
 from __future__ import annotations
 

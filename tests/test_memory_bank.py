@@ -1,4 +1,4 @@
-"""Tests of contrastmix.banks.memory_bank.MemoryBank (METHODS.md §1 "Base", §9)."""
+"""Tests of contrastmix.banks.memory_bank.MemoryBank (docs/methods.md §1 "Base", §9)."""
 
 from __future__ import annotations
 
@@ -330,3 +330,60 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="nlist"):
         MemoryBank(10, 4, backend="faiss-ivf", nlist=2.5)  # type: ignore[arg-type]
     assert len(bank) == 3  # failed calls changed nothing
+
+
+def test_add_and_torch_search_read_no_tensor_value() -> None:
+    """Enqueueing (any batch size, wrapping), the filled view and an exact torch search read
+    no tensor value back to the host (on a GPU each read would wait for the device): the
+    pointer and fill count are host copies, kept equal to their buffers."""
+    from contrastmix import _validation
+    from tests._host_reads import forbid_host_reads
+
+    g = torch.Generator().manual_seed(9)
+    bank = MemoryBank(20, 4)
+    ref = _RefRing(20, 4)
+    before = _validation.debug_checks()
+    _validation.set_debug_checks(False)  # the accelerator rule: no value checks
+    try:
+        for n in (3, 0, 17, 25, 6):
+            x = _unit(n, 4, g)
+            lab, ids, q = torch.randint(0, 5, (n,), generator=g), torch.arange(n), _unit(2, 4, g)
+            with forbid_host_reads():
+                bank.add(x, labels=lab, indices=ids)
+                feats, filled, ptr = bank.features, len(bank), bank.ptr
+                bank.search(q, 3, exclude_indices=torch.arange(2))
+            ref.add(x, lab, ids)
+            assert feats.shape == (filled, 4) and ptr == ref.ptr
+            assert (int(bank._ptr), int(bank._filled)) == (ptr, filled)
+    finally:
+        _validation.set_debug_checks(before)
+    assert torch.equal(bank._features, ref.feats)
+    bank.reset()
+    assert (len(bank), bank.ptr, int(bank._ptr), int(bank._filled)) == (0, 0, 0, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_add_and_search_do_not_synchronise() -> None:
+    """A bank on a GPU: ``add`` (CPU labels and ids copied asynchronously), ``features`` and
+    the torch search under ``torch.cuda.set_sync_debug_mode("error")``."""
+    dev = torch.device("cuda")
+    g = torch.Generator().manual_seed(10)
+    bank = MemoryBank(64, 8).to(dev)
+    cpu = MemoryBank(64, 8)
+    batches = [(_unit(n, 8, g), torch.randint(0, 5, (n,), generator=g), torch.arange(n))
+               for n in (10, 40, 30)]
+    q = _unit(4, 8, g).to(dev)
+    bank.search(q, 3)  # warm-up (library initialisation)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, lab, ids in batches:
+            bank.add(x.to(dev), labels=lab, indices=ids)
+            feats = bank.features
+            bank.search(q, 3, exclude_indices=torch.arange(4, device=dev))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for x, lab, ids in batches:
+        cpu.add(x, labels=lab, indices=ids)
+    assert feats.shape == (64, 8) and bank.ptr == cpu.ptr and len(bank) == len(cpu)
+    for key, value in cpu.state_dict().items():
+        assert torch.equal(bank.state_dict()[key].cpu(), value), key

@@ -1,4 +1,4 @@
-"""Tests of MoCHi (METHODS.md §1): contrastmix.mixing.mochi and contrastmix.losses.mochi."""
+"""Tests of MoCHi (docs/methods.md §1): contrastmix.mixing.mochi and contrastmix.losses.mochi."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _reference_negatives(q, queue, draws):
-    """Explicit-loop construction of h and h' from the draws (METHODS §1 steps 2-3)."""
+    """Explicit-loop construction of h and h' from the draws (docs/methods.md §1 steps 2-3)."""
     b_size, s = draws.pos_i.shape
     s2 = draws.pos_k.shape[1]
     out = torch.zeros(b_size, s + s2, q.shape[1], dtype=q.dtype)
@@ -538,3 +538,84 @@ def test_scatter_synthetic_matches_torch(numba_on: bool, monkeypatch) -> None:
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(g_qq, (p_syn[:, s:] * c_q).sum(dim=1, keepdim=True),
                                rtol=1e-6, atol=1e-5)
+
+
+@pytest.fixture
+def _accelerator_rules(monkeypatch):
+    """The rules of a training step on a GPU, emulated on the CPU: the torch path (numba is
+    CPU-only) and no value checks (skipped off the CPU unless debug checks are on)."""
+    from contrastmix import _validation
+
+    before = _validation.debug_checks()
+    monkeypatch.setattr(mochi_mod, "USE_NUMBA", False)
+    _validation.set_debug_checks(False)
+    yield
+    _validation.set_debug_checks(before)
+
+
+@pytest.mark.usefixtures("_accelerator_rules")
+@pytest.mark.parametrize("ids", [False, True])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_training_step_reads_no_tensor_value(ids: bool, exclude: bool) -> None:
+    """Forward and backward of the MoCHi loss (mixing on and off, with and without ids)
+    and the fast synthetic logits never read a tensor value back to the host: on a GPU
+    each read would wait for the device."""
+    from tests._host_reads import forbid_host_reads
+
+    g = _gen(30)
+    b, k, d = 6, 80, 16
+    q0, key, queue = (_unit(n, d, g=g, dtype=torch.float32) for n in (b, b, k))
+    kw = {}
+    if ids:  # queries 0-3 own a few rows each, queries 4 and 5 (sample 9) half the queue
+        queue_ids = torch.randint(0, 4, (k,), generator=g)
+        queue_ids[1::2] = 9
+        kw = {"queue_ids": queue_ids, "query_ids": torch.tensor([0, 1, 2, 3, 9, 9])}
+    loss_fn = MoCHiLoss(0.2, num_hard=16, num_mix=12, num_query_mix=4,
+                        exclude_same_instance=exclude)
+    gen = _gen(1)
+    for mix in (True, False):
+        q = q0.clone().requires_grad_()
+        with forbid_host_reads():
+            loss = loss_fn(q, key, queue, generator=gen, mix=mix, **kw)
+            loss.backward()
+            proxy = loss_fn.last_proxy
+            syn = mochi_logits(q, queue, q @ queue.T, 16, 12, 4, generator=gen, **kw)
+            syn.sum().backward()
+        assert loss_fn.last_mixed is mix and isinstance(proxy, torch.Tensor)
+        assert torch.isfinite(loss) and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_step_does_not_synchronise() -> None:
+    """On a GPU, with the default rules (value checks off there): forward and backward of the
+    loss under ``torch.cuda.set_sync_debug_mode("error")`` (a synchronising call raises), and
+    the value and gradient equal autograd through the materialised negatives there."""
+    dev = torch.device("cuda")
+    g = _gen(31)
+    b, k, d, tau = 8, 256, 32, 0.2
+    q0, key, queue = (_unit(n, d, g=g, dtype=torch.float32).to(dev) for n in (b, b, k))
+    ids = {"queue_ids": torch.randint(0, 50, (k,), generator=g).to(dev),
+           "query_ids": torch.arange(b).to(dev)}
+    loss_fn = MoCHiLoss(tau, num_hard=64, num_mix=32, num_query_mix=8)
+    gen = torch.Generator(device=dev)
+    for sync_mode in ("default", "error"):  # a warm-up (library initialisation), then checked
+        torch.cuda.set_sync_debug_mode(sync_mode)
+        try:
+            for mix in (True, False):
+                q = q0.clone().requires_grad_()
+                loss_fn(q, key, queue, generator=gen.manual_seed(0), mix=mix, **ids).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    q = q0.clone().requires_grad_()
+    loss = loss_fn(q, key, queue, generator=gen.manual_seed(1), **ids)
+    loss.backward()
+    q_ref = q0.clone().requires_grad_()
+    h = mochi_negatives(q_ref, queue, 64, 32, 8, generator=gen.manual_seed(1), **ids)
+    real = (q_ref @ queue.T).masked_fill(ids["query_ids"][:, None] == ids["queue_ids"][None],
+                                         float("-inf"))
+    logits = torch.cat([(q_ref * key).sum(1, keepdim=True), real,
+                        (q_ref[:, None] * h).sum(-1)], dim=1) / tau
+    ref = F.cross_entropy(logits, torch.zeros(b, dtype=torch.long, device=dev))
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(q.grad, q_ref.grad, rtol=1e-4, atol=1e-5)

@@ -89,3 +89,25 @@ def test_ids_must_come_together() -> None:
         moco_infonce(q, q, q, 0.2, queue_ids=torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="query_ids"):
         moco_infonce(q, q, q, 0.2, queue_ids=torch.tensor([0, 1]), query_ids=torch.tensor([0]))
+
+
+def test_moco_step_reads_no_tensor_value() -> None:
+    """Forward and backward of MoCo InfoNCE (with ids) read no tensor value back to the host,
+    under the accelerator rule (value checks off; see contrastmix._validation)."""
+    from contrastmix import _validation
+    from tests._host_reads import forbid_host_reads
+
+    q = F.normalize(torch.randn(4, 8), dim=1).requires_grad_()
+    k = F.normalize(torch.randn(4, 8), dim=1)
+    queue = F.normalize(torch.randn(10, 8), dim=1)
+    ids = {"queue_ids": torch.randint(0, 5, (10,)), "query_ids": torch.arange(4)}
+    before = _validation.debug_checks()
+    _validation.set_debug_checks(False)
+    try:
+        with forbid_host_reads():
+            loss = moco_infonce(q, k, queue, 0.2, **ids)
+            loss.backward()
+            empty = moco_infonce(q, k, queue[:0], 0.2)
+    finally:
+        _validation.set_debug_checks(before)
+    assert torch.isfinite(q.grad).all() and empty == 0

@@ -2,7 +2,7 @@
 
 The MoCo queue of He et al., "Momentum Contrast for Unsupervised Visual Representation
 Learning" (CVPR 2020) and the memory bank of Wu et al., "Unsupervised Feature Learning via
-Non-Parametric Instance Discrimination" (CVPR 2018), as one ring buffer. See METHODS.md §1
+Non-Parametric Instance Discrimination" (CVPR 2018), as one ring buffer. See docs/methods.md §1
 ("Base": enqueue the keys of the *global* batch, FIFO ring buffer of any batch size) and §9
 (kNN monitor: clamp k to the bank size). Approximate search uses faiss (Johnson, Douze &
 Jégou, "Billion-scale similarity search with GPUs", 2017): IVF-Flat and HNSW (Malkov &
@@ -10,7 +10,12 @@ Yashunin, 2018).
 
 Storage lives in registered buffers, so the bank follows ``.to(device)`` and lands in
 (Lightning) checkpoints with no extra code; approximate indexes are derived data, rebuilt from
-the buffers after ``load_state_dict``.
+the buffers after ``load_state_dict``. The write pointer and fill count are also kept as
+Python ints next to their buffers (re-read from them after ``load_state_dict``), so
+:meth:`MemoryBank.add`, :attr:`MemoryBank.features` and ``len(bank)`` never read a device
+value back: with the ``"torch"`` backend a training step's enqueue and search do not
+synchronise with a GPU (the feature value check is skipped there, see
+:mod:`contrastmix._validation`; under DDP the gather exchanges the ranks' batch sizes).
 
 Index maintenance of the approximate backends (measured in ``benchmarks/bank_search.py``):
 
@@ -79,6 +84,37 @@ def auto_nlist(rows: int) -> int:
     return 1 << max(0, round(math.log2(4 * math.sqrt(max(rows, 1)))))
 
 
+def _to_bank(x: Tensor, dev: torch.device, dtype: torch.dtype) -> Tensor:
+    """``x`` detached on the bank's device in ``dtype``. A host-to-accelerator copy is
+    asynchronous (a blocking one waits for the device's queued work); to the CPU it blocks, so
+    the result is ready when read."""
+    return x.detach().to(dev, dtype, non_blocking=dev.type != "cpu")
+
+
+def _gather_rows(feats: Tensor, lab: Tensor | None, idx: Tensor | None
+                 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """All ranks' ``feats [n, d]`` float32 and optional ``lab``/``idx [n]`` long, in rank
+    order, with one gather: the three are packed bit for bit into one int32 tensor (one
+    exchange of batch sizes and one ``all_gather`` instead of three of each).
+
+    Layout per row: two int32 per long (labels, then ids), then the ``d`` feature words, then
+    one padding word when the width is odd, so the long columns stay 8-byte aligned.
+    """
+    longs = [t for t in (lab, idx) if t is not None]
+    parts = [t.contiguous().view(torch.int32).view(-1, 2) for t in longs]
+    parts.append(feats.contiguous().view(torch.int32))
+    width = 2 * len(longs) + feats.shape[1]
+    if width % 2:
+        parts.append(feats.new_zeros(feats.shape[0], 1, dtype=torch.int32))
+    rows = gather_no_grad(torch.cat(parts, dim=1))
+    wide = rows.view(torch.int64)  # [N, ceil(width / 2)]: the long columns come first
+    got = iter(range(len(longs)))
+    out = [None if t is None else wide[:, next(got)].contiguous() for t in (lab, idx)]
+    col = 2 * len(longs)
+    out_feats = rows[:, col : col + feats.shape[1]].contiguous().view(torch.float32)
+    return out_feats, out[0], out[1]
+
+
 def _as_numpy_f32(x: Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
@@ -138,6 +174,9 @@ class MemoryBank(nn.Module):
     ``_labels [size]`` / ``_indices [size]`` long filled with ``-1`` (only when stored),
     ``_ptr`` (next row to write) and ``_filled`` (rows written so far, at most ``size``).
     Rows ``[:filled]`` are exactly the filled rows, in storage (not chronological) order.
+    :meth:`add`, :meth:`reset` and ``load_state_dict`` keep host copies of ``_ptr`` and
+    ``_filled`` (what :attr:`ptr` and ``len(bank)`` return); write the buffers only through
+    them.
 
     Example:
         >>> bank = MemoryBank(4096, 128)
@@ -212,6 +251,9 @@ class MemoryBank(nn.Module):
         )
         self.register_buffer("_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("_filled", torch.zeros((), dtype=torch.long))
+        # host copies of _ptr / _filled: reading the buffers on a GPU would synchronise
+        self._ptr_host = 0
+        self._filled_host = 0
         self._index: _FaissIndex | None = None
         if backend in ("faiss-ivf", "faiss-hnsw"):
             self._index = self._new_index()
@@ -229,11 +271,19 @@ class MemoryBank(nn.Module):
 
     @property
     def ptr(self) -> int:
-        """Row the next :meth:`add` writes first."""
-        return int(self._ptr)
+        """Row the next :meth:`add` writes first (a host copy of ``_ptr``: no device read)."""
+        return self._ptr_host
 
     def __len__(self) -> int:
-        return int(self._filled)
+        """Rows written so far, at most ``size`` (a host copy of ``_filled``)."""
+        return self._filled_host
+
+    def _set_counters(self, ptr: int, filled: int) -> None:
+        """Set ``_ptr``/``_filled`` and their host copies (``fill_`` with a Python int: an
+        asynchronous kernel on a GPU)."""
+        self._ptr_host, self._filled_host = int(ptr), int(filled)
+        self._ptr.fill_(self._ptr_host)
+        self._filled.fill_(self._filled_host)
 
     @property
     def features(self) -> Tensor:
@@ -283,25 +333,23 @@ class MemoryBank(nn.Module):
                     raise ValueError(f"`{name}` must be an integer tensor, got {t.dtype}")
         check_same_length(features=features, labels=labels, indices=indices)
         dev = self._features.device
-        feats = features.detach().to(dev, torch.float32)
+        feats = _to_bank(features, dev, torch.float32)
         n = feats.shape[0]
         lab = idx = None
         if self._labels is not None:
             lab = (
                 torch.full((n,), -1, dtype=torch.long, device=dev)
                 if labels is None
-                else labels.detach().to(dev, torch.long)
+                else _to_bank(labels, dev, torch.long)
             )
         if self._indices is not None:
             idx = (
                 torch.full((n,), -1, dtype=torch.long, device=dev)
                 if indices is None
-                else indices.detach().to(dev, torch.long)
+                else _to_bank(indices, dev, torch.long)
             )
         if self.gather_distributed and is_distributed():
-            feats = gather_no_grad(feats)
-            lab = None if lab is None else gather_no_grad(lab)
-            idx = None if idx is None else gather_no_grad(idx)
+            feats, lab, idx = _gather_rows(feats, lab, idx)
             n = feats.shape[0]
         if n == 0:
             return
@@ -315,9 +363,8 @@ class MemoryBank(nn.Module):
         else:
             start = ptr
         slots = self._write(start, feats, lab, idx)
-        self._ptr.fill_((start + n) % self.size)
         was_filled = len(self)
-        self._filled.fill_(min(self.size, was_filled + n))
+        self._set_counters((start + n) % self.size, min(self.size, was_filled + n))
         if self._index is not None:
             self._index.on_add(self, slots, feats, n_old_filled=was_filled)
 
@@ -342,8 +389,7 @@ class MemoryBank(nn.Module):
             self._labels.fill_(-1)
         if self._indices is not None:
             self._indices.fill_(-1)
-        self._ptr.zero_()
-        self._filled.zero_()
+        self._set_counters(0, 0)
         if self._index is not None:
             self._index = self._new_index()
 
@@ -533,6 +579,8 @@ class MemoryBank(nn.Module):
             raise ValueError(f"MemoryBank state has `_filled`={int(filled)} > size={self.size}")
         if ptr is not None and not 0 <= int(ptr) < self.size:
             raise ValueError(f"MemoryBank state has `_ptr`={int(ptr)} outside [0, {self.size})")
+        # the buffers now hold the loaded values: refresh the host copies (one read, at load)
+        self._ptr_host, self._filled_host = int(self._ptr), int(self._filled)
         self.rebuild_index()
 
 

@@ -1,7 +1,7 @@
 """InfoNCE with target 0 from its parts, without the concatenated logits matrix.
 
 InfoNCE (van den Oord et al., "Representation Learning with Contrastive Predictive Coding",
-2018) as MoCo uses it (He et al., CVPR 2020; METHODS.md §1 "Base"): the mean cross-entropy,
+2018) as MoCo uses it (He et al., CVPR 2020; docs/methods.md §1 "Base"): the mean cross-entropy,
 target 0, of ``[pos | real]`` with ``pos`` ``[B, 1]`` and ``real`` ``[B, K]`` logits (already
 divided by τ), optionally with MoCHi's synthetic logits appended (Kalantidis et al.,
 NeurIPS 2020; :class:`~contrastmix.mixing.mochi.MochiCoefficients`).
@@ -39,7 +39,7 @@ def row_max(real: Tensor) -> Tensor:
 
 
 def proxy_accuracy(pos: Tensor, real_max: Tensor) -> Tensor:
-    """The MoCo proxy task (METHODS §1): share of queries whose positive logit ``[B, 1]``
+    """The MoCo proxy task (docs/methods.md §1): share of queries whose positive logit ``[B, 1]``
     beats every real negative (``real_max`` ``[B]``, ``-inf`` for an empty queue: every key
     wins). A detached scalar tensor."""
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """MoCHi loss: MoCo InfoNCE with per-query synthetic hard negatives.
 
 Kalantidis et al., "Hard Negative Mixing for Contrastive Learning", NeurIPS 2020; on top of
-MoCo v2 (Chen et al., 2020). See METHODS.md §1. The synthetic logits come from the fast path
+MoCo v2 (Chen et al., 2020). See docs/methods.md §1. The synthetic logits come from the fast path
 :func:`contrastmix.mixing.mochi.mochi_logits` (no ``B × (s+s') × d`` tensor).
 """
 
@@ -34,7 +34,7 @@ class MoCHiLoss(nn.Module):
     ``num_mix = num_query_mix = 0`` (or mixing disabled) this is exactly
     :func:`contrastmix.losses.moco.moco_infonce`.
 
-    No mixing (METHODS §1 step 5) when ``mix=False`` is passed to :meth:`forward` or
+    No mixing (docs/methods.md §1 step 5) when ``mix=False`` is passed to :meth:`forward` or
     :attr:`mix_enabled` is False (warm-up epochs: the training loop sets it), or while the
     queue holds fewer than ``num_hard`` real keys. Pass only the *filled* queue rows (e.g.
     ``MemoryBank.features``). Once mixing is on, ``N`` is used as is
@@ -62,6 +62,9 @@ class MoCHiLoss(nn.Module):
 
     Inputs must be L2-normalised: non-normalised ``query``/``key``/``queue`` raise
     ``ValueError`` (``check_unit_norm``), as do NaN, wrong shapes and bad hyper-parameters.
+    The NaN and unit-norm checks are value checks (:mod:`contrastmix._validation`): they run
+    on CPU tensors and are skipped on accelerators unless debug checks are on, so a training
+    step on a GPU never waits for the device. Shape and hyper-parameter checks always run.
     """
 
     def __init__(
@@ -129,7 +132,7 @@ class MoCHiLoss(nn.Module):
         check_same_length(query=query, key=key)
         check_unit_norm("query", query)
         check_unit_norm("key", key)
-        queue_norms = check_unit_norm("queue", queue)
+        queue_norms = check_unit_norm("queue", queue)  # None when value checks are off
         # [B, K] rows of each query's own sample, out of its denominator when
         # exclude_same_instance (None without ids); the hard set leaves them out either way
         check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
@@ -150,8 +153,9 @@ class MoCHiLoss(nn.Module):
             pos, real = scaled_parts(q, key.to(dtype), n, self.temperature, same)
             self.last_mixed = bool(do_mix)
             if do_mix:
+                queue_sq = None if queue_norms is None else queue_norms.to(dtype).square()
                 return self._mixed_loss(q, n, pos, real, same, queue_ids, query_ids, generator,
-                                        queue_norms.to(dtype).square())
+                                        queue_sq)
             real_max = row_max(real)
             self.last_proxy = proxy_accuracy(pos, real_max)
             return fused_infonce(pos, real, real_max)
@@ -166,10 +170,11 @@ class MoCHiLoss(nn.Module):
         queue_ids: Tensor | None,
         query_ids: Tensor | None,
         generator: torch.Generator | None,
-        queue_sq: Tensor,
+        queue_sq: Tensor | None,
     ) -> Tensor:
         """The loss with synthetic negatives on the parts ``pos``/``real`` (logits, ``real``
-        masked with ``same``): :func:`~contrastmix.losses.fused_infonce.fused_infonce`."""
+        masked with ``same``): :func:`~contrastmix.losses.fused_infonce.fused_infonce`.
+        ``queue_sq``: ``[K]`` squared row norms of ``n`` when the checks computed them."""
         coef = _mochi_coefficients(
             q, n, real, self.num_hard, self.num_mix, self.num_query_mix,
             queue_ids=queue_ids, query_ids=query_ids, generator=generator,

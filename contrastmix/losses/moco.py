@@ -2,7 +2,7 @@
 
 He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR 2020;
 Chen et al., "Improved Baselines with Momentum Contrastive Learning" (MoCo v2), 2020.
-See METHODS.md §1 ("Base").
+See docs/methods.md §1 ("Base").
 """
 
 from __future__ import annotations

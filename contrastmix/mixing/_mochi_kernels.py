@@ -8,7 +8,7 @@ helpers (:func:`contrastmix._numba.sampled_threshold_kernel`,
 :func:`contrastmix._counter_rng.counter_uniform_kernel`). Module globals, not closures: numba
 keys its on-disk cache on a function's closure, and a closure holding other jitted functions
 changes key in every process, so nothing would ever load from the cache. numba imports lazily
-(it ships with umap-learn). numba does not see edits to a helper in another file: clear the
+(the optional `cpu` extra). numba does not see edits to a helper in another file: clear the
 ``__pycache__`` ``*.nbi``/``*.nbc`` files after changing one.
 """
 

@@ -1,7 +1,7 @@
 """MoCHi: hard negative mixing in the embedding space of a MoCo queue.
 
 Kalantidis, Sariyildiz, Pion, Weinzaepfel & Larlus, "Hard Negative Mixing for Contrastive
-Learning", NeurIPS 2020. See METHODS.md §1.
+Learning", NeurIPS 2020. See docs/methods.md §1.
 
 For every query ``q`` (never shared across the batch):
 
@@ -22,17 +22,22 @@ already computed similarities ``l = q·n``:
 The numerator carries the gradient (through ``l``) and the norm is a constant, so
 ``∂(q·h)/∂q = h`` exactly as with materialised, detached ``h``. Only the ``B·s`` type-1 norms
 ``‖α n_i + (1−α) n_j‖`` need the ``d``-dimensional vectors; no ``B × s × d`` tensor is kept.
-On the CPU (float32; numba ships with umap-learn, ``CONTRASTMIX_NUMBA=0`` disables it) three
-numba kernels do the work (:mod:`contrastmix.mixing._mochi_kernels`): the hard-set selection
+Plain torch ops are the reference path and the default (``topk``, chunked gathers,
+``scatter_add_``); they run on any device and never synchronise with it. On the CPU, when the
+optional numba accelerator is installed (``pip install contrastmix[cpu]``; disabled by
+``CONTRASTMIX_NUMBA=0`` or :data:`USE_NUMBA` ``= False``), three numba kernels do the same
+work on float32 tensors (:mod:`contrastmix.mixing._mochi_kernels`): the hard-set selection
 with the draws; the coefficients with the synthetic logits' values, one pass over the pairs
 that prefetches the rows a few pairs ahead; and, in backward, the scatter of the synthetic
-logits' gradient. Elsewhere torch ops do the same (``topk``, chunked gathers,
-``scatter_add_``).
+logits' gradient. Both paths draw the same counter-based random numbers
+(:mod:`contrastmix._counter_rng`), so they give the same negatives up to float rounding.
+
+Value checks of the inputs (NaN, unit norm) follow :mod:`contrastmix._validation`: on CPU
+tensors by default, skipped on accelerators unless debug checks are on.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -41,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contrastmix._counter_rng import counter_uniform, draw_seed
+from contrastmix._numba import ENABLED as _NUMBA_ENABLED
 from contrastmix._numba import run_parallel
 from contrastmix._validation import (
     check_positive,
@@ -288,7 +294,8 @@ def mochi_negatives(
 
 
 def _numba_kernels() -> Any:
-    """The CPU kernels (:mod:`contrastmix.mixing._mochi_kernels`); None without numba.
+    """The CPU kernels (:mod:`contrastmix.mixing._mochi_kernels`), compiled on first use;
+    None when numba is not installed (the torch path is used then).
 
     Returns:
         The compiled parallel kernels (:class:`~contrastmix.mixing._mochi_kernels.Kernels`).
@@ -298,20 +305,22 @@ def _numba_kernels() -> Any:
         try:
             from contrastmix.mixing._mochi_kernels import build
 
-            _NUMBA_KERNEL = build()
-        except ImportError:  # pragma: no cover - numba comes with umap-learn
+            _NUMBA_KERNEL = build()  # imports numba
+        except ImportError:  # numba is the optional `cpu` extra
             _NUMBA_KERNEL = False
             return None
     return _NUMBA_KERNEL or None
 
 
 _NUMBA_KERNEL: Any = None
-#: Use the numba CPU kernels (set ``CONTRASTMIX_NUMBA=0`` to disable).
-USE_NUMBA = os.environ.get("CONTRASTMIX_NUMBA", "1") != "0"
+#: Use the numba CPU kernels when numba is installed (``CONTRASTMIX_NUMBA=0`` sets it False at
+#: import; tests toggle it). The torch path runs otherwise, and always off the CPU.
+USE_NUMBA = _NUMBA_ENABLED
 
 
 def _cpu_kernels(t: Tensor) -> Any:
-    """The numba kernels when ``t`` is a float32/float64 CPU tensor and numba is on, else None."""
+    """The numba kernels when ``t`` is a float32/float64 CPU tensor, :data:`USE_NUMBA` is on
+    and numba is installed; else None (the torch reference path)."""
     if not (USE_NUMBA and t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)):
         return None
     return _numba_kernels()
@@ -504,9 +513,8 @@ def synthetic_logits_from(coef: MochiCoefficients, l: Tensor, q_dot_qbar: Tensor
     syn1 = w[:, :s] + w[:, s : 2 * s]
     syn2 = coef.c_q * q_dot_qbar + w[:, 2 * s :]
     out = torch.cat([syn1, syn2], dim=1)
-    if not bool(coef.valid.all()):
-        out = out.masked_fill(~coef.valid.unsqueeze(1), float("-inf"))
-    return out
+    # unconditionally: testing `valid.all()` first would read a device value back (a sync)
+    return out.masked_fill(~coef.valid.unsqueeze(1), float("-inf"))
 
 
 def scatter_synthetic(g_real: Tensor, positions: Tensor, weights: Tensor, c_q: Tensor,
