@@ -900,7 +900,7 @@ def _section_similarities(ctx: _Context) -> _Section:
             sec.notes.append(f"the queue ({art.queue}) is empty: in-batch negatives.")
         else:
             queue = feats.float()
-    mochi: tuple[int, int, int] | None = None
+    synthetic: tuple[int, int, int] | None = None
     if art.synthetic_negatives is not None and space == "projector embeddings":
         spec = _synthetic_spec(art.synthetic_negatives, sec)
         if spec is None:
@@ -909,7 +909,7 @@ def _section_similarities(ctx: _Context) -> _Section:
             sec.notes.append("the run lists synthetic negatives but no usable queue to mix "
                              "them from: no synthetic negatives.")
         else:
-            mochi, start = spec
+            synthetic, start = spec
             trained = _epochs_trained(ctx.run_dir)
             if start is not None and trained is not None and trained <= start:
                 sec.notes.append(
@@ -934,7 +934,8 @@ def _section_similarities(ctx: _Context) -> _Section:
     n_hit = 0
     msg = (f"similarities of {n} augmented test pairs ({space}"
            + (f", queue of {queue.shape[0]}" if queue is not None else ", in-batch negatives")
-           + (f", MoCHi N={mochi[0]} s={mochi[1]} s'={mochi[2]}" if mochi else "") + ")")
+           + (f", MoCHi N={synthetic[0]} s={synthetic[1]} s'={synthetic[2]}"
+              if synthetic else "") + ")")
     with _step(ctx, msg), torch.no_grad():
         for c in chunks:
             x = torch.stack([test[int(i)][0] for i in c]).to(dev)
@@ -945,7 +946,7 @@ def _section_similarities(ctx: _Context) -> _Section:
             qs.append(q.cpu())
             ks.append(k.cpu())
             sims = batch_similarities(q, k, None if queue is None else queue.to(dev),
-                                      mochi=mochi, generator=mix_gen)
+                                      mochi=synthetic, generator=mix_gen)
             n_hit += int((sims["positive"] > sims["hardest_negative"]).sum())
             for key, val in sims.items():
                 if key != "hardest_negative":
@@ -953,15 +954,15 @@ def _section_similarities(ctx: _Context) -> _Section:
     q_all, k_all = torch.cat(qs), torch.cat(ks)
     neg_desc = (f"queue ({queue.shape[0]} keys)" if queue is not None
                 else "other keys of the batch")
-    if mochi is not None:
+    if synthetic is not None:
         sec.title = "Positive, negative and synthetic-negative similarities"
     sec.intro = (
         f"Cosine similarities of L2-normalised {space} of two augmented views of {n} test "
         f"samples, as the loss sees them: query = online encoder on view 1, key = {key_desc} "
         f"on view 2. Negatives: the {neg_desc}."
-        + (f" Synthetic: MoCHi mixtures of each query's N = {mochi[0]} hardest queue entries "
-           f"(s = {mochi[1]} of two hard negatives, s' = {mochi[2]} with the query mixed in)."
-           if mochi is not None else "")
+        + (f" Synthetic: MoCHi mixtures of each query's N = {synthetic[0]} hardest queue "
+           f"entries (s = {synthetic[1]} of two hard negatives, s' = {synthetic[2]} with the "
+           "query mixed in)." if synthetic is not None else "")
         + " Encoders in training mode (batch statistics, batches of data.batch_size), on "
         "copies; views from the dataset's batch augmentation with a seeded generator."
     )

@@ -21,14 +21,11 @@ import struct
 import subprocess
 from pathlib import Path
 
+import contrastmix.eval.report as report_mod
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import contrastmix.eval.report as report_mod
-from contrastmix.errors import RunDirError
-from contrastmix.mixing.mochi import mochi_negatives
 from contrastmix.eval.collapse import neural_collapse
 from contrastmix.eval.report import (
     SIMILARITY_BINS,
@@ -38,6 +35,9 @@ from contrastmix.eval.report import (
     read_metrics_csv,
     write_report,
 )
+
+from contrastmix.errors import RunDirError
+from contrastmix.mixing.mochi import mochi_negatives
 
 SHORT = [
     "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
