@@ -6,39 +6,57 @@ as PNG files next to it. Sections:
 
 1. **Run** — method, dataset, epochs, wall time (``run.json``) and the resolved recipe.
 2. **Training curves** — from ``metrics.csv``: loss, weighted-kNN accuracy, the proxy-task
-   accuracy (share of queries whose key beats every negative; Kalantidis et al., NeurIPS
-   2020, §3), the learning rate and any other logged metric.
-3. **Metrics** — linear probe (:func:`contrastmix.eval.probe.linear_probe`, METHODS.md §9), weighted kNN
-   (:func:`contrastmix.eval.knn.knn_accuracy`), uniformity and alignment (Wang & Isola, ICML 2020),
-   effective rank (RankMe; Garrido et al., ICML 2023), NC1/NC2 (Papyan, Han & Donoho, PNAS
-   2020) — all on backbone features of the test split extracted **once**
-   (:func:`contrastmix.runs.extract_run_features`), except the contrastive rows below.
+   accuracy (share of queries whose key beats every real negative; Kalantidis et al.,
+   NeurIPS 2020, §3), the learning rate and any other logged metric. Vertical markers come from
+   the run's ``artifacts.json`` (``curve_markers``, e.g. the epoch hard-negative mixing starts),
+   and every metric it lists in ``expected_metrics`` that was not logged is named in a note.
+3. **Metrics** — linear probe (:func:`contrastmix.eval.probe.linear_probe`,
+   docs/methods.md §9), weighted kNN (:func:`contrastmix.eval.knn.knn_accuracy`), uniformity
+   and alignment (Wang & Isola, ICML 2020), effective rank (RankMe; Garrido et al., ICML 2023),
+   NC1/NC2 (Papyan, Han & Donoho, PNAS 2020) — all on backbone features of the test split
+   extracted **once** (:func:`contrastmix.runs.extract_run_features`), except the contrastive
+   rows below.
 4. **UMAP** of at most ``max_points`` L2-normalised test backbone features
    (``umap.UMAP(n_components=2, random_state=0)``; McInnes et al., 2018), coloured by class,
    or by the target with a continuous colour map for regression. The exact 15-NN graph is
    computed with torch and passed as ``precomputed_knn`` (same graph umap's exact search gives
    for small sets; it skips compiling pynndescent, which took most of the first call's time).
-5. **Similarities** — histograms of cosine similarities between projector embeddings
-   (L2-normalised) of two augmented views of the same test samples, produced as in training:
-   the query ``q`` by the online backbone + projector on view 1, the key ``k`` by the momentum
-   (key) encoder of ``checkpoints/last.ckpt`` on view 2 (the online encoder when the run has
-   none). *Positive*: ``q_i·k_i``; *negative*: ``q_i·n`` against every entry ``n`` of the
-   checkpoint's queue, or ``q_i·k_j`` (``j != i``, same batch) when the run has no queue;
-   *synthetic* (MoCHi runs, ``method.name == "mochi"``): ``q_i·h`` for the recipe's
-   ``(N, s, s')`` hard-negative mixtures of the queue (:func:`contrastmix.mixing.mochi.
-   mochi_negatives`), type 1 (two hard negatives) and type 2 (query mixed in) separately.
-   The encoders run in training mode (BatchNorm uses batch statistics, as in the training step)
-   on copies, batches of ``data.batch_size``; the views come from the bundle's
-   ``batch_augment`` with a seeded generator. PIL datasets (``batch_augment is None``) skip
-   this section.
+5. **Similarities** — histograms of cosine similarities between embeddings (L2-normalised) of
+   two augmented views of the same test samples, produced as in training from what the run
+   lists in ``artifacts.json`` (:func:`contrastmix.rundir.read_artifacts`; the report never asks
+   which method wrote it, never imports the training code and never reads
+   ``checkpoints/last.ckpt``). Every file is read weights only
+   (:func:`contrastmix.runs.load_state_file`) and loaded strictly:
+
+   * query ``q``: online backbone (``backbone.pt``) + the listed ``projector`` (built from the
+     recipe's ``model`` section by :func:`contrastmix.models.build_projector`) on view 1;
+   * key ``k``: the listed ``key_encoder`` (a momentum encoder with the architecture of
+     ``Sequential(backbone, projector)``) on view 2, or the online encoder when none is listed;
+   * *positive*: ``q_i·k_i``; *negative*: ``q_i·n`` against every row ``n`` of the listed
+     ``queue`` (``{"features": Tensor[K, d]}``), or ``q_i·k_j`` (``j != i``, same batch) when
+     the run lists none;
+   * *synthetic* (when ``synthetic_negatives`` lists ``{"num_hard": N, "num_mix": s,
+     "num_query_mix": s'}`` and there is a queue): ``q_i·h`` for the ``(N, s, s')``
+     hard-negative mixtures of the queue (:func:`contrastmix.mixing.mochi.mochi_negatives`;
+     docs/methods.md §1), type 1 (two hard negatives) and type 2 (query mixed in) separately.
+     When the run stopped before ``from_epoch`` (epochs trained, ``run.json``, at most
+     ``from_epoch``), a note says mixing never started and the histograms show what it would
+     have added.
+
+   A run without ``artifacts.json`` (an older run) or whose ``artifacts.json`` lists no
+   projector gets similarities of online backbone features with in-batch negatives. A listed
+   file that cannot be read or does not match the recipe is named in a note, and the section
+   falls back the same way. The encoders run in training mode (BatchNorm uses batch statistics,
+   as in the training step) on copies, batches of ``data.batch_size``; the views come from the
+   bundle's ``batch_augment`` with a seeded generator. PIL datasets (``batch_augment is None``)
+   skip this section.
 6. **Per-epoch geometry** — when the run directory holds per-epoch feature files (see below):
    uniformity, effective rank and NC1/NC2 against the epoch.
 7. **Reliability diagram** of the linear probe's test predictions (classification).
 
 Sections that do not apply (regression: kNN, NC, reliability; multimodal runs: every
-embedding section; no checkpoint: similarities) are replaced by a note; a section that fails
-unexpectedly is replaced by an error note (and a ``[report]`` line on stdout) — the report is
-always written.
+embedding section) are replaced by a note; a section that fails unexpectedly is replaced by an
+error note (and a ``[report]`` line on stdout) — the report is always written.
 
 **Per-epoch feature files.** ``RUN_DIR/features/epoch_<E>.pt`` (``E`` = number of completed
 epochs, any zero padding, e.g. ``epoch_0005.pt``), each written with
@@ -70,6 +88,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix._validation import check_same_length, check_tensor
+from contrastmix.rundir import ARTIFACTS_FILE, RunArtifacts
 
 __all__ = [
     "write_report",
@@ -327,6 +346,8 @@ class _Context:
     data: Any = None
     feats: dict[str, Any] | None = None
     metrics: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, note)
+    artifacts: RunArtifacts = field(default_factory=RunArtifacts)  # artifacts.json (or empty)
+    artifacts_problem: str = ""  # why artifacts.json could not be used ("" when it could)
 
 
 @contextlib.contextmanager
@@ -414,6 +435,13 @@ def _section_run(ctx: _Context) -> _Section:
             sec.notes.append("run.json is unreadable; epochs and wall time are not shown.")
     else:
         sec.notes.append("no run.json in the run directory.")
+    art = ctx.artifacts
+    listed = [n for n in (art.projector, art.key_encoder, art.queue) if n is not None]
+    listed += [n for n in art.files if isinstance(n, str)]
+    if ctx.artifacts_problem:
+        sec.notes.append(f"{ctx.artifacts_problem}; the report uses backbone.pt only.")
+    elif (ctx.run_dir / ARTIFACTS_FILE).is_file():
+        rows.append((f"artefacts ({ARTIFACTS_FILE})", ", ".join(listed) or "none"))
     sec.tables.append(_table(rows))
     yaml_text = OmegaConf.to_yaml(cfg)
     sec.tables.append(
@@ -469,42 +497,44 @@ def _section_curves(ctx: _Context) -> _Section:
         return np.asarray(xs)[order], np.asarray(ys)[order]
 
     loss_cols = [c for c in cols if "loss" in c]
-    panels: list[tuple[str, list[str]]] = []
+    panels: list[tuple[str, str, list[str]]] = []  # (key for curve markers, title, columns)
     if loss_cols:
-        panels.append(("loss", loss_cols))
+        panels.append(("loss", "loss", loss_cols))
     if "knn_acc" in cols:
-        panels.append(("kNN accuracy (test)", ["knn_acc"]))
+        panels.append(("knn_acc", "kNN accuracy (test)", ["knn_acc"]))
     if "proxy_acc" in cols:
-        panels.append(("proxy-task accuracy", ["proxy_acc"]))
+        panels.append(("proxy_acc", "proxy-task accuracy", ["proxy_acc"]))
     lr_cols = [c for c in cols if c.startswith("lr-")]
     if lr_cols:
-        panels.append(("learning rate", lr_cols))
-    used = {c for _, cs in panels for c in cs}
+        panels.append(("lr", "learning rate", lr_cols))
+    used = {c for _, _, cs in panels for c in cs}
     others = [
         c for c in cols if c not in used
         and not (c.endswith("_step") and c[: -len("_step")] + "_epoch" in cols)
     ]
     extra = others[:9]
-    panels += [(c, [c]) for c in extra]
+    panels += [(c, c, [c]) for c in extra]
     if len(others) > len(extra):
         sec.notes.append(f"{len(others) - len(extra)} more logged metrics are not plotted: "
                          + ", ".join(others[len(extra):]))
+    art = ctx.artifacts
     if "proxy_acc" in cols:
         sec.intro += (" The proxy-task accuracy is the share of training queries whose positive "
-                      "key beats every negative (MoCHi's synthetic ones included once mixing "
-                      "starts).")
+                      "key beats every real negative"
+                      + (" (the synthetic negatives are not counted)."
+                         if art.synthetic_negatives else "."))
     if "knn_acc" not in cols and ctx.task == "classification":
         sec.notes.append("no kNN accuracy was logged (eval.knn_every_n_epochs = 0?).")
-    if "proxy_acc" not in cols and ctx.cfg.method.name in ("moco", "mochi"):
-        sec.notes.append("no proxy-task accuracy was logged.")
+    for name in _names(art.expected_metrics):
+        if not any(c in cols for c in (name, f"{name}_epoch", f"{name}_step")):
+            sec.notes.append(f"no {_METRIC_NAMES.get(name, name)} was logged ({name}, which "
+                             "the run's artifacts.json lists as expected).")
+    markers = _curve_markers(art.curve_markers, sec)
 
-    warmup: float | None = None
-    if ctx.cfg.method.name == "mochi":
-        warmup = float(ctx.cfg.method.warmup_epochs)
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
     fig = _new_figure(4.2 * ncol, 3.2 * nrow)
-    for i, (title, cs) in enumerate(panels):
+    for i, (key, title, cs) in enumerate(panels):
         ax = fig.add_subplot(nrow, ncol, i + 1)
         for c in cs:
             x, y = series(c)
@@ -512,9 +542,10 @@ def _section_curves(ctx: _Context) -> _Section:
                 ax.plot(x, y, linewidth=0.8, alpha=0.6, label=c)
             else:
                 ax.plot(x, y, marker="o", markersize=3, linewidth=1.4, label=c)
-        if warmup is not None and (title == "loss" or title == "proxy-task accuracy"):
-            ax.axvline(warmup, color="tab:red", linestyle=":", linewidth=1,
-                       label="MoCHi mixing starts")
+        for j, (epoch, label, names) in enumerate(markers):
+            if names is None or key in names or any(c in names for c in cs):
+                ax.axvline(epoch, color=_MARKER_COLORS[j % len(_MARKER_COLORS)],
+                           linestyle=":", linewidth=1, label=label)
         ax.set_title(title)
         ax.set_xlabel("epoch" if spe_found is not None else "step")
         ax.grid(alpha=0.3)
@@ -522,8 +553,42 @@ def _section_curves(ctx: _Context) -> _Section:
             ax.legend(fontsize=7)
     fig.tight_layout()
     _add_figure(ctx, sec, "training_curves.png",
-                "Training curves: " + ", ".join(t for t, _ in panels) + ".", fig)
+                "Training curves: " + ", ".join(t for _, t, _ in panels) + ".", fig)
     return sec
+
+
+#: Readable names of logged metrics, for the notes on missing ones.
+_METRIC_NAMES = {"proxy_acc": "proxy-task accuracy", "knn_acc": "kNN accuracy",
+                 "train_loss": "training loss"}
+_MARKER_COLORS = ("tab:red", "tab:purple", "tab:brown", "tab:olive")
+
+
+def _names(value: Any) -> list[str]:
+    """The strings of a list read from ``artifacts.json`` (anything else: none)."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _curve_markers(entries: Any, sec: _Section
+                   ) -> list[tuple[float, str, set[str] | None]]:
+    """``(epoch, label, metric names or None for every panel)`` of the run's ``curve_markers``
+    (``artifacts.json``); a malformed entry is named in a note and skipped."""
+    out: list[tuple[float, str, set[str] | None]] = []
+    for m in entries if isinstance(entries, list) else [entries]:
+        try:
+            epoch = float(m["epoch"])
+            if not math.isfinite(epoch) or isinstance(m["epoch"], bool):
+                raise ValueError
+            label = str(m.get("label", f"epoch {_fmt(epoch)}"))
+            names = m.get("metrics")
+            if names is not None and (isinstance(names, str)
+                                      or not all(isinstance(n, str) for n in names)):
+                raise ValueError
+        except (KeyError, TypeError, ValueError, AttributeError):
+            sec.notes.append(f"artifacts.json: skipped a malformed curve marker {m!r} (want "
+                             "{'epoch': number, 'label': text, 'metrics': [names]}).")
+            continue
+        out.append((epoch, label, None if names is None else set(names)))
+    return out
 
 
 def _probe_section(ctx: _Context, probe: dict[str, Any] | None, reliability: Path | None
@@ -710,10 +775,6 @@ def _section_umap(ctx: _Context) -> _Section:
     return sec
 
 
-def _strip(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
 def _call_augment(aug: Callable[..., Tensor], x: Tensor, gen: torch.Generator) -> Tensor:
     """``aug(x, generator=gen)``, or ``aug(x)`` for an augmentation without that argument."""
     import inspect
@@ -728,10 +789,61 @@ def _call_augment(aug: Callable[..., Tensor], x: Tensor, gen: torch.Generator) -
     return aug(x, generator=gen) if takes_gen else aug(x)
 
 
+def _load_listed(ctx: _Context, name: str, what: str, sec: _Section) -> dict[str, Any] | None:
+    """A file listed in ``artifacts.json``, read weights only; ``None`` (and a note saying
+    why) when it cannot be read."""
+    from contrastmix.errors import ContrastmixError
+    from contrastmix.runs import load_state_file
+
+    path = ctx.run_dir / name
+    if not path.is_file():
+        sec.notes.append(f"artifacts.json lists the {what} {name}, but the file is missing.")
+        return None
+    try:
+        return load_state_file(path)
+    except ContrastmixError as e:
+        sec.notes.append(f"the {what} ({name}) is unusable: {str(e).splitlines()[0]}")
+        return None
+
+
+def _load_strict(module: nn.Module, state: dict[str, Any], what: str, name: str,
+                 sec: _Section, fallback: str) -> bool:
+    """``module.load_state_dict(state, strict=True)``; a note (ending in ``fallback``) and
+    ``False`` when the file does not match."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        sec.notes.append(f"the {what} ({name}) does not match the recipe ({first}): {fallback}.")
+        return False
+    return True
+
+
+def _synthetic_spec(spec: Any, sec: _Section) -> tuple[tuple[int, int, int], int | None] | None:
+    """``((N, s, s'), from_epoch)`` of ``artifacts.json``'s ``synthetic_negatives``, or ``None``
+    (and a note) when malformed."""
+    try:
+        keys = ("num_hard", "num_mix", "num_query_mix")
+        vals = [spec[k] for k in keys]
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in vals) or (
+                vals[0] < 1):
+            raise ValueError
+        start = spec.get("from_epoch")
+        if start is not None and (isinstance(start, bool) or not isinstance(start, int)):
+            raise ValueError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        sec.notes.append(f"artifacts.json: malformed synthetic_negatives {spec!r} (want "
+                         "{'num_hard': N >= 1, 'num_mix': s >= 0, 'num_query_mix': s' >= 0, "
+                         "'from_epoch': E}): no synthetic negatives.")
+        return None
+    return (vals[0], vals[1], vals[2]), start
+
+
 def _section_similarities(ctx: _Context) -> _Section:
-    from contrastmix.runs import load_backbone
-    from contrastmix.rundir import run_paths
     from contrastmix.eval.geometry import alignment, uniformity
+
+    from contrastmix.models.build import build_projector
+    from contrastmix.runs import load_backbone
 
     sec = _Section("similarities", "Positive and negative similarities")
     data = ctx.feats["data"] if ctx.feats else ctx.data
@@ -740,66 +852,70 @@ def _section_similarities(ctx: _Context) -> _Section:
         sec.notes.append("the loader yields PIL views (batch_augment is None): no on-device "
                          "augmentation to draw the two views from, so no histogram.")
         return sec
-    ckpt_path = run_paths(ctx.run_dir)["last"]
-    state: dict[str, Tensor] = {}
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
-    else:
-        sec.notes.append("no checkpoints/last.ckpt: projector, key encoder and queue are "
-                         "unknown; similarities of online backbone features, in-batch "
-                         "negatives.")
+    art = ctx.artifacts
+    fallback = "similarities of online backbone features, in-batch negatives"
+    if ctx.artifacts_problem:
+        sec.notes.append(f"{ctx.artifacts_problem}: {fallback}.")
+    elif not (ctx.run_dir / ARTIFACTS_FILE).is_file():
+        sec.notes.append(f"no {ARTIFACTS_FILE} in the run directory (a run written before "
+                         "runs listed their artefacts): projector, key encoder and queue are "
+                         f"unknown; {fallback}.")
+    elif art.projector is None:
+        sec.notes.append(f"the run's {ARTIFACTS_FILE} lists no projector: {fallback}.")
     backbone = copy.deepcopy(load_backbone(ctx.run_dir, cfg, data.in_channels))
     query_enc: nn.Module = backbone
     space = "backbone features"
-    proj_state = _strip(state, "projector.")
-    if proj_state:
-        from contrastmix.models.build import build_projector
-
-        mc = cfg.model
-        proj = build_projector(int(backbone.output_dim), mc.proj_hidden_dim,  # type: ignore[arg-type]
-                               mc.proj_output_dim,
-                               batch_norm=bool(mc.get("proj_batch_norm", False)))
-        try:
-            proj.load_state_dict(proj_state, strict=True)
-        except RuntimeError as e:
-            sec.notes.append("the checkpoint's projector does not match the recipe's head "
-                             f"({str(e).splitlines()[0]}): similarities of backbone features.")
-        else:
-            query_enc = nn.Sequential(backbone, proj)
-            space = "projector embeddings"
-    elif state:
-        sec.notes.append("the run has no projector head: similarities of backbone features.")
-    key_state = _strip(state, "key_encoder.module.")
+    if art.projector is not None:
+        proj_state = _load_listed(ctx, art.projector, "projector", sec)
+        if proj_state is not None:
+            mc = cfg.model
+            proj = build_projector(int(backbone.output_dim),  # type: ignore[arg-type]
+                                   mc.proj_hidden_dim, mc.proj_output_dim,
+                                   batch_norm=bool(mc.get("proj_batch_norm", False)))
+            if _load_strict(proj, proj_state, "projector", art.projector, sec, fallback):
+                query_enc = nn.Sequential(backbone, proj)
+                space = "projector embeddings"
     key_enc = query_enc
-    key_desc = "online encoder (the run has no momentum encoder)"
-    if key_state and isinstance(query_enc, nn.Sequential):
-        candidate = copy.deepcopy(query_enc)
-        try:
-            candidate.load_state_dict(key_state, strict=True)
-        except RuntimeError as e:
-            sec.notes.append("the checkpoint's key encoder does not match backbone + projector "
-                             f"({str(e).splitlines()[0]}): keys from the online encoder.")
-        else:
-            key_enc = candidate
-            key_desc = "momentum (key) encoder"
+    key_desc = "online encoder (the run lists no momentum encoder)"
+    if art.key_encoder is not None and space == "projector embeddings":
+        key_state = _load_listed(ctx, art.key_encoder, "key encoder", sec)
+        if key_state is not None:
+            candidate = copy.deepcopy(query_enc)
+            if _load_strict(candidate, key_state, "key encoder", art.key_encoder, sec,
+                            "keys from the online encoder"):
+                key_enc = candidate
+                key_desc = "momentum (key) encoder"
     queue: Tensor | None = None
-    if "queue._features" in state:
-        filled = int(state.get("queue._filled", torch.tensor(state["queue._features"].shape[0])))
-        queue = state["queue._features"][:filled].float() if filled > 0 else None
-    mochi: tuple[int, int, int] | None = None
-    if cfg.method.name == "mochi":
-        if queue is None:
-            sec.notes.append("MoCHi run without a saved queue: no synthetic negatives.")
+    if art.queue is not None and space == "projector embeddings":
+        qstate = _load_listed(ctx, art.queue, "queue", sec)
+        feats = None if qstate is None else qstate.get("features")
+        dim = int(cfg.model.proj_output_dim)
+        if qstate is None:
+            pass
+        elif not (isinstance(feats, Tensor) and feats.ndim == 2 and feats.shape[1] == dim
+                  and feats.is_floating_point()):
+            sec.notes.append(f"the queue ({art.queue}) does not hold {{'features': "
+                             f"Tensor[K, {dim}]}}: in-batch negatives.")
+        elif feats.shape[0] == 0:
+            sec.notes.append(f"the queue ({art.queue}) is empty: in-batch negatives.")
         else:
-            mm = cfg.method
-            mochi = (int(mm.num_hard), int(mm.num_mix), int(mm.num_query_mix))
+            queue = feats.float()
+    synthetic: tuple[int, int, int] | None = None
+    if art.synthetic_negatives is not None and space == "projector embeddings":
+        spec = _synthetic_spec(art.synthetic_negatives, sec)
+        if spec is None:
+            pass
+        elif queue is None:
+            sec.notes.append("the run lists synthetic negatives but no usable queue to mix "
+                             "them from: no synthetic negatives.")
+        else:
+            synthetic, start = spec
             trained = _epochs_trained(ctx.run_dir)
-            if trained is not None and trained <= int(mm.warmup_epochs):
+            if start is not None and trained is not None and trained <= start:
                 sec.notes.append(
-                    f"mixing never started in this run ({trained} epochs trained, "
-                    f"warmup_epochs = {mm.warmup_epochs}): the synthetic histograms show what "
-                    "MoCHi would have added."
+                    f"mixing never started in this run ({trained} epochs trained, mixing "
+                    f"from epoch {start}): the synthetic histograms show what it would have "
+                    "added."
                 )
 
     test = data.test
@@ -818,7 +934,8 @@ def _section_similarities(ctx: _Context) -> _Section:
     n_hit = 0
     msg = (f"similarities of {n} augmented test pairs ({space}"
            + (f", queue of {queue.shape[0]}" if queue is not None else ", in-batch negatives")
-           + (f", MoCHi N={mochi[0]} s={mochi[1]} s'={mochi[2]}" if mochi else "") + ")")
+           + (f", MoCHi N={synthetic[0]} s={synthetic[1]} s'={synthetic[2]}"
+              if synthetic else "") + ")")
     with _step(ctx, msg), torch.no_grad():
         for c in chunks:
             x = torch.stack([test[int(i)][0] for i in c]).to(dev)
@@ -829,7 +946,7 @@ def _section_similarities(ctx: _Context) -> _Section:
             qs.append(q.cpu())
             ks.append(k.cpu())
             sims = batch_similarities(q, k, None if queue is None else queue.to(dev),
-                                      mochi=mochi, generator=mix_gen)
+                                      mochi=synthetic, generator=mix_gen)
             n_hit += int((sims["positive"] > sims["hardest_negative"]).sum())
             for key, val in sims.items():
                 if key != "hardest_negative":
@@ -837,15 +954,15 @@ def _section_similarities(ctx: _Context) -> _Section:
     q_all, k_all = torch.cat(qs), torch.cat(ks)
     neg_desc = (f"queue ({queue.shape[0]} keys)" if queue is not None
                 else "other keys of the batch")
-    if mochi is not None:
+    if synthetic is not None:
         sec.title = "Positive, negative and synthetic-negative similarities"
     sec.intro = (
         f"Cosine similarities of L2-normalised {space} of two augmented views of {n} test "
         f"samples, as the loss sees them: query = online encoder on view 1, key = {key_desc} "
         f"on view 2. Negatives: the {neg_desc}."
-        + (f" Synthetic: MoCHi mixtures of each query's N = {mochi[0]} hardest queue entries "
-           f"(s = {mochi[1]} of two hard negatives, s' = {mochi[2]} with the query mixed in)."
-           if mochi is not None else "")
+        + (f" Synthetic: MoCHi mixtures of each query's N = {synthetic[0]} hardest queue "
+           f"entries (s = {synthetic[1]} of two hard negatives, s' = {synthetic[2]} with the "
+           "query mixed in)." if synthetic is not None else "")
         + " Encoders in training mode (batch statistics, batches of data.batch_size), on "
         "copies; views from the dataset's batch augmentation with a seeded generator."
     )
@@ -1063,6 +1180,7 @@ def write_report(
     """
     from contrastmix.data.registry import build_data
     from contrastmix.errors import RunDirError
+    from contrastmix.rundir import read_artifacts
     from contrastmix.runs import extract_run_features, load_run, resolve_device
 
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
@@ -1078,6 +1196,11 @@ def write_report(
     except OSError as e:
         raise RunDirError(f"cannot write the report to {out}: {e.strerror or e}") from None
     ctx = _Context(run, out, cfg, max_points, seed, dev, say)
+    try:
+        ctx.artifacts = read_artifacts(run)
+    except RunDirError as e:  # an edited or foreign artifacts.json: the report still renders
+        ctx.artifacts_problem = str(e).splitlines()[0]
+        say(ctx.artifacts_problem)
     say(f"run {run} ({cfg.method.name} on {cfg.data.name}); writing to {out}")
     data = None
     data_error = ""
@@ -1092,7 +1215,7 @@ def write_report(
     sections = [_guard(ctx, "run", "Run", lambda: _section_run(ctx)),
                 _guard(ctx, "curves", "Training curves", lambda: _section_curves(ctx))]
     metrics = _Section("metrics", "Metrics", "Frozen backbone (eval mode), test-time inputs, "
-                       "features extracted once; linear probe as in METHODS.md §9.")
+                       "features extracted once; linear probe as in docs/methods.md §9.")
     embedding: list[_Section] = []
     probe: dict[str, Any] | None = None
     rel: Path | None = None

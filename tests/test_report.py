@@ -3,6 +3,11 @@
 The module-scoped fixture trains a tiny MoCHi run (2 epochs x 3 steps, mixing from epoch 2)
 so that every section has content, adds per-epoch feature files, writes the report once and
 (when Debian's ``chromium`` is installed) renders it headless: every <img> must load.
+
+The report reads what the run lists in ``artifacts.json`` (projector, key encoder, queue,
+synthetic negatives, curve markers, expected metrics), never ``checkpoints/last.ckpt``, and
+``probe`` / ``report`` work in a process where Lightning and the training code cannot be
+imported.
 """
 
 from __future__ import annotations
@@ -16,14 +21,11 @@ import struct
 import subprocess
 from pathlib import Path
 
+import contrastmix.eval.report as report_mod
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import contrastmix.eval.report as report_mod
-from contrastmix.errors import RunDirError
-from contrastmix.mixing.mochi import mochi_negatives
 from contrastmix.eval.collapse import neural_collapse
 from contrastmix.eval.report import (
     SIMILARITY_BINS,
@@ -33,6 +35,9 @@ from contrastmix.eval.report import (
     read_metrics_csv,
     write_report,
 )
+
+from contrastmix.errors import RunDirError
+from contrastmix.mixing.mochi import mochi_negatives
 
 SHORT = [
     "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.enable_progress_bar=false",
@@ -283,7 +288,7 @@ def test_missing_pieces_become_notes_and_a_failure_an_error_note(
     path = write_report(bare, max_points=64, log=lines.append)
     assert path == bare / "report" / "report.html"
     page = path.read_text()
-    for note in ("no metrics.csv", "no checkpoints/last.ckpt", "no run.json",
+    for note in ("no metrics.csv", "no artifacts.json in the run directory", "no run.json",
                  "saved no per-epoch features"):
         assert note in page, note
     # the failing section is an error note (first line only); the others are all there
@@ -323,3 +328,197 @@ def test_bad_input() -> None:
         write_report("/nonexistent", max_points=2)
     with pytest.raises(RunDirError, match="does not exist"):
         write_report("/nonexistent/run")
+
+
+# ------------------------------------------------------------------------------ artefacts
+def _copy_run(run: Path, dest: Path, names: tuple[str, ...]) -> Path:
+    dest.mkdir()
+    for name in names:
+        shutil.copy(run / name, dest / name)
+    return dest
+
+
+def test_report_reads_the_listed_artifacts_never_the_checkpoint(
+    mochi_run: tuple[Path, dict[int, float]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without checkpoints/ the similarities still use the projector, key encoder, queue and
+    synthetic negatives listed in artifacts.json; curve markers and expected metrics too."""
+    from matplotlib.axes import Axes
+
+    run, _ = mochi_run
+    art = json.loads((run / "artifacts.json").read_text())
+    assert art["projector"] == "projector.pt" and art["queue"] == "queue.pt"
+    files = ("config.yaml", "backbone.pt", "run.json", "metrics.csv", "projector.pt",
+             "key_encoder.pt", "queue.pt")
+    copy = _copy_run(run, tmp_path / "nockpt", files)
+    art["synthetic_negatives"]["from_epoch"] = 5  # later than the 2 epochs trained
+    art["expected_metrics"] = [*art["expected_metrics"], "made_up_metric"]
+    art["curve_markers"].append({"epoch": 1, "label": "second marker"})  # every panel
+    (copy / "artifacts.json").write_text(json.dumps(art))
+    lines: list[str] = []
+    seen: list[str] = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: seen.append(str(f)) or load(f, *a, **k))
+    markers: list[tuple[float, str]] = []
+    axvline = Axes.axvline
+    monkeypatch.setattr(Axes, "axvline", lambda ax, x=0, *a, **k: markers.append(
+        (x, k.get("label"))) or axvline(ax, x, *a, **k))
+    page = write_report(copy, max_points=128, log=lines.append).read_text()
+    assert 'class="note error"' not in page
+    assert not any("last.ckpt" in p for p in seen)
+    for name in ("projector.pt", "key_encoder.pt", "queue.pt", "backbone.pt"):
+        assert any(p.endswith(name) for p in seen), name
+    for needle in ("negative: queue (512 keys)", "momentum (key) encoder",
+                   "projector embeddings", "synthetic type 1 (two hard negatives)",
+                   "mixing never started in this run (2 epochs trained, mixing from epoch 5)",
+                   "no made_up_metric was logged", "projector.pt, key_encoder.pt, queue.pt"):
+        assert html.escape(needle) in page, needle
+    assert "no proxy-task accuracy was logged" not in page  # it was
+    # MoCHi's marker on the loss and proxy-accuracy panels, the extra one on every panel
+    assert markers.count((1, "MoCHi mixing starts")) == 2
+    assert markers.count((1, "second marker")) >= 4
+    assert "MoCHi N=64 s=48 s'=16" in "\n".join(lines)
+
+
+def test_read_artifacts_refuses_names_outside_the_run(tmp_path: Path) -> None:
+    from contrastmix.rundir import RunArtifacts, read_artifacts, write_artifacts
+
+    assert read_artifacts(tmp_path) == RunArtifacts()  # none written: empty
+    for bad in ({"queue": "../x.pt"}, {"projector": "/etc/passwd"},
+                {"files": {"sub/../../x.pt": "weights"}}):
+        (tmp_path / "artifacts.json").write_text(json.dumps(bad))
+        with pytest.raises(RunDirError, match="outside the run directory") as info:
+            read_artifacts(tmp_path)
+        assert "\n" not in str(info.value)
+    (tmp_path / "artifacts.json").write_text('{"projector": "p.pt", "colour": 1}')
+    with pytest.raises(RunDirError, match="not a valid artifacts file"):
+        read_artifacts(tmp_path)
+    write_artifacts(tmp_path, RunArtifacts(projector="sub/p.pt", queue="q.pt"))
+    assert read_artifacts(tmp_path) == RunArtifacts(projector="sub/p.pt", queue="q.pt")
+
+
+def test_report_of_a_run_that_lists_no_projector(
+    mochi_run: tuple[Path, dict[int, float]], tmp_path: Path
+) -> None:
+    """A method without a projector: backbone features and in-batch negatives (a listed queue
+    of projector embeddings, and synthetic negatives, are not used without a projector)."""
+    run, _ = mochi_run
+    files = ("config.yaml", "backbone.pt", "run.json", "metrics.csv", "queue.pt")
+    copy = _copy_run(run, tmp_path / "noproj", files)
+    (copy / "artifacts.json").write_text(json.dumps({
+        "projector": None, "queue": "queue.pt", "expected_metrics": [],
+        "synthetic_negatives": {"num_hard": 8, "num_mix": 4, "num_query_mix": 2}}))
+    page = write_report(copy, max_points=64, log=lambda m: None).read_text()
+    assert 'class="note error"' not in page
+    assert "artifacts.json lists no projector" in page
+    assert 'id="fig-similarities"' in page and "other keys of the batch" in page
+    assert "backbone features" in page and "synthetic type 1" not in page
+    assert "projector embeddings" not in page
+
+
+def test_report_with_an_unusable_artifacts_file(
+    mochi_run: tuple[Path, dict[int, float]], tmp_path: Path
+) -> None:
+    """An artifacts.json naming a file outside the run, or a listed file that is missing or
+    does not match: a note, backbone features, and the report is still written."""
+    run, _ = mochi_run
+    files = ("config.yaml", "backbone.pt", "run.json")
+    outside = _copy_run(run, tmp_path / "outside", files)
+    (outside / "artifacts.json").write_text(json.dumps({"projector": "../projector.pt"}))
+    page = write_report(outside, max_points=64, log=lambda m: None).read_text()
+    assert "names a file outside the run directory" in page
+    assert "other keys of the batch" in page and 'class="note error"' not in page
+
+    wrong = _copy_run(run, tmp_path / "wrong", files)
+    torch.save({"weight": torch.zeros(3)}, wrong / "projector.pt")  # not the recipe's head
+    (wrong / "artifacts.json").write_text(json.dumps(
+        {"projector": "projector.pt", "key_encoder": "gone.pt", "queue": "gone.pt"}))
+    page = write_report(wrong, max_points=64, log=lambda m: None).read_text()
+    assert "the projector (projector.pt) does not match the recipe" in page
+    assert "other keys of the batch" in page and 'class="note error"' not in page
+
+    missing = _copy_run(run, tmp_path / "missing", files)
+    (missing / "artifacts.json").write_text(json.dumps({"projector": "projector.pt"}))
+    page = write_report(missing, max_points=64, log=lambda m: None).read_text()
+    assert "lists the projector projector.pt, but the file is missing" in page
+    assert "other keys of the batch" in page and 'class="note error"' not in page
+
+
+_BLOCKED_CHILD = r"""
+import importlib.abc, json, sys
+
+BLOCKED = ("pytorch_lightning", "lightning", "lightning_fabric", "contrastmix.methods",
+           "contrastmix.train")
+
+
+def blocked(name):
+    return any(name == b or name.startswith(b + ".") for b in BLOCKED)
+
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if blocked(name):
+            raise ImportError(f"blocked in this test: {name}")
+        return None
+
+
+sys.meta_path.insert(0, Block())
+import torch
+
+seen = []
+_load = torch.load
+def spy(f, *a, **k):
+    seen.append(str(f))
+    return _load(f, *a, **k)
+torch.load = spy
+
+from contrastmix.cli import main
+
+run, out = sys.argv[1], sys.argv[2]
+rc_probe = main(["probe", run, "--json"])
+rc_report = main(["report", run, "--out", out])
+print("RESULT " + json.dumps({"probe": rc_probe, "report": rc_report, "loaded": seen,
+                              "imported": sorted(m for m in sys.modules if blocked(m))}))
+"""
+
+
+def test_probe_and_report_work_with_lightning_blocked(tmp_path: Path) -> None:
+    """``probe`` and ``report`` read the run directory's own files: in a process where
+    Lightning and the training code cannot be imported they still work, synthetic negatives
+    included, and never load the Lightning checkpoint."""
+    import os
+    import sys
+
+    from contrastmix.config import load_recipe
+    from contrastmix.train.pretrain import pretrain
+
+    run = tmp_path / "mochi"
+    pretrain(load_recipe("mochi_mnist1d", [
+        "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+        "trainer.enable_progress_bar=false", "data.batch_size=128", "method.queue_size=256",
+        "method.num_hard=32", "method.num_mix=16", "method.num_query_mix=8",
+        "method.warmup_epochs=0", "eval.knn_every_n_epochs=0", "eval.probe_max_iter=10",
+        "data.eval_batch_size=2048",
+    ]), run)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    out = tmp_path / "report"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    res = subprocess.run([sys.executable, "-c", _BLOCKED_CHILD, str(run), str(out)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result_line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert result_line, res.stdout[-2000:] + res.stderr[-2000:]
+    result = json.loads(result_line[-1][len("RESULT "):])
+    assert result["probe"] == 0 and result["report"] == 0, res.stderr[-3000:]
+    assert result["imported"] == []
+    assert not any("last.ckpt" in p for p in result["loaded"])
+    probe = json.loads(next(ln for ln in res.stdout.splitlines() if ln.startswith("{")))
+    assert 0.0 <= probe["accuracy"] <= 1.0
+    page = (out / "report.html").read_text()
+    assert 'class="note error"' not in page
+    assert re.search(r'<img id="fig-similarities" src="data:image/png;base64,', page)
+    for needle in ("synthetic type 1 (two hard negatives)",
+                   "synthetic type 2 (query + hard negative)", "negative: queue (256 keys)",
+                   "momentum (key) encoder"):
+        assert html.escape(needle) in page, needle
+    assert "mixing never started" not in page
