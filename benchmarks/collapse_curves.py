@@ -60,7 +60,7 @@ def train(
     its curves, geometry and wall time."""
     from omegaconf import OmegaConf
 
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.train.pretrain import pretrain
 
     overrides = [f"seed={seed}", "trainer.enable_progress_bar=false"]

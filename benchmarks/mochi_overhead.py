@@ -206,7 +206,7 @@ def make_training_step(
     with a full queue of ``queue`` keys; ``method`` is ``"moco"`` or ``"mochi"`` (mixing on)."""
     from omegaconf import OmegaConf
 
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.data.registry import build_data
     from contrastmix.train.moco import MoCoModule
 
@@ -279,7 +279,7 @@ def time_recipe_runs(
     import pytorch_lightning as pl
 
     import contrastmix.losses.mochi as mochi_loss
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.train.pretrain import pretrain
 
     class Clock(pl.Callback):

@@ -86,7 +86,7 @@ def train_one(recipe: str, seed: int, out: Path, overrides: list[str], cli: bool
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
     else:
-        from contrastmix.config import load_recipe
+        from contrastmix.recipe import load_recipe
         from contrastmix.train.pretrain import pretrain
 
         cfg = load_recipe(recipe, [f"seed={seed}", "trainer.enable_progress_bar=false",

@@ -41,7 +41,7 @@ def _recipe_and_overrides(method: str, dataset: str) -> tuple[str, list[str]]:
 
 def run_one(method: str, dataset: str, seed: int, runs_dir: Path, extra: list[str]) -> dict:
     """Train (unless done) and probe one run; returns the probe dict plus timings."""
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.runs import probe_run
     from contrastmix.train.pretrain import pretrain
 
@@ -70,7 +70,7 @@ def run_one(method: str, dataset: str, seed: int, runs_dir: Path, extra: list[st
 
 def raw_reference(dataset: str, runs_dir: Path) -> dict:
     """The same ridge probe on the raw (flattened) inputs: no training, a reference row."""
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.data.registry import build_data
     from contrastmix.eval.ordering import distance_spearman
     from contrastmix.eval.probe import linear_probe

@@ -106,7 +106,9 @@ def test_importing_the_core_loads_no_lightning() -> None:
         "import contrastmix.losses, contrastmix.mixing, contrastmix.banks, contrastmix.models\n"
         "import contrastmix.data, contrastmix.config, contrastmix.rundir, contrastmix.runs\n"
         "import contrastmix.eval, contrastmix.eval.report, contrastmix.eval.multimodal\n"
-        "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')"
+        "import contrastmix.cli\n"
+        "bad = [m for m in sys.modules"
+        " if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'lightning_fabric')"
         " or m.startswith(('contrastmix.methods', 'contrastmix.train'))]\n"
         "print(','.join(bad))\n"
     )
