@@ -489,7 +489,7 @@ def test_probe_and_report_work_with_lightning_blocked(tmp_path: Path) -> None:
     import os
     import sys
 
-    from contrastmix.config import load_recipe
+    from contrastmix.recipe import load_recipe
     from contrastmix.train.pretrain import pretrain
 
     run = tmp_path / "mochi"
