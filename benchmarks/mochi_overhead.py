@@ -1,6 +1,6 @@
 """MoCHi overhead: loss forward+backward of MoCHi(N, s, s') vs plain MoCo InfoNCE.
 
-Goal (METHODS.md §1, fast path): at B=256, K=16384, d=128, (N, s, s') = (1024, 1024, 128)
+Goal (docs/methods.md §1, fast path): at B=256, K=16384, d=128, (N, s, s') = (1024, 1024, 128)
 the MoCHi loss forward+backward takes <= 2.0x the MoCo InfoNCE forward+backward, measured in
 the same run. The materialised path (``B × (s+s') × d`` synthetic vectors) is timed for context.
 

@@ -3,7 +3,7 @@
 Each (recipe, seed) is pretrained in its own run directory, then probed with
 ``contrastmix probe --knn``; the script prints a markdown table (linear-probe accuracy, kNN
 accuracy, wall time) and, for contrastive runs, the proxy-task accuracy per epoch (the share of
-queries whose key beats every real negative; METHODS §1).
+queries whose key beats every real negative; docs/methods.md §1).
 
 Example (the README's MoCo vs MoCHi table)::
 

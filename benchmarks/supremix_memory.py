@@ -9,7 +9,7 @@ polluted by the other one. Reported per loss:
 * ``loss_rss_mib``: their difference (what the loss added at its peak);
 * ``time_s``: median wall time of one forward + backward over ``--reps`` further calls.
 
-Target (METHODS §2, issue): SupReMix at B = 256, V = 2, d = 128 stays below 1 GiB peak RSS.
+Target (docs/methods.md §2, issue): SupReMix at B = 256, V = 2, d = 128 stays below 1 GiB peak RSS.
 For scale, the authors' dense construction would hold ``(V*B)^3 * d`` fp32 scalars.
 
 Usage::

@@ -1,4 +1,4 @@
-"""Evaluation of frozen representations (METHODS.md §5, §8, §9).
+"""Evaluation of frozen representations (docs/methods.md §5, §8, §9).
 
 * :mod:`contrastmix.eval.probe` — feature extraction with the backbone frozen in eval mode, linear probe
   (logistic regression by L-BFGS / ridge) with validation-selected penalty and refit.

@@ -115,7 +115,7 @@ def neural_collapse(
     global_mean: str = "sample",
     pinv_rtol: float = 1e-10,
 ) -> dict[str, float | int | str]:
-    """Neural-collapse metrics NC1-NC4 (Papyan, Han & Donoho, 2020; METHODS.md §8).
+    """Neural-collapse metrics NC1-NC4 (Papyan, Han & Donoho, 2020; docs/methods.md §8).
 
     Args:
         features: ``[N, d]`` penultimate features ``h``.
@@ -233,7 +233,7 @@ def mixup_geometry(
     global_mean: Tensor,
     bins: int = 10,
 ) -> dict[str, np.ndarray | float | int]:
-    """Geometry of features of mixed inputs (Fisher et al., ICLR 2024; METHODS.md §8).
+    """Geometry of features of mixed inputs (Fisher et al., ICLR 2024; docs/methods.md §8).
 
     Features ``h~`` of inputs ``lam * x_a + (1 - lam) * x_b``; ``lam`` weights class ``a``.
     Measures, per ``lam`` bin (``bins`` equal-width bins ``[lo, hi)`` on ``[0, 1]``, the last

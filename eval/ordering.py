@@ -1,4 +1,4 @@
-"""How ordered a representation is with respect to a continuous label (METHODS.md §2).
+"""How ordered a representation is with respect to a continuous label (docs/methods.md §2).
 
 The Spearman rank correlation between pairwise embedding distances and pairwise label
 distances, as used to assess regression representations in Rank-N-Contrast (Zha et al.,

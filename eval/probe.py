@@ -1,4 +1,4 @@
-"""Linear probe on frozen features (METHODS.md §9).
+"""Linear probe on frozen features (docs/methods.md §9).
 
 Protocol of SimCLR (Chen et al., ICML 2020, App. B.5) and BYOL (Grill et al., NeurIPS 2020,
 App. C): the backbone is frozen **in eval mode** (BatchNorm statistics untouched), features

@@ -1,4 +1,4 @@
-"""Tests of the CLIP loss and geodesic multimodal mixup (METHODS.md §5)."""
+"""Tests of the CLIP loss and geodesic multimodal mixup (docs/methods.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""C-Mixup (Yao et al. 2022, METHODS §3): probabilities, limits, window sampler, mix, Beta."""
+"""C-Mixup (Yao et al. 2022, docs/methods.md §3): probabilities, limits, window sampler, mix, Beta."""
 
 from __future__ import annotations
 

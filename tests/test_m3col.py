@@ -1,4 +1,4 @@
-"""Tests of M3Co / M3CoL (METHODS.md §6): loss, draws, phases, objective and model."""
+"""Tests of M3Co / M3CoL (docs/methods.md §6): loss, draws, phases, objective and model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of contrastmix.mixing.slerp (METHODS.md §5 slerp convention)."""
+"""Tests of contrastmix.mixing.slerp (docs/methods.md §5 slerp convention)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SupReMix (METHODS.md §2): brute-force loop reference, SupCon reduction, invariances, edges."""
+"""SupReMix (docs/methods.md §2): brute-force loop reference, SupCon reduction, invariances, edges."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _brute_supremix(
     weighting: bool,
     detach: bool = True,
 ) -> torch.Tensor:
-    """METHODS §2 with explicit loops and *materialised* mixtures (detached unless told)."""
+    """docs/methods.md §2 with explicit loops and *materialised* mixtures (detached unless told)."""
     b, v, _ = features.shape
     z = [features[s, w] for w in range(v) for s in range(b)]  # view-major
     y = [float(labels[s]) for w in range(v) for s in range(b)]

@@ -2,7 +2,7 @@
 
 Zha, Cao, Yang, Xie & Chen, "Rank-N-Contrast: Learning Continuous Representations for
 Regression", NeurIPS 2023. The strongest contrastive-regression baseline next to SupReMix
-(METHODS.md §2).
+(docs/methods.md §2).
 
 ``features [B, V, d]`` are flattened view-major into ``N = V * B`` anchors ``z`` with labels
 ``y``. With similarity ``s_ij = -||z_i - z_j||_2 / tau``, for anchor ``i`` and every ``j != i``:

@@ -1,6 +1,6 @@
 """Supervised contrastive loss (SupCon), the "L_out" form.
 
-Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, eq. 2. See METHODS.md §2 (the
+Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, eq. 2. See docs/methods.md §2 (the
 reduction target of SupReMix).
 
 ``features [B, V, d]`` (V views of B samples, L2-normalised) are flattened view-major into

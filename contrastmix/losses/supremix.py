@@ -1,6 +1,6 @@
 """SupReMix: supervised contrastive regression with mixed hard negatives and hard positives.
 
-Wu et al., "Mixup Your Own Pairs" (SupReMix), 2023. See METHODS.md §2, whose clean formula this
+Wu et al., "Mixup Your Own Pairs" (SupReMix), 2023. See docs/methods.md §2, whose clean formula this
 module implements (not the authors' code, which normalises real and mixture logits with two
 different max-shifts, mis-aligns mixture labels and builds a dense ``(2B)^3 x d`` tensor).
 
@@ -231,7 +231,7 @@ def supremix_loss(
     negative_coefficients: Tensor | None = None,
     chunk_elements: int = 2**19,
 ) -> Tensor:
-    """SupReMix loss (METHODS.md §2).
+    """SupReMix loss (docs/methods.md §2).
 
     Args:
         features: ``[B, V, d]`` L2-normalised embeddings (V views per sample).

@@ -1,6 +1,6 @@
 """C-Mixup: label-similarity sampling of mixup partners for regression.
 
-Yao et al., "C-Mixup: Improving Generalization in Regression", NeurIPS 2022. See METHODS.md §3.
+Yao et al., "C-Mixup: Improving Generalization in Regression", NeurIPS 2022. See docs/methods.md §3.
 
 For sample ``i`` the mixing partner ``j`` is drawn with probability
 

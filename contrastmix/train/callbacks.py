@@ -1,4 +1,4 @@
-"""Lightning callbacks: the online kNN monitor (METHODS §9)."""
+"""Lightning callbacks: the online kNN monitor (docs/methods.md §9)."""
 
 from __future__ import annotations
 
