@@ -2,7 +2,7 @@
 
 Trains every recipe for several seeds (``seed=S``; the data split ``data.seed`` stays fixed,
 so the methods are compared on paired runs), probes each run with
-:func:`contrastmix.runs.probe_run` (the code behind ``contrastmix probe RUN --json``) and prints
+:func:`contrastmix.eval.evaluate.probe_run` (the code behind ``contrastmix probe RUN --json``) and prints
 markdown tables of mean ± std over seeds (sample std, ddof = 1) with the paired difference
 between the two methods of each comparison.
 
@@ -96,7 +96,7 @@ def train_one(recipe: str, seed: int, out: Path, overrides: list[str], cli: bool
 
 
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    from contrastmix.runs import probe_run
+    from contrastmix.eval.evaluate import probe_run
 
     results: dict[str, Any] = {}
     for recipe in args.recipes:

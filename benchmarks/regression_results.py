@@ -2,7 +2,7 @@
 
 Trains every bundled recipe ``{method}_{dataset}`` for each seed through the API
 (:func:`contrastmix.train.pretrain.pretrain`, exactly what ``contrastmix pretrain`` runs), probes
-each run with :func:`contrastmix.runs.probe_run` (what ``contrastmix probe RUN --json`` prints),
+each run with :func:`contrastmix.eval.evaluate.probe_run` (what ``contrastmix probe RUN --json`` prints),
 and prints a markdown table of mean +- std (sample std, ``ddof = 1``) over seeds of the
 linear-probe MAE, the geometric-mean error and the distance Spearman; for ``rotated_digits_lt``
 (the long-tailed variant, ``data.options.long_tailed=true``) also the many/medium/few-shot MAE.
@@ -42,7 +42,7 @@ def _recipe_and_overrides(method: str, dataset: str) -> tuple[str, list[str]]:
 def run_one(method: str, dataset: str, seed: int, runs_dir: Path, extra: list[str]) -> dict:
     """Train (unless done) and probe one run; returns the probe dict plus timings."""
     from contrastmix.recipe import load_recipe
-    from contrastmix.runs import probe_run
+    from contrastmix.eval.evaluate import probe_run
     from contrastmix.train.pretrain import pretrain
 
     out = runs_dir / dataset / method / f"seed{seed}"

@@ -118,7 +118,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from contrastmix.runs import probe_run
+    from contrastmix.eval.evaluate import probe_run
 
     res = probe_run(args.run, knn=args.knn, geometry=args.geometry, device=args.device)
     if args.json:

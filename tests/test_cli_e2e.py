@@ -196,7 +196,7 @@ def test_nan_embeddings_are_named(moco_run: Path, tmp_path: Path) -> None:
 
     from contrastmix._validation import NonFiniteError
     from contrastmix.errors import EmbeddingError
-    from contrastmix.runs import probe_run
+    from contrastmix.eval.evaluate import probe_run
     from contrastmix.eval.report import write_report
 
     assert issubclass(NonFiniteError, ValueError)  # library callers still get a ValueError

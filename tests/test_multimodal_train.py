@@ -1,7 +1,7 @@
 """End to end tests of the multimodal recipes: clip, m2mix, m3col and concat.
 
 One short run per method through :func:`contrastmix.train.pretrain.pretrain`, then
-:func:`contrastmix.runs.probe_run`; plus the retrieval metrics against brute-force loops, the
+:func:`contrastmix.eval.evaluate.probe_run`; plus the retrieval metrics against brute-force loops, the
 data bundles, the artifact round trip and the error paths.
 """
 
@@ -247,7 +247,7 @@ def _finite(d: dict[str, Any], keys: list[str]) -> None:
 
 @pytest.mark.parametrize("method", ["clip", "m2mix"])
 def test_two_tower_probe(runs: dict[str, Path], method: str) -> None:
-    from contrastmix.runs import probe_run
+    from contrastmix.eval.evaluate import probe_run
 
     res = probe_run(runs[method])
     json.dumps(res)  # JSON-serialisable
@@ -270,7 +270,7 @@ def test_two_tower_probe(runs: dict[str, Path], method: str) -> None:
 
 @pytest.mark.parametrize("method", ["m3col", "concat"])
 def test_fusion_probe(runs: dict[str, Path], method: str) -> None:
-    from contrastmix.runs import probe_run
+    from contrastmix.eval.evaluate import probe_run
 
     res = probe_run(runs[method])
     json.dumps(res)
@@ -315,7 +315,8 @@ def test_probe_zero_shot_matches_a_direct_computation(runs: dict[str, Path]) -> 
     from contrastmix.eval.calibration import expected_calibration_error
     from contrastmix.eval.multimodal import load_multimodal_model
 
-    from contrastmix.runs import load_run, probe_run
+    from contrastmix.eval.evaluate import probe_run
+    from contrastmix.runs import load_run
 
     run = runs["clip"]
     cfg = load_run(run)
@@ -334,7 +335,7 @@ def test_probe_zero_shot_matches_a_direct_computation(runs: dict[str, Path]) -> 
 def test_missing_or_foreign_artifacts_raise(runs: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
-    from contrastmix.runs import probe_run
+    from contrastmix.eval.evaluate import probe_run
 
     run = tmp_path / "copy"
     shutil.copytree(runs["clip"], run)

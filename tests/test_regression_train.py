@@ -22,7 +22,7 @@ from contrastmix.errors import DatasetError, RecipeError
 from contrastmix.methods import get_method
 from contrastmix.methods.base import SeededGenerators
 from contrastmix.rundir import read_artifacts
-from contrastmix.runs import probe_run
+from contrastmix.eval.evaluate import probe_run
 from contrastmix.train.pretrain import build_method, pretrain
 
 TINY = [

@@ -17,7 +17,7 @@ from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.errors import RecipeError
 from contrastmix.losses import mixed_cross_entropy
 from contrastmix.mixing import cutmix_batch, mixup_batch, sample_pairs
-from contrastmix.runs import probe_run
+from contrastmix.eval.evaluate import probe_run
 from contrastmix.train.pretrain import pretrain
 
 TINY = [

@@ -1,0 +1,108 @@
+"""``contrastmix probe``: the frozen-feature evaluation of a finished run, from its files.
+
+:func:`probe_run` reads the run directory (``config.yaml``, ``backbone.pt`` and what
+``artifacts.json`` lists; see :mod:`contrastmix.rundir`) and never the training code. The
+protocol is in docs/methods.md §9 and the README's *Evaluation protocol*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from contrastmix._validation import NonFiniteError
+from contrastmix.data.registry import build_data
+from contrastmix.errors import EmbeddingError
+from contrastmix.eval.collapse import neural_collapse
+from contrastmix.eval.geometry import effective_rank, uniformity
+from contrastmix.eval.knn import knn_predict
+from contrastmix.eval.multimodal import probe_multimodal_run
+from contrastmix.eval.ordering import distance_spearman
+from contrastmix.eval.probe import linear_probe
+from contrastmix.runs import extract_run_features, load_run, resolve_device
+
+__all__ = ["probe_run"]
+
+
+def probe_run(
+    run_dir: str | Path, *, knn: bool = False, geometry: bool = False,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """The frozen-feature evaluation of a run: linear probe (+ kNN, + geometry).
+
+    Returns:
+        One JSON-serialisable dict: the metrics plus the exact protocol used.
+    """
+    device = resolve_device(device)  # a bad --device fails before any work
+    try:
+        return _probe_run(run_dir, knn=knn, geometry=geometry, device=device)
+    except NonFiniteError as e:  # a NaN / inf that a metric found in the run's embeddings
+        raise EmbeddingError(
+            f"{run_dir}: the trained model gives non-finite embeddings ({e}). The run diverged "
+            "(lower optim.lr, or set trainer.gradient_clip_val) or its weights are corrupt"
+        ) from e
+
+
+def _probe_run(
+    run_dir: str | Path, *, knn: bool, geometry: bool, device: torch.device
+) -> dict[str, Any]:
+    cfg = load_run(run_dir)
+
+    bundle = build_data(cfg.data)
+    if bundle.task == "multimodal":  # retrieval, zero-shot, gap, fusion heads
+        return probe_multimodal_run(run_dir, cfg, device)
+    f = extract_run_features(run_dir, device, cfg=cfg, data=bundle)
+    data = bundle
+    out: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name,
+                           "dataset": cfg.data.name}
+    res = linear_probe(
+        f["train_x"], f["train_y"], f["test_x"], f["test_y"], task=f["task"],
+        val_fraction=cfg.eval.probe_val_fraction, max_iter=cfg.eval.probe_max_iter,
+        seed=cfg.seed, groups=data.test_groups,
+        group_names=list(data.group_names) if data.group_names else None,
+    )
+    out.update(_jsonable(res))
+    if f["task"] == "regression":
+        out["spearman"] = float(distance_spearman(f["test_x"], f["test_y"], seed=cfg.seed))
+    out["protocol"] = {
+        "features": "backbone output (projector removed), backbone in eval mode, "
+        "test-time inputs (no augmentation), extracted once",
+        "probe": "linear model on cached features; penalty chosen on a validation split "
+        "of train, refit on train+val; last model reported",
+    }
+    if knn and f["task"] == "classification":
+        k, t = cfg.eval.knn_k, cfg.eval.knn_temperature
+        pred = knn_predict(f["train_x"], f["train_y"], f["test_x"], k=k, temperature=t)
+        out["knn_accuracy"] = float((pred.cpu() == f["test_y"].cpu()).float().mean())
+        out["knn"] = {"k": min(k, len(f["train_x"])), "temperature": t,
+                      "features": "L2-normalised backbone features"}
+    if geometry:
+        z = torch.nn.functional.normalize(f["test_x"].double(), dim=1)
+        out["geometry"] = {
+            "uniformity": float(uniformity(z)),
+            "effective_rank": float(effective_rank(f["test_x"])),
+        }
+        if f["task"] == "classification":
+            nc = neural_collapse(f["test_x"], f["test_y"])
+            out["geometry"]["neural_collapse"] = _jsonable(nc)
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.tolist() if x.numel() > 1 else x.item()
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):
+        try:
+            return x.item()
+        except (ValueError, TypeError):
+            pass
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return x
