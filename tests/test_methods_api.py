@@ -121,3 +121,35 @@ def test_pretrain_leaves_the_process_as_it_found_it(tmp_path: Path) -> None:
     assert random.getstate() == before[1]
     assert (np.random.get_state()[1] == before[2]).all()  # noqa: NPY002
     assert {n: list(logging.getLogger(n).filters) for n in filters} == filters
+
+
+def test_a_user_backbone_and_dataset_register_by_name(tmp_path: Path) -> None:
+    """register_backbone / register_dataset from a module loaded with --import."""
+    mod = tmp_path / "my_parts.py"
+    mod.write_text(
+        "import torch\n"
+        "from contrastmix.models import register_backbone\n"
+        "from contrastmix.data.registry import register_dataset, DATASETS\n"
+        "class Tiny(torch.nn.Module):\n"
+        "    def __init__(self, in_channels, width):\n"
+        "        super().__init__(); self.output_dim = width\n"
+        "        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40 * in_channels, width))\n"
+        "    def forward(self, x): return self.net(x)\n"
+        "register_backbone('tiny_mlp', lambda *, in_channels, width, cifar_stem:"
+        " Tiny(in_channels, width))\n"
+        "register_dataset('my_mnist1d', DATASETS['mnist1d'])\n"
+    )
+    run = tmp_path / "run"
+    res = _cli("pretrain", "moco_mnist1d", "--import", str(mod), "--out", str(run), "--set",
+               *TINY, "method.queue_size=256", "model.backbone=tiny_mlp", "model.width=16",
+               "data.name=my_mnist1d", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-1500:]
+    state = torch.load(run / "backbone.pt", weights_only=True)
+    assert state["net.1.weight"].shape == (16, 40)
+
+
+def test_unknown_backbone_is_one_line() -> None:
+    from contrastmix.models import build_backbone
+
+    with pytest.raises(ValueError, match="unknown backbone 'vit'; choose one of cnn1d"):
+        build_backbone("vit")

@@ -1,6 +1,10 @@
 """Backbones, projector heads, the momentum encoder, text tower and multimodal models."""
 
-from contrastmix.models.build import build_backbone, build_projector
+from contrastmix.models.build import (
+    build_backbone,
+    build_projector,
+    register_backbone,
+)
 from contrastmix.models.cnn1d import SignalCNN1d
 from contrastmix.models.cnn2d import SmallCNN2d
 from contrastmix.models.mlp import MLPEncoder
@@ -10,6 +14,6 @@ from contrastmix.models.resnet import ResNetBackbone
 from contrastmix.models.text import MiniLMTextEncoder
 
 __all__ = [
-    "build_backbone", "build_projector", "SignalCNN1d", "SmallCNN2d", "ResNetBackbone",
+    "build_backbone", "build_projector", "register_backbone", "SignalCNN1d", "SmallCNN2d", "ResNetBackbone",
     "MLPEncoder", "MomentumEncoder", "MiniLMTextEncoder", "TwoTower", "M3CoLModel",
 ]

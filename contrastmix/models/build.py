@@ -2,13 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch.nn as nn
 
 from contrastmix._validation import check_positive
+from contrastmix.models.cnn1d import SignalCNN1d
+from contrastmix.models.cnn2d import SmallCNN2d
+from contrastmix.models.mlp import MLPEncoder
+from contrastmix.models.resnet import ResNetBackbone
 
-__all__ = ["build_backbone", "build_projector", "BACKBONES"]
+__all__ = ["build_backbone", "build_projector", "register_backbone", "backbones", "BACKBONES"]
 
-BACKBONES = ("cnn1d", "cnn2d", "resnet18", "resnet50", "mlp")
+#: ``builder(*, in_channels, width, cifar_stem) -> nn.Module`` (with an ``output_dim``).
+BackboneBuilder = Callable[..., nn.Module]
+
+
+def _cnn1d(*, in_channels: int, width: int, cifar_stem: bool) -> nn.Module:
+    return SignalCNN1d(in_channels, width)
+
+
+def _cnn2d(*, in_channels: int, width: int, cifar_stem: bool) -> nn.Module:
+    return SmallCNN2d(in_channels, width)
+
+
+def _resnet(depth: str) -> BackboneBuilder:
+    def build(*, in_channels: int, width: int, cifar_stem: bool) -> nn.Module:
+        return ResNetBackbone(depth, cifar_stem=cifar_stem, in_channels=in_channels)
+
+    return build
+
+
+def _mlp(*, in_channels: int, width: int, cifar_stem: bool) -> nn.Module:
+    # tabular data: DataBundle.in_channels is the number of input features
+    return MLPEncoder(in_channels, hidden=(width, width))
+
+
+#: The backbones a recipe's ``model.backbone`` may name, built-in and registered.
+BACKBONES: dict[str, BackboneBuilder] = {
+    "cnn1d": _cnn1d,
+    "cnn2d": _cnn2d,
+    "resnet18": _resnet("resnet18"),
+    "resnet50": _resnet("resnet50"),
+    "mlp": _mlp,
+}
+
+
+def register_backbone(name: str, builder: BackboneBuilder) -> None:
+    """Make ``model.backbone: NAME`` build ``builder(in_channels=..., width=...,
+    cifar_stem=...)``, an ``nn.Module`` mapping ``[B, ...]`` to ``[B, output_dim]`` with an
+    ``output_dim`` attribute (from user code loaded with ``contrastmix pretrain --import``)."""
+    if not name or not callable(builder):
+        raise ValueError(f"register_backbone needs a name and a callable, got {name!r}")
+    BACKBONES[name] = builder
+
+
+def backbones() -> list[str]:
+    """Names of the registered backbones."""
+    return sorted(BACKBONES)
 
 
 def build_backbone(
@@ -18,35 +69,26 @@ def build_backbone(
     """Return a backbone with an ``output_dim`` attribute.
 
     Args:
-        name: One of ``cnn1d``, ``cnn2d``, ``resnet18``, ``resnet50``, ``mlp``.
+        name: A key of :data:`BACKBONES` (``cnn1d``, ``cnn2d``, ``resnet18``, ``resnet50``,
+            ``mlp``, or one registered with :func:`register_backbone`).
         in_channels: Input channels.
         width: Base width of the small CNNs / hidden width of the MLP.
         cifar_stem: CIFAR stem for ResNets.
-        in_features: Input features of the tabular MLP.
+        in_features: Input features of the tabular MLP (default ``in_channels``).
 
     Raises:
-        ValueError: an unknown ``name``, or ``width`` / ``in_channels`` < 1.
+        ValueError: an unknown ``name``, or ``width`` / ``in_channels`` < 1, or a builder
+            that returns a module without ``output_dim``.
     """
     check_positive("width", width)
     check_positive("in_channels", in_channels)
-    if name == "cnn1d":
-        from contrastmix.models.cnn1d import SignalCNN1d
-
-        return SignalCNN1d(in_channels, width)
-    if name == "cnn2d":
-        from contrastmix.models.cnn2d import SmallCNN2d
-
-        return SmallCNN2d(in_channels, width)
-    if name in ("resnet18", "resnet50"):
-        from contrastmix.models.resnet import ResNetBackbone
-
-        return ResNetBackbone(name, cifar_stem=cifar_stem, in_channels=in_channels)
-    if name == "mlp":
-        from contrastmix.models.mlp import MLPEncoder
-
-        # tabular data: DataBundle.in_channels is the number of input features
-        return MLPEncoder(in_features or in_channels, hidden=(width, width))
-    raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(backbones())}")
+    channels = in_features if (name == "mlp" and in_features) else in_channels
+    net = BACKBONES[name](in_channels=channels, width=width, cifar_stem=cifar_stem)
+    if not isinstance(getattr(net, "output_dim", None), int):
+        raise ValueError(f"backbone {name!r} has no integer `output_dim` attribute")
+    return net
 
 
 def build_projector(
