@@ -1,41 +1,50 @@
 """Multimodal results: CLIP vs m2-mix on digits-captions, concat vs M3CoL on digits-tri.
 
 Trains every recipe for several seeds (``seed=S``; the data split ``data.seed`` stays fixed,
-so the methods are compared on paired runs), probes each run with
-:func:`contrastmix.eval.evaluate.probe_run` (the code behind ``contrastmix probe RUN --json``) and prints
-markdown tables of mean ± std over seeds (sample std, ddof = 1) with the paired difference
-between the two methods of each comparison.
+so the methods are compared on paired runs) in ``RUNS_DIR/<recipe>_seed<S>``
+(:func:`contrastmix.sweeps.train_if_missing`: finished runs are kept, ``--force`` retrains),
+probes each run (:func:`contrastmix.sweeps.probe`, the code behind ``contrastmix probe RUN
+--json``, cached in the run) and prints markdown tables of mean ± std over seeds (sample std,
+ddof = 1) with the paired difference between the two methods of each comparison (mean ± std
+of the per-seed differences and their 95 % Student-t interval).
 
 Usage::
 
-    .venv/bin/python benchmarks/multimodal_results.py --seeds 0 1 2 --runs-dir runs/multimodal
-    .venv/bin/python benchmarks/multimodal_results.py --json      # machine-readable
+    python benchmarks/sweeps/multimodal_results.py --seeds 0 1 2 --runs-dir runs/multimodal
+    python benchmarks/sweeps/multimodal_results.py --json      # machine-readable
+    python benchmarks/sweeps/multimodal_results.py --quick     # smoke run
 
-Runs that already have a ``backbone.pt`` are probed again, not retrained (``--force`` retrains).
-``--cli`` trains through the console script in a subprocess (the command a user types; adds the
-interpreter start-up and imports to the measured wall time) instead of in-process.
+``--cli`` trains through ``python -m contrastmix.cli pretrain`` in a subprocess (the command a
+user types; adds the interpreter start-up and imports to the measured wall time) instead of
+in-process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
-import shutil
-import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from contrastmix.sweeps import (
+    format_mean_std,
+    format_paired_difference,
+    is_trained,
+    markdown_table,
+    probe,
+    reproduce_command,
+    run_dir_for,
+    run_summary,
+    train_if_missing,
+)
 
 PAIRS = {
     "retrieval": ("clip_digits", "m2mix_digits"),
     "fusion": ("concat_digits_tri", "m3col_digits_tri"),
 }
+#: ``--quick``: one epoch of two batches per run.
+QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
 TWO_TOWER_ROWS = [
     ("zero-shot accuracy", "zero_shot_accuracy", "higher"),
     ("zero-shot ECE (15 bins)", "zero_shot_ece", "lower"),
@@ -68,53 +77,23 @@ def _get(d: dict[str, Any], key: str) -> float:
     return float(d)  # type: ignore[arg-type]
 
 
-def _fmt(xs: list[float]) -> str:
-    if not xs:
-        return "n/a"
-    m = statistics.fmean(xs)
-    s = statistics.stdev(xs) if len(xs) > 1 else float("nan")
-    return f"{m:.4f} ± {s:.4f}" if math.isfinite(s) else f"{m:.4f}"
-
-
-def train_one(recipe: str, seed: int, out: Path, overrides: list[str], cli: bool) -> float:
-    """Train one run; returns the wall time of the whole command / call in seconds."""
-    start = time.perf_counter()
-    if cli:
-        cmd = [str(ROOT / ".venv" / "bin" / "contrastmix"), "pretrain", recipe, "--out", str(out),
-               "--set", f"seed={seed}", "trainer.enable_progress_bar=false", *overrides]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
-    else:
-        from contrastmix.recipe import load_recipe
-        from contrastmix.train.pretrain import pretrain
-
-        cfg = load_recipe(recipe, [f"seed={seed}", "trainer.enable_progress_bar=false",
-                                   *overrides])
-        pretrain(cfg, out)
-    return time.perf_counter() - start
-
-
 def collect(args: argparse.Namespace) -> dict[str, Any]:
-    from contrastmix.eval.evaluate import probe_run
-
+    overrides = [*(QUICK if args.quick else []), *args.set]
+    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
+    runs_dir = args.runs_dir or ("runs/multimodal-quick" if args.quick else "runs/multimodal")
     results: dict[str, Any] = {}
     for recipe in args.recipes:
         rows = []
-        for seed in args.seeds:
-            out = Path(args.runs_dir) / f"{recipe}_s{seed}"
-            wall = None
-            if args.force and out.exists():
-                shutil.rmtree(out)
-            if not (out / "backbone.pt").is_file():
-                if out.exists():
-                    shutil.rmtree(out)
-                wall = train_one(recipe, seed, out, args.set, args.cli)
-            summary = json.loads((out / "run.json").read_text())
-            probe = probe_run(out)
+        for seed in seeds:
+            out = run_dir_for(runs_dir, recipe, seed)
+            fresh = args.force or not is_trained(out)
+            start = time.perf_counter()
+            train_if_missing(recipe, out, overrides, seed=seed, force=args.force, cli=args.cli)
+            wall = time.perf_counter() - start if fresh else None
+            summary = run_summary(out)
             rows.append({"seed": seed, "run": str(out), "wall_s": wall,
                          "fit_s": summary["wall_time_s"], "epochs": summary["epochs"],
-                         "probe": probe})
+                         "probe": probe(out)})
             print(f"[{recipe} seed {seed}] fit {summary['wall_time_s']:.1f}s"
                   + (f", command {wall:.1f}s" if wall is not None else " (existing run)"),
                   file=sys.stderr, flush=True)
@@ -127,42 +106,46 @@ def table(results: dict[str, Any], base: str, new: str, spec: list[tuple[str, st
     a = {r["seed"]: r["probe"] for r in results[base]}
     b = {r["seed"]: r["probe"] for r in results[new]}
     seeds = sorted(set(a) & set(b))
-    lines = [f"| metric | better | {base} | {new} | Δ ({new} − {base}), paired |",
-             "|---|---|---|---|---|"]
+    rows = []
     for label, key, better in spec:
         xa = [_get(a[s], key) for s in seeds]
         xb = [_get(b[s], key) for s in seeds]
-        diff = [y - x for x, y in zip(xa, xb, strict=True)]
-        lines.append(f"| {label} | {better} | {_fmt(xa)} | {_fmt(xb)} | {_fmt(diff)} |")
-    lines.append(f"\nSeeds: {seeds} (n = {len(seeds)}); mean ± sample std.")
-    return "\n".join(lines)
+        rows.append([label, better, format_mean_std(xa, 4), format_mean_std(xb, 4),
+                     format_paired_difference(xb, xa, 4)])
+    return (markdown_table(rows, ["metric", "better", base, new,
+                                  f"Δ ({new} − {base}), paired [95% t-interval]"])
+            + f"\n\nSeeds: {seeds} (n = {len(seeds)}); mean ± sample std.")
 
 
 def timing(results: dict[str, Any]) -> str:
-    lines = ["| recipe | epochs | Trainer.fit wall (s) | whole command wall (s) |",
-             "|---|---|---|---|"]
-    for recipe, rows in results.items():
-        fit = [r["fit_s"] for r in rows]
-        cmd = [r["wall_s"] for r in rows if r["wall_s"] is not None]
-        lines.append(f"| {recipe} | {rows[0]['epochs']} | {_fmt(fit)} | {_fmt(cmd)} |")
-    return "\n".join(lines)
+    return markdown_table(
+        [[recipe, rows[0]["epochs"], format_mean_std([r["fit_s"] for r in rows], 4),
+          format_mean_std([r["wall_s"] for r in rows], 4)]
+         for recipe, rows in results.items()],
+        ["recipe", "epochs", "Trainer.fit wall (s)", "whole command wall (s)"],
+    )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
     p.add_argument("--recipes", nargs="+",
                    default=[r for pair in PAIRS.values() for r in pair])
-    p.add_argument("--runs-dir", default="runs/multimodal")
+    p.add_argument("--runs-dir", default=None,
+                   help="default runs/multimodal (runs/multimodal-quick)")
     p.add_argument("--set", nargs="*", default=[], help="extra recipe overrides key=value")
     p.add_argument("--force", action="store_true", help="retrain existing runs")
-    p.add_argument("--cli", action="store_true", help="train through the console script")
+    p.add_argument("--cli", action="store_true",
+                   help="train through `python -m contrastmix.cli pretrain` in a subprocess")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: seeds 0 1, one epoch of 2 batches (" + " ".join(QUICK) + ")")
     p.add_argument("--json", action="store_true", help="print the raw results as JSON")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     results = collect(args)
     if args.json:
         print(json.dumps(results, indent=2))
         return
+    print("Reproduce: " + reproduce_command(__file__, sys.argv[1:] if argv is None else argv))
     for name, (base, new) in PAIRS.items():
         if base in results and new in results:
             spec = TWO_TOWER_ROWS if name == "retrieval" else FUSION_ROWS
