@@ -17,7 +17,7 @@ value back: with the ``"torch"`` backend a training step's enqueue and search do
 synchronise with a GPU (the feature value check is skipped there, see
 :mod:`contrastmix._validation`; under DDP the gather exchanges the ranks' batch sizes).
 
-Index maintenance of the approximate backends (measured in ``benchmarks/bank_search.py``):
+Index maintenance of the approximate backends (measured in ``benchmarks/speed/bank_search.py``):
 
 * ``"faiss-ivf"``: ``IndexIVFFlat`` keyed by *slot* (row of the ring buffer) with a hashtable
   direct map, so overwriting rows is an O(rows) ``remove_ids`` + ``add_with_ids`` per
@@ -31,7 +31,7 @@ Index maintenance of the approximate backends (measured in ``benchmarks/bank_sea
 
 Defaults (``nlist=None`` = ``4·sqrt(filled)`` rounded to a power of two, ``nprobe=16``,
 ``train_points_per_list=40``; ``hnsw_m=16, ef_construction=40, ef_search=128``) were measured
-with ``benchmarks/bank_search.py`` on a 1M x 128 bank of 1000 noisy clusters, one step = add
+with ``benchmarks/speed/bank_search.py`` on a 1M x 128 bank of 1000 noisy clusters, one step = add
 256 rows + search 256 queries for k=64, on a 2-core CPU: exact torch 1.43 s/step; IVF with
 4096 cells 67 ms/step (21.5x) at recall@64 0.976, build 31 s (re-training once per turn ~8
 ms/step amortised); HNSW 136 ms/step (10.5x) at recall@64 0.67 only, build 124 s. With the

@@ -11,7 +11,7 @@ Frozen (default): the transformer runs in eval mode without gradient, is kept ou
 ``parameters()`` and ``state_dict()`` (checkpoints stay small; it is reloaded from the package),
 and its 384-d sentence embeddings are cached per unique caption — captions of a dataset are few
 and repeated, so after the first epoch the tower costs one dictionary lookup per caption
-(``benchmarks/text_cache.py`` measures the speed-up). Fine-tuned (``frozen=False``): the
+(``benchmarks/speed/text_cache.py`` measures the speed-up). Fine-tuned (``frozen=False``): the
 transformer is a regular submodule trained with the rest of the model and nothing is cached.
 """
 

@@ -6,7 +6,7 @@ defaults hand such blocks back to the operating system when they are freed (``mm
 dynamic threshold; heap trimming above twice that), so the next step faults the same pages in
 again, zero-filled, from the kernel. On the 2-core machine of our benchmarks that was ~12k
 minor page faults and ~20-35 ms of system time per MoCo step at queue 16384: 20-25 % of the
-step (``benchmarks/mochi_overhead.py --recipe-runs``). PyTorch's CPU tuning guide recommends
+step (``benchmarks/speed/mochi_overhead.py --recipe-runs``). PyTorch's CPU tuning guide recommends
 an allocator that keeps memory for the same reason (jemalloc, tcmalloc); with glibc, two
 ``mallopt`` settings do it:
 

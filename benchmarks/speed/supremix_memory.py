@@ -14,7 +14,8 @@ For scale, the authors' dense construction would hold ``(V*B)^3 * d`` fp32 scala
 
 Usage::
 
-    python benchmarks/supremix_memory.py [--batch 256 --views 2 --dim 128 --window inf] [--json]
+    python benchmarks/speed/supremix_memory.py [--batch 256 --views 2 --dim 128] [--json]
+    python benchmarks/speed/supremix_memory.py --quick --json    # smoke run (B = 64)
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ def main() -> None:
     p.add_argument("--window", type=float, default=math.inf, help="SupReMix eps (default inf)")
     p.add_argument("--reps", type=int, default=3, help="timed calls after the first")
     p.add_argument("--threads", type=int, default=1, help="torch threads in the children")
+    p.add_argument("--quick", action="store_true", help="smoke run: B = 64, one timed call")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--child", choices=["supcon", "supremix"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.quick:
+        args.batch, args.reps = 64, 1
     if args.child:
         args.loss = args.child
         _child(args)

@@ -1,4 +1,4 @@
-"""kNN evaluation speed: ``contrastmix.eval.knn.knn_predict`` vs scikit-learn ``KNeighborsClassifier``.
+"""kNN evaluation speed: ``contrastmix.eval.knn.knn_predict`` vs ``KNeighborsClassifier``.
 
 Goal (issue "Evaluation", benchmarks): 50,000 bank rows x 10,000 queries x 512 dims, k = 200,
 tau = 0.1: ``knn_predict`` is >= 3x faster than
@@ -9,9 +9,9 @@ its ``fit`` (which only stores the bank); ours includes the normalisation. Both 
 process on the same float32 arrays; the timed calls alternate so load hits both alike.
 
 Usage:
-    python benchmarks/knn_speed.py                  # full size
-    python benchmarks/knn_speed.py --quick          # small smoke run
-    python benchmarks/knn_speed.py --json
+    python benchmarks/speed/knn_speed.py                  # full size
+    python benchmarks/speed/knn_speed.py --quick          # small smoke run
+    python benchmarks/speed/knn_speed.py --json
 """
 
 from __future__ import annotations

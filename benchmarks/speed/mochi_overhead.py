@@ -5,9 +5,9 @@ the MoCHi loss forward+backward takes <= 2.0x the MoCo InfoNCE forward+backward,
 the same run. The materialised path (``B × (s+s') × d`` synthetic vectors) is timed for context.
 
 Usage:
-    python benchmarks/mochi_overhead.py            # full size
-    python benchmarks/mochi_overhead.py --quick    # small smoke run
-    python benchmarks/mochi_overhead.py --json
+    python benchmarks/speed/mochi_overhead.py            # full size
+    python benchmarks/speed/mochi_overhead.py --quick    # small smoke run
+    python benchmarks/speed/mochi_overhead.py --json
 
 Each measurement is its own function (``time_moco_loss``, ``time_mochi_loss``,
 ``time_mochi_materialised_loss``, ``time_mochi_parts``, ``time_training_steps``). The training
@@ -19,8 +19,8 @@ recipe at the same queue. A floor is printed beside them: the bare dot products 
 one draw's type-1 pairs (``time_pair_dots_floor``; on the benchmark's draws, and with
 ``--recipe-runs`` on those of one step of a real run), the queue rows that any exact fast path
 must read, as a share of MoCo's step. The process keeps freed memory as ``contrastmix
-pretrain`` does (:mod:`contrastmix.train.allocator`; ``--default-malloc`` to leave glibc's
-defaults).
+pretrain --keep-freed-memory`` does (:func:`contrastmix.train.allocator.keep_freed_memory`;
+``--default-malloc`` to leave glibc's defaults).
 """
 
 from __future__ import annotations
@@ -206,14 +206,14 @@ def make_training_step(
     with a full queue of ``queue`` keys; ``method`` is ``"moco"`` or ``"mochi"`` (mixing on)."""
     from omegaconf import OmegaConf
 
-    from contrastmix.recipe import load_recipe
     from contrastmix.data.registry import build_data
-    from contrastmix.train.moco import MoCoModule
+    from contrastmix.methods import get_method
+    from contrastmix.recipe import load_recipe
 
     cfg = load_recipe(f"{method}_mnist1d", _method_overrides(method, queue, mix))
     data = build_data(cfg.data)
     plain = OmegaConf.to_container(cfg, resolve=True)
-    module = MoCoModule(plain, data.in_channels, data.batch_augment, 1).to(device)  # type: ignore[arg-type]
+    module = get_method(cfg.method.name)(plain, data).to(device)  # type: ignore[arg-type]
     g = torch.Generator().manual_seed(0)
     keys = F.normalize(torch.randn(queue, module.queue.dim, generator=g), dim=1).to(device)
     module.queue.add(keys, indices=torch.arange(10_000_000, 10_000_000 + queue, device=device))
@@ -260,12 +260,13 @@ def time_training_steps(
 
 def time_recipe_runs(
     queue: int, rounds: int, epochs: int, *, mix: tuple[int, int, int] = (1024, 1024, 128),
-    keep_memory: bool = True,
 ) -> tuple[list[float], list[float], list[float], tuple[torch.Tensor, ...] | None]:
     """Real runs of the MNIST-1D recipes (``contrastmix.train.pretrain.pretrain``, Lightning,
     data loader, logging) at queue ``queue``, MoCo and MoCHi alternately, ``rounds`` times
-    ``epochs`` epochs each (mixing from the first step, online kNN off;
-    ``trainer.keep_freed_memory`` = ``keep_memory``). Step times are taken once the queue is
+    ``epochs`` epochs each (mixing from the first step, online kNN off), in this process and
+    so under its malloc setting (:func:`main` applies
+    :func:`contrastmix.train.allocator.keep_freed_memory` unless ``--default-malloc``, as
+    ``contrastmix pretrain --keep-freed-memory`` does). Step times are taken once the queue is
     full.
 
     Returns:
@@ -320,8 +321,7 @@ def time_recipe_runs(
             for method in ("moco", "mochi"):
                 cfg = load_recipe(f"{method}_mnist1d", _method_overrides(method, queue, mix) + [
                     f"trainer.max_epochs={epochs}", "eval.knn_every_n_epochs=0",
-                    "trainer.enable_progress_bar=false",
-                    f"trainer.keep_freed_memory={str(keep_memory).lower()}"])
+                    "trainer.enable_progress_bar=false"])
                 # the queue is full after queue / batch steps
                 full = -(-queue // cfg.data.batch_size) + 1
                 clock = Clock(full + 5 if method == "mochi" else None)
@@ -362,12 +362,13 @@ def main() -> None:
                    help="also time R alternating real runs (Lightning) of each MNIST-1D recipe")
     p.add_argument("--recipe-epochs", type=int, default=12, help="epochs per recipe run")
     p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc's malloc defaults (runs and this script tune them)")
+                   help="leave glibc's malloc defaults (this script keeps freed memory, as "
+                   "`contrastmix pretrain --keep-freed-memory` does)")
     a = p.parse_args()
     if a.quick:
         a.batch, a.queue, a.num_hard, a.num_mix, a.num_query_mix, a.repeats = (
             32, 2048, 128, 128, 16, 3)
-        a.rounds, a.block = 2, 2
+        a.rounds, a.block = 1, 2
     if a.threads:
         torch.set_num_threads(a.threads)
     malloc_tuned = False
@@ -400,7 +401,7 @@ def main() -> None:
     if a.recipe_runs:
         run_moco, run_mochi, run_ratios, run_draws = time_recipe_runs(
             a.queue, a.recipe_runs, a.recipe_epochs,
-            mix=(a.num_hard, a.num_mix, a.num_query_mix), keep_memory=not a.default_malloc)
+            mix=(a.num_hard, a.num_mix, a.num_query_mix))
     floor = parts.pop("pair_dots_floor", None)
     run_floor = (time_pair_dots_floor(*run_draws, a.repeats) if run_draws is not None
                  else None)

@@ -15,9 +15,9 @@ IVF re-trains its centroids once per full turn of the ring (``size / batch`` ste
 rebuilds its graph once per turn (it cannot delete nodes).
 
 Usage:
-    python benchmarks/bank_search.py             # 1M rows (run once: minutes, ~4 GB RAM)
-    python benchmarks/bank_search.py --quick     # 50k rows smoke run
-    python benchmarks/bank_search.py --json
+    python benchmarks/speed/bank_search.py             # 1M rows (run once: minutes, ~4 GB RAM)
+    python benchmarks/speed/bank_search.py --quick     # 50k rows smoke run
+    python benchmarks/speed/bank_search.py --json
 """
 
 from __future__ import annotations

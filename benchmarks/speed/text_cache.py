@@ -11,8 +11,9 @@ Measured: wall time of the text tower's forward (sentence embeddings + projectio
 training captions in batches, for the first epoch (cache filling) and the following ones.
 
 Usage:
-    python benchmarks/text_cache.py                # 3 epochs, batch 128
-    python benchmarks/text_cache.py --epochs 2 --json
+    python benchmarks/speed/text_cache.py                # 3 epochs, batch 128
+    python benchmarks/speed/text_cache.py --epochs 2 --json
+    python benchmarks/speed/text_cache.py --quick --json  # smoke run: 2 epochs of 256 captions
 """
 
 from __future__ import annotations
@@ -42,11 +43,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2 epochs over the first 256 captions")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     _, captions, _ = load_digits_captions("train", seed=0)
+    if args.quick:
+        args.epochs, captions = 2, captions[:256]
     torch.manual_seed(0)
     cached = MiniLMTextEncoder(proj_dim=128, cache=True)
     baseline = MiniLMTextEncoder(proj_dim=128, cache=False)

@@ -1,4 +1,4 @@
-"""Linear-probe solver speed: ``contrastmix.eval.probe.fit_logistic`` vs scikit-learn ``LogisticRegression``.
+"""Linear-probe solver speed: ``contrastmix.eval.probe.fit_logistic`` vs ``LogisticRegression``.
 
 Goal (issue "Evaluation", benchmarks): on 50,000 x 512 features with 10 classes, one fit at a
 fixed penalty is >= 3x faster than ``sklearn.linear_model.LogisticRegression(solver="lbfgs")``
@@ -11,9 +11,9 @@ Data: a Gaussian mixture with 10 classes in 512 dimensions, class means ~ N(0, s
 noise (``--separation s``, default 0.12 -> ~83 % test accuracy, i.e. overlapping classes).
 
 Usage:
-    python benchmarks/probe_speed.py                 # full size
-    python benchmarks/probe_speed.py --quick         # small smoke run
-    python benchmarks/probe_speed.py --json
+    python benchmarks/speed/probe_speed.py                 # full size
+    python benchmarks/speed/probe_speed.py --quick         # small smoke run
+    python benchmarks/speed/probe_speed.py --json
 """
 
 from __future__ import annotations
