@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 
+from contrastmix.mixing.beta import sample_beta, sample_lambda
 from contrastmix.mixing.cmixup import (
     CMixupSampler,
     cmixup_partners,
     cmixup_probabilities,
     mix,
-    sample_beta,
-    sample_lambda,
 )
 
 

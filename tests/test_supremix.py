@@ -16,7 +16,7 @@ from contrastmix.losses.supremix import (
     hard_positive_pairs,
     supremix_loss,
 )
-from contrastmix.mixing.cmixup import sample_beta
+from contrastmix.mixing.beta import sample_beta
 
 
 def _feats(b: int, v: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64):
