@@ -8,8 +8,9 @@ For sample ``i`` the mixing partner ``j`` is drawn with probability
 
 over the training set (``j = i`` included unless ``exclude_self``). Inputs (or hidden features)
 and labels are then mixed with ``lambda ~ Beta(alpha, alpha)`` (alpha = 2), one lambda per batch
-or per sample (:func:`contrastmix.mixing.beta.sample_lambda`). sigma -> inf is plain mixup (uniform partners), sigma -> 0 is no mixing (every
-sample is its own partner); adding a constant to the labels changes nothing.
+or per sample (:func:`contrastmix.mixing.beta.sample_lambda`). sigma -> inf is plain mixup
+(uniform partners), sigma -> 0 is no mixing (every sample is its own partner); adding a
+constant to the labels changes nothing.
 
 Two sampling modes, neither of which builds an ``N x N`` matrix for large ``N``:
 
