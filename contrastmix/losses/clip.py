@@ -54,7 +54,12 @@ def check_temperature(name: str, temperature: float | Tensor) -> None:
 
 
 def prepare_pair(
-    image: Tensor, text: Tensor, *, normalize: bool, names: tuple[str, str] = ("image", "text")
+    image: Tensor,
+    text: Tensor,
+    *,
+    normalize: bool,
+    names: tuple[str, str] = ("image", "text"),
+    checked: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Validate a pair of ``[B, d]`` embeddings and return them upcast to fp32 (or wider).
 
@@ -63,6 +68,9 @@ def prepare_pair(
         text: ``[B, d]`` embeddings of the second modality.
         normalize: L2-normalise here; when False the inputs must already be unit norm.
         names: Argument names used in error messages.
+        checked: The shapes were checked already
+            (:func:`~contrastmix.losses._contracts.check_pair_inputs`, called before the
+            caller reads ``image.device``).
 
     Returns:
         ``(image, text)`` in ``promote_types(dtype, float32)``, unit norm.
@@ -73,7 +81,8 @@ def prepare_pair(
             rows that are not L2-normalised.
     """
     n1, n2 = names
-    check_pair_inputs(image, text, names)
+    if not checked:
+        check_pair_inputs(image, text, names)
     low = torch.float16, torch.bfloat16
     atol = 1e-2 if (image.dtype in low or text.dtype in low) else 1e-3  # before the upcast
     dtype = torch.promote_types(torch.promote_types(image.dtype, text.dtype), torch.float32)
@@ -114,8 +123,9 @@ def clip_logits(
         ``N = world_size * B`` when gathering (else ``B``) and ``targets = rank * B + arange(B)``.
     """
     check_temperature("temperature", temperature)
+    check_pair_inputs(image, text, ("image", "text"))
     with torch.autocast(device_type=image.device.type, enabled=False):
-        img, txt = prepare_pair(image, text, normalize=normalize)
+        img, txt = prepare_pair(image, text, normalize=normalize, checked=True)
         offset = 0
         if gather_distributed and is_distributed():
             img_all, txt_all = gather_with_grad(img), gather_with_grad(txt)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from contrastmix._validation import check_positive
 from contrastmix.distributed import gather_with_grad, is_distributed, rank
+from contrastmix.losses._contracts import check_pair_inputs
 from contrastmix.losses.clip import check_temperature, clip_loss, prepare_pair
 from contrastmix.mixing.beta import sample_beta
 from contrastmix.mixing.slerp import slerp
@@ -92,8 +93,9 @@ def m2mix_anchor_terms(
             a non-positive temperature, or an antipodal image/text pair (slerp undefined).
     """
     check_positive("mix_temperature", mix_temperature)
+    check_pair_inputs(image, text, ("image", "text"))
     with torch.autocast(device_type=image.device.type, enabled=False):
-        img, txt = prepare_pair(image, text, normalize=normalize)
+        img, txt = prepare_pair(image, text, normalize=normalize, checked=True)
         mixed = slerp(img, txt, lam)
         if detach_mix:
             mixed = mixed.detach()
@@ -177,8 +179,10 @@ def unimodal_mix_loss(
         Scalar fp32 soft-target cross-entropy (mean over local rows).
     """
     check_positive("mix_temperature", mix_temperature)
+    names = ("anchor", "candidates")
+    check_pair_inputs(anchor, candidates, names)
     with torch.autocast(device_type=anchor.device.type, enabled=False):
-        a, c = prepare_pair(anchor, candidates, normalize=normalize, names=("anchor", "candidates"))
+        a, c = prepare_pair(anchor, candidates, normalize=normalize, names=names, checked=True)
         b = a.shape[0]
         partner = torch.roll(torch.arange(b, device=a.device), 1)
         mixed = slerp(a, a[partner], lam)

@@ -320,19 +320,15 @@ Embeddings = Sequence[Tensor] | Mapping[str, Tensor]
 def _modalities(
     a: Tensor | Embeddings, b: Tensor | None, more: tuple[Tensor, ...]
 ) -> tuple[list[Tensor], list[str]]:
-    """The modality tensors and their argument names: ``(a, b, *more)`` or one sequence /
-    mapping ``a`` of ``M >= 2`` tensors (``b`` and ``more`` then empty)."""
-    if isinstance(a, Tensor):
+    """The modality tensors and their argument names: ``(a, b, *more)``, or one sequence /
+    mapping ``a`` of ``M >= 2`` tensors when ``b`` is not given (the tensors are checked later,
+    by :func:`~contrastmix.losses._contracts.check_pair_inputs`)."""
+    if b is not None or isinstance(a, Tensor):
         if b is None:
             raise ValueError("`embeddings` must hold at least 2 modalities, got 1 (pass `b`)")
-        items = [a, b, *more]
-        names = ["a", "b", *(f"more[{i}]" for i in range(len(more)))]
-        return items, names
-    if b is not None or more:
-        raise ValueError(
-            "pass the modalities either as tensors `(a, b, *more)` or as one sequence / "
-            "mapping `embeddings`, not both"
-        )
+        return [a, b, *more], ["a", "b", *(f"more[{i}]" for i in range(len(more)))]  # type: ignore[list-item]
+    if more:
+        raise ValueError("further modalities `more` need `a` and `b` as tensors")
     if isinstance(a, Mapping):
         items = list(a.values())
         names = [f"embeddings[{k!r}]" for k in a]
