@@ -1,4 +1,5 @@
-"""Tests for contrastmix.eval.probe: feature extraction, logistic / ridge probes (docs/methods.md §9)."""
+"""Tests for contrastmix.eval.probe: feature extraction, logistic / ridge probes
+(docs/methods.md §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""SupReMix (docs/methods.md §2): brute-force loop reference, SupCon reduction, invariances, edges."""
+"""SupReMix (docs/methods.md §2): brute-force loop reference, SupCon reduction, invariances,
+edges."""
 
 from __future__ import annotations
 
