@@ -54,6 +54,7 @@ from contrastmix._validation import (
     check_same_length,
     check_tensor,
 )
+from contrastmix.data.shots import SHOT_NAMES, shot_groups  # re-exported: the probe's groups
 from contrastmix.eval.calibration import (
     expected_calibration_error,
     fit_temperature,
@@ -71,7 +72,7 @@ __all__ = [
     "DEFAULT_CLASSIFICATION_PENALTIES",
     "DEFAULT_REGRESSION_PENALTIES",
     "GMEAN_EPS",
-    "SHOT_GROUP_NAMES",
+    "SHOT_NAMES",
 ]
 
 #: ``10^-6 .. 10^1``, 8 log-spaced values (penalty on standardised features, mean CE).
@@ -80,8 +81,6 @@ DEFAULT_CLASSIFICATION_PENALTIES: tuple[float, ...] = tuple(10.0**e for e in ran
 DEFAULT_REGRESSION_PENALTIES: tuple[float, ...] = tuple(10.0**e for e in range(-4, 4))
 #: Epsilon inside the log of the geometric-mean error.
 GMEAN_EPS = 1e-8
-#: Names of the groups returned by :func:`shot_groups` (ids 0, 1, 2).
-SHOT_GROUP_NAMES: tuple[str, str, str] = ("many", "medium", "few")
 
 _SOLVER = "lbfgs (torch.optim.LBFGS, strong-Wolfe line search, full batch, history 10)"
 _STD_EPS = 1e-12
@@ -425,46 +424,6 @@ def _reliability_lists(diag: dict[str, Any]) -> dict[str, list[Any]]:
         out[key] = [None if math.isnan(v) else v for v in vals]
     out["counts"] = [int(v) for v in out["counts"]]
     return out
-
-
-def shot_groups(
-    train_targets: Tensor,
-    test_targets: Tensor,
-    *,
-    bin_width: float = 1.0,
-    many: int = 100,
-    few: int = 20,
-) -> Tensor:
-    """Many/medium/few-shot group of each test target (Yang et al., ICML 2021 convention).
-
-    Targets are binned as ``floor(y / bin_width)`` (class index itself for integer labels with
-    ``bin_width = 1``); a bin with more than ``many`` training samples is *many*-shot (id 0),
-    fewer than ``few`` *few*-shot (id 2), otherwise *medium* (id 1). Names:
-    :data:`SHOT_GROUP_NAMES`.
-
-    Args:
-        train_targets: ``[N]`` training targets (or labels); test_targets: ``[M]``.
-        bin_width: bin width ``> 0``; many, few: thresholds on training counts.
-
-    Returns:
-        ``[M]`` int64 group ids.
-    """
-    check_tensor("train_targets", train_targets, ndim=1)
-    check_tensor("test_targets", test_targets, ndim=1)
-    check_positive("bin_width", bin_width)
-    if train_targets.numel() == 0:
-        raise ValueError("`train_targets` is empty")
-    if few > many:
-        raise ValueError(f"`few` ({few}) must be <= `many` ({many})")
-    tr = torch.floor(train_targets.double() / bin_width).long().cpu()
-    te = torch.floor(test_targets.double() / bin_width).long().cpu()
-    uniq, counts = torch.unique(tr, return_counts=True)
-    pos = torch.searchsorted(uniq, te).clamp(max=uniq.numel() - 1)
-    cnt = torch.where(uniq[pos] == te, counts[pos], torch.zeros_like(te))
-    groups = torch.ones_like(te)
-    groups[cnt > many] = 0
-    groups[cnt < few] = 2
-    return groups.to(test_targets.device)
 
 
 def _per_group(

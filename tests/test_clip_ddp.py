@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix.losses.clip import clip_loss
-from contrastmix.losses.m2mix import M2MixLoss, m2mix_loss, unimodal_mix_loss
+from contrastmix.losses.m2mix import M2MixLoss, m2mix_term, unimodal_mix_loss
 from contrastmix.losses.m3col import m3co_loss, random_derangement, soft_clip_loss
 
 WORLD = 2
@@ -70,8 +70,8 @@ def _losses() -> dict[str, Callable[[Tensor, Tensor, slice, bool], Tensor]]:
 
     return {
         "clip": lambda x, y, rows, gather: clip_loss(n(x), n(y), 0.1, gather_distributed=gather),
-        "m2mix": lambda x, y, rows, gather: m2mix_loss(n(x), n(y), 0.3, gather_distributed=gather),
-        "m2mix_row_lam": lambda x, y, rows, gather: m2mix_loss(
+        "m2mix": lambda x, y, rows, gather: m2mix_term(n(x), n(y), 0.3, gather_distributed=gather),
+        "m2mix_row_lam": lambda x, y, rows, gather: m2mix_term(
             n(x),
             n(y),
             torch.linspace(0.1, 0.9, WORLD * B)[rows if gather else slice(None)],

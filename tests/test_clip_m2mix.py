@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from contrastmix.losses.clip import clip_logits, clip_loss
-from contrastmix.losses.m2mix import M2MixLoss, m2mix_loss, m2mix_terms, unimodal_mix_loss
+from contrastmix.losses.m2mix import (
+    M2MixLoss,
+    m2mix_anchor_terms,
+    m2mix_term,
+    unimodal_mix_loss,
+)
 from contrastmix.mixing.slerp import slerp
 
 
@@ -129,14 +134,14 @@ def test_clip_bad_input() -> None:
 
 def test_m2mix_lambda_zero_image_anchor_is_clip_image_to_text() -> None:
     img, txt = _unit(8, 6, seed=14), _unit(8, 6, seed=15)
-    ce_img, _ = m2mix_terms(img, txt, 0.0, mix_temperature=0.07)
+    ce_img, _ = m2mix_anchor_terms(img, txt, 0.0, mix_temperature=0.07)
     li, _, t = clip_logits(img, txt, 0.07)
     torch.testing.assert_close(ce_img, F.cross_entropy(li, t))
 
 
 def test_m2mix_lambda_one_text_anchor_is_clip_text_to_image() -> None:
     img, txt = _unit(8, 6, seed=16), _unit(8, 6, seed=17)
-    _, ce_txt = m2mix_terms(img, txt, 1.0, mix_temperature=0.07)
+    _, ce_txt = m2mix_anchor_terms(img, txt, 1.0, mix_temperature=0.07)
     _, lt, t = clip_logits(img, txt, 0.07)
     torch.testing.assert_close(ce_txt, F.cross_entropy(lt, t))
 
@@ -145,25 +150,25 @@ def test_m2mix_lambda_one_text_anchor_is_clip_text_to_image() -> None:
 def test_m2mix_matches_loop_reference(lam: float) -> None:
     img, txt = _unit(6, 5, seed=18), _unit(6, 5, seed=19)
     ref_i, ref_t = _m2mix_reference(img, txt, lam, 0.07)
-    ce_i, ce_t = m2mix_terms(img, txt, lam)
+    ce_i, ce_t = m2mix_anchor_terms(img, txt, lam)
     assert float(ce_i) == pytest.approx(ref_i, abs=1e-4)
     assert float(ce_t) == pytest.approx(ref_t, abs=1e-4)
-    assert float(m2mix_loss(img, txt, lam)) == pytest.approx(ref_i + ref_t, abs=2e-4)
-    mean = m2mix_loss(img, txt, lam, reduction="mean")
+    assert float(m2mix_term(img, txt, lam)) == pytest.approx(ref_i + ref_t, abs=2e-4)
+    mean = m2mix_term(img, txt, lam, reduction="mean")
     assert float(mean) == pytest.approx(0.5 * (ref_i + ref_t), abs=1e-4)
 
 
 def test_m2mix_per_row_lambda() -> None:
     img, txt = _unit(4, 5, seed=20), _unit(4, 5, seed=21)
-    same = m2mix_loss(img, txt, torch.full((4,), 0.3))
-    torch.testing.assert_close(same, m2mix_loss(img, txt, 0.3))
+    same = m2mix_term(img, txt, torch.full((4,), 0.3))
+    torch.testing.assert_close(same, m2mix_term(img, txt, 0.3))
 
 
 def test_m2mix_detach_mix_blocks_gradient_through_mixtures() -> None:
     img0, txt0 = _unit(5, 4, seed=22), _unit(5, 4, seed=23)
     img = img0.clone().requires_grad_(True)
     txt = txt0.clone().requires_grad_(True)
-    m2mix_loss(img, txt, 0.4, detach_mix=True).backward()
+    m2mix_term(img, txt, 0.4, detach_mix=True).backward()
     # Manual: the mixtures are constants.
     img2 = img0.clone().requires_grad_(True)
     txt2 = txt0.clone().requires_grad_(True)
@@ -178,7 +183,7 @@ def test_m2mix_detach_mix_blocks_gradient_through_mixtures() -> None:
     torch.testing.assert_close(txt.grad, txt2.grad)
     # Not detached: the gradient differs (it also flows through the mixtures).
     img3 = img0.clone().requires_grad_(True)
-    m2mix_loss(img3, txt0, 0.4).backward()
+    m2mix_term(img3, txt0, 0.4).backward()
     assert not torch.allclose(img3.grad, img.grad)
 
 
@@ -202,7 +207,7 @@ def test_unimodal_mix_reductions_and_reference() -> None:
 def test_m2mix_gradients_finite_even_for_identical_pairs() -> None:
     img = _unit(4, 6, seed=26).requires_grad_(True)
     txt = img.detach().clone().requires_grad_(True)
-    loss = m2mix_loss(img, txt, 0.5)
+    loss = m2mix_term(img, txt, 0.5)
     loss.backward()
     assert torch.isfinite(loss)
     assert torch.isfinite(img.grad).all() and torch.isfinite(txt.grad).all()
@@ -211,17 +216,17 @@ def test_m2mix_gradients_finite_even_for_identical_pairs() -> None:
 def test_m2mix_bad_input() -> None:
     img, txt = _unit(5, 4, seed=27), _unit(5, 4, seed=28)
     with pytest.raises(ValueError, match="length mismatch"):
-        m2mix_loss(img, txt[:3], 0.5)
+        m2mix_term(img, txt[:3], 0.5)
     with pytest.raises(ValueError, match="lam"):
-        m2mix_loss(img, txt, 1.2)
+        m2mix_term(img, txt, 1.2)
     with pytest.raises(ValueError, match="mix_temperature"):
-        m2mix_loss(img, txt, 0.5, mix_temperature=-1.0)
+        m2mix_term(img, txt, 0.5, mix_temperature=-1.0)
     with pytest.raises(ValueError, match="reduction"):
-        m2mix_loss(img, txt, 0.5, reduction="max")  # type: ignore[arg-type]
+        m2mix_term(img, txt, 0.5, reduction="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="L2-normalised"):
-        m2mix_loss(img * 2, txt, 0.5)
+        m2mix_term(img * 2, txt, 0.5)
     with pytest.raises(ValueError, match="antipodal"):
-        m2mix_loss(img, -img, 0.5)
+        m2mix_term(img, -img, 0.5)
 
 
 # -------------------------------------------------------------------------------- M2MixLoss
@@ -235,13 +240,13 @@ def test_m2mix_module_total_and_schedule() -> None:
     mod = M2MixLoss(temperature=0.05, mix_temperature=0.07, weight=0.02)
     for epoch in (0, 3):
         out = mod.compute(img, txt, coef=mix_coefficient(epoch), lam=0.35)
-        expect = clip_loss(img, txt, 0.05) + 0.02 / (epoch + 1) * m2mix_loss(img, txt, 0.35)
+        expect = clip_loss(img, txt, 0.05) + 0.02 / (epoch + 1) * m2mix_term(img, txt, 0.35)
         torch.testing.assert_close(out.loss, expect)
         assert out.coef == pytest.approx(1 / (epoch + 1))
     assert mix_coefficient(5, scheduled=False) == 1.0
     flat = M2MixLoss(weight=0.02).compute(img, txt, coef=mix_coefficient(5, False), lam=0.35)
     assert flat.coef == 1.0
-    torch.testing.assert_close(flat.m2, m2mix_loss(img, txt, 0.35))
+    torch.testing.assert_close(flat.m2, m2mix_term(img, txt, 0.35))
     off = mod.compute(img, txt, coef=0.0)  # no mixed term, no lam drawn
     torch.testing.assert_close(off.loss, clip_loss(img, txt, 0.05))
     assert math.isnan(off.lam)

@@ -1,4 +1,5 @@
-"""C-Mixup (Yao et al. 2022, docs/methods.md §3): probabilities, limits, window sampler, mix, Beta."""
+"""C-Mixup (Yao et al. 2022, docs/methods.md §3): probabilities, limits, window sampler, mix,
+and the one Beta sampler (contrastmix.mixing.beta)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import math
 import pytest
 import torch
 
+from contrastmix.mixing.beta import sample_beta, sample_lambda
 from contrastmix.mixing.cmixup import (
     CMixupSampler,
     cmixup_partners,
     cmixup_probabilities,
     mix,
-    sample_beta,
-    sample_lambda,
 )
 
 
@@ -165,6 +165,64 @@ def test_sample_beta_moments_and_reproducibility():
     assert len(set(per.tolist())) == 6
 
 
+def test_sample_beta_is_the_one_sampler():
+    import contrastmix.mixing as mixing
+    from contrastmix.mixing import beta as beta_mod
+
+    assert mixing.sample_beta is beta_mod.sample_beta and mixing.sample_lambda is sample_lambda
+    # symmetric by default: Beta(alpha, alpha), the same stream as the explicit call
+    a = sample_beta(50, 0.5, generator=torch.Generator().manual_seed(3))
+    b = sample_beta(50, 0.5, 0.5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    # a 0-d draw is the first draw of a [1] draw
+    one = sample_beta((), 2.0, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    first = sample_beta(1, 2.0, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert one.shape == () and float(one) == float(first[0])
+    assert sample_beta((2, 0, 3), 1.0).shape == (2, 0, 3)
+    # the CPU stream does not depend on the number of threads
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        s1 = sample_beta(5000, 0.15, generator=torch.Generator().manual_seed(5))
+        torch.set_num_threads(max(2, threads))
+        s2 = sample_beta(5000, 0.15, generator=torch.Generator().manual_seed(5))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(s1, s2)
+
+
+def test_sample_beta_tiny_concentrations_stay_accurate():
+    # Beta(a, a) with a = 0.01 puts almost all mass at 0 and 1, half each; Gamma(0.01) draws
+    # underflow without the log-space boost (0 / 0)
+    a = 0.01
+    s = sample_beta(200_000, a, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.isfinite(s).all() and ((s >= 0) & (s <= 1)).all()
+    assert abs(float(s.mean()) - 0.5) < 0.01
+    assert abs(float(s.var()) - 1.0 / (4 * (2 * a + 1))) < 0.005
+    # P(0.01 < X < 0.99) ~ 2 a ln(99) / 2 ~ 0.046 (density ~ a / (2 x (1 - x)) inside)
+    inside = float(((s > 0.01) & (s < 0.99)).double().mean())
+    assert inside == pytest.approx(a * math.log(99.0), abs=0.006)
+    # very skewed: Beta(0.05, 5) has mean 0.05 / 5.05
+    t = sample_beta(100_000, 0.05, 5.0, generator=torch.Generator().manual_seed(1),
+                    dtype=torch.float64)
+    assert float(t.mean()) == pytest.approx(0.05 / 5.05, rel=0.05)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_sample_beta_on_a_device_generator():
+    g = torch.Generator("cuda").manual_seed(0)
+    s = sample_beta(10_000, 2.0, 8.0, generator=g, dtype=torch.float64)
+    assert s.device.type == "cuda" and bool(((s >= 0) & (s <= 1)).all())
+    again = sample_beta(10_000, 2.0, 8.0, generator=torch.Generator("cuda").manual_seed(0),
+                        dtype=torch.float64)
+    assert torch.equal(s, again)
+    assert abs(float(s.mean()) - 0.2) < 0.01
+    # CPU generator, result on the device
+    c = sample_beta(8, 2.0, generator=torch.Generator().manual_seed(1), device="cuda")
+    assert c.device.type == "cuda"
+    assert torch.equal(c.cpu(), sample_beta(8, 2.0, generator=torch.Generator().manual_seed(1)))
+
+
 def test_bad_input_raises_clear_errors():
     y = _labels(5)
     with pytest.raises(ValueError, match="sigma"):
@@ -189,3 +247,9 @@ def test_bad_input_raises_clear_errors():
         mix(torch.zeros(4, 2), torch.zeros(4), torch.tensor([0, 1, 2, 4]), 0.5)
     with pytest.raises(ValueError, match="alpha"):
         sample_beta(3, 0.0, 1.0)
+    with pytest.raises(ValueError, match="beta"):
+        sample_beta(3, 1.0, float("inf"))
+    with pytest.raises(ValueError, match="shape"):
+        sample_beta((2, -1), 1.0)
+    with pytest.raises(ValueError, match="`n`"):
+        sample_lambda(-1)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastmix._counter_rng import counter_uniform, draw_seed
-from contrastmix.losses.mochi import MoCHiLoss
+from contrastmix.losses.mochi import MoCHiLoss, mochi_loss
 from contrastmix.losses.moco import moco_infonce
 from contrastmix.mixing import mochi as mochi_mod
 from contrastmix.mixing.mochi import mochi_draws, mochi_logits, mochi_negatives
@@ -259,10 +259,9 @@ def test_reduces_to_moco_infonce_exactly() -> None:
     no_mix = MoCHiLoss(0.2, num_hard=10, num_mix=0, num_query_mix=0)
     assert torch.equal(no_mix(q, key, queue), ref) and not no_mix.last_mixed
     loss = MoCHiLoss(0.2, num_hard=10, num_mix=5, num_query_mix=5)
-    assert torch.equal(loss(q, key, queue, mix=False), ref) and not loss.last_mixed
-    loss.mix_enabled = False  # warm-up epochs
-    assert torch.equal(loss(q, key, queue), ref)
-    loss.mix_enabled = True
+    assert torch.equal(loss(q, key, queue, mix=False), ref) and not loss.last_mixed  # warm-up
+    assert torch.equal(mochi_loss(q, key, queue, 0.2, num_hard=10, num_mix=5, num_query_mix=5,
+                                  mix=False), ref)
     # the queue holds fewer than N real keys: no mixing yet
     assert torch.equal(loss(q, key, queue[:9]), moco_infonce(q, key, queue[:9], 0.2))
     assert not loss.last_mixed

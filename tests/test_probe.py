@@ -1,4 +1,5 @@
-"""Tests for contrastmix.eval.probe: feature extraction, logistic / ridge probes (docs/methods.md §9)."""
+"""Tests for contrastmix.eval.probe: feature extraction, logistic / ridge probes
+(docs/methods.md §9)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from torch import nn
 
 from contrastmix.eval.probe import (
-    SHOT_GROUP_NAMES,
+    SHOT_NAMES,
     extract_features,
     fit_logistic,
     fit_ridge,
@@ -299,7 +300,7 @@ def test_shot_groups() -> None:
     train = torch.tensor([0.0] * 120 + [1.5] * 50 + [2.2] * 5)
     test = torch.tensor([0.5, 1.0, 1.9, 2.9, 7.0])
     assert shot_groups(train, test).tolist() == [0, 1, 1, 2, 2]
-    assert SHOT_GROUP_NAMES[0] == "many"
+    assert SHOT_NAMES[0] == "many"
     labels = torch.tensor([0] * 150 + [1] * 30 + [2] * 3)
     assert shot_groups(labels, torch.tensor([2, 1, 0])).tolist() == [2, 1, 0]
 

@@ -14,6 +14,7 @@ from contrastmix.data.rotated_digits import (
     FEW_SHOT,
     MANY_SHOT,
     MEDIUM_SHOT,
+    SHOT_SETTINGS,
     load_rotated_digits,
     rotate_images,
     shot_groups,
@@ -97,18 +98,57 @@ def test_long_tailed_variant_is_skewed_and_keeps_a_balanced_test_split(digits):
 def test_shot_groups_by_hand():
     train = torch.tensor([0.5] * 6 + [1.5] * 3 + [2.5])  # bins [0,1): 6, [1,2): 3, [2,3): 1
     test = torch.tensor([0.1, 1.9, 2.2, 3.0, -1.0, 1.0])
-    g = shot_groups(train, test, 3, value_range=(0.0, 3.0), many_threshold=5, few_threshold=2)
+    g = shot_groups(train, test, 3, value_range=(0.0, 3.0), many=5, few=2)
     assert g.tolist() == [MANY_SHOT, MEDIUM_SHOT, FEW_SHOT, FEW_SHOT, MANY_SHOT, MEDIUM_SHOT]
     edges = torch.tensor([0.0, 1.0, 2.0, 3.0])
-    assert torch.equal(
-        shot_groups(train, test, edges, many_threshold=5, few_threshold=2), g
-    )
+    assert torch.equal(shot_groups(train, test, edges, many=5, few=2), g)
     with pytest.raises(ValueError, match="bins"):
         shot_groups(train, test, torch.tensor([1.0, 0.0]))
+    # unbounded unit bins (the probe's setting) differ outside [0, 3): 3.0 and -1.0 have no
+    # training sample in their own bin
+    by_width = shot_groups(train, test, bin_width=1.0, many=5, few=2)
+    assert by_width.tolist() == [MANY_SHOT, MEDIUM_SHOT, FEW_SHOT, FEW_SHOT, FEW_SHOT,
+                                 MEDIUM_SHOT]
+    with pytest.raises(ValueError, match="value_range"):
+        shot_groups(train, test, 3)
+    with pytest.raises(ValueError, match="bin_width"):
+        shot_groups(train, test, 3, value_range=(0.0, 3.0), bin_width=1.0)
+    with pytest.raises(ValueError, match="few"):
+        shot_groups(train, test, bin_width=1.0, many=5, few=7)
+
+
+def _old_rotated_digits_groups(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """The rotated-digits grouping as it was defined before the one shot_groups: 30 bins over
+    [0, 90) (outside values clamped), many > 50, few < 10."""
+    inner = torch.linspace(0.0, 90.0, 31, dtype=torch.float64)[1:-1]
+    counts = torch.bincount(torch.bucketize(train.double(), inner, right=True), minlength=30)
+    c = counts[torch.bucketize(test.double(), inner, right=True)]
+    out = torch.full_like(c, MEDIUM_SHOT)
+    out[c > 50] = MANY_SHOT
+    out[c < 10] = FEW_SHOT
+    return out
+
+
+@pytest.mark.parametrize("long_tailed", [False, True])
+def test_rotated_digits_bundle_groups_unchanged(long_tailed):
+    from contrastmix.data.registry import build_data
+    from contrastmix.recipe import load_recipe
+
+    cfg = load_recipe("supremix_rotated_digits",
+                      [f"data.options.long_tailed={str(long_tailed).lower()}", "seed=0"])
+    data = build_data(cfg.data)
+    ytr = load_rotated_digits("train", seed=0, long_tailed=long_tailed)[1]
+    yte = load_rotated_digits("test", seed=0, long_tailed=long_tailed)[1]
+    g = data.test_groups
+    assert torch.equal(g, _old_rotated_digits_groups(ytr, yte))
+    # pinned before the move: group sizes of seed 0
+    expect = [124, 184, 142] if long_tailed else [118, 332, 0]
+    assert torch.bincount(g, minlength=3).tolist() == expect
+    assert tuple(data.group_names) == ("many", "medium", "few")
 
 
 def test_shot_groups_on_long_tailed_digits(digits):
-    g = shot_groups(digits["lt_train"][1], digits["test"][1])
+    g = shot_groups(digits["lt_train"][1], digits["test"][1], **SHOT_SETTINGS)
     counts = torch.bincount(g, minlength=3)
     assert (counts > 50).all()  # all three groups populated
     yt = digits["test"][1]

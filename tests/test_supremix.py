@@ -1,4 +1,5 @@
-"""SupReMix (docs/methods.md §2): brute-force loop reference, SupCon reduction, invariances, edges."""
+"""SupReMix (docs/methods.md §2): brute-force loop reference, SupCon reduction, invariances,
+edges."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from contrastmix.losses.supremix import (
     hard_positive_pairs,
     supremix_loss,
 )
-from contrastmix.mixing.cmixup import sample_beta
+from contrastmix.mixing.beta import sample_beta
 
 
 def _feats(b: int, v: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64):

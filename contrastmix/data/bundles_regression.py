@@ -5,7 +5,8 @@
   (:func:`contrastmix.data.rotated_digits.load_rotated_digits`). ``data.options``:
   ``long_tailed`` (bool, skewed training angles; test stays uniform), ``imbalance_ratio``,
   ``test_fraction``. Test samples are grouped many/medium/few-shot by the number of training
-  labels in their 3-degree bin (:func:`~contrastmix.data.rotated_digits.shot_groups`).
+  labels in their 3-degree bin (:func:`~contrastmix.data.shots.shot_groups` with
+  :data:`~contrastmix.data.rotated_digits.SHOT_SETTINGS`).
   Views: :class:`~contrastmix.data.augment2d.ImageBatchAugment` from ``data.image_aug``, but
   **rotation and shear are forced to 0** (both change the apparent angle, i.e. the target).
 * ``mnist1d-reg`` — predict a generation factor of an MNIST-1D signal
@@ -68,7 +69,8 @@ def _load_splits(name: str, load: Callable[..., tuple[Tensor, Tensor]], kw: dict
 
 def build_rotated_digits(cfg: Any) -> DataBundle:
     """``rotated-digits``: 16x16 digit images, target = rotation angle in ``[0, 90)`` degrees."""
-    from contrastmix.data.rotated_digits import SHOT_NAMES, load_rotated_digits, shot_groups
+    from contrastmix.data.rotated_digits import SHOT_SETTINGS, load_rotated_digits
+    from contrastmix.data.shots import SHOT_NAMES, shot_groups
 
     o = dataset_options(
         cfg, {"long_tailed": False, "imbalance_ratio": 100.0, "test_fraction": 0.25}
@@ -84,7 +86,8 @@ def build_rotated_digits(cfg: Any) -> DataBundle:
     return DataBundle(
         pretrain=train, train=train, test=TensorIndexDataset(xte, yte), batch_augment=aug,
         in_channels=1, num_classes=0, task="regression",
-        test_groups=shot_groups(ytr, yte), group_names=tuple(SHOT_NAMES),
+        test_groups=shot_groups(ytr, yte, **SHOT_SETTINGS),
+        group_names=tuple(SHOT_NAMES),
     )
 
 

@@ -10,25 +10,28 @@ by ``seed``; the angles are drawn from a generator seeded by ``seed`` as well.
   Regression", ICML 2021): *training* angles follow a truncated exponential density on
   ``[0, 90)`` whose head-to-tail density ratio is ``imbalance_ratio`` (100 by default); the
   *test* split stays uniform (balanced) and is identical to the balanced variant's test split.
-  :func:`shot_groups` then labels each test sample many-/medium-/few-shot by the number of
-  training samples in its label bin.
+  :func:`~contrastmix.data.shots.shot_groups` with :data:`SHOT_SETTINGS` then labels each test
+  sample many-/medium-/few-shot by the number of training samples in its label bin.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastmix._validation import check_positive, check_tensor
+from contrastmix._validation import check_tensor
+from contrastmix.data.shots import FEW_SHOT, MANY_SHOT, MEDIUM_SHOT, SHOT_NAMES, shot_groups
 
 __all__ = [
     "load_rotated_digits",
     "rotate_images",
     "shot_groups",
+    "SHOT_SETTINGS",
     "SHOT_NAMES",
     "MANY_SHOT",
     "MEDIUM_SHOT",
@@ -37,8 +40,15 @@ __all__ = [
 ]
 
 MAX_ANGLE = 90.0
-SHOT_NAMES = ("many", "medium", "few")
-MANY_SHOT, MEDIUM_SHOT, FEW_SHOT = 0, 1, 2
+
+#: Keywords of :func:`~contrastmix.data.shots.shot_groups` for rotated digits: 30 bins of 3
+#: degrees over ``[0, 90)``, many-shot above 50 and few-shot below 10 training samples. The
+#: literature's 100 / 20 (Yang et al. 2021, 12k-190k training images) scaled to about 1350
+#: training images: with the default long-tailed variant, roughly a third of the angle range
+#: per group.
+SHOT_SETTINGS: dict[str, Any] = {
+    "bins": 30, "value_range": (0.0, MAX_ANGLE), "many": 50, "few": 10,
+}
 
 
 def rotate_images(images: Tensor, angles: Tensor) -> Tensor:
@@ -122,65 +132,3 @@ def load_rotated_digits(
     img = F.interpolate(img, size=(16, 16), mode="bilinear", align_corners=False)
     x = rotate_images(img, angles.float()).clamp(0.0, 1.0)
     return x.contiguous(), angles.float()
-
-
-def shot_groups(
-    train_labels: Tensor,
-    test_labels: Tensor,
-    bins: int | Tensor = 30,
-    *,
-    value_range: tuple[float, float] = (0.0, MAX_ANGLE),
-    many_threshold: int = 50,
-    few_threshold: int = 10,
-) -> Tensor:
-    """Many-/medium-/few-shot group of each test sample (imbalanced-regression evaluation).
-
-    The label axis is cut into bins; a test sample is *many-shot* when its bin holds more than
-    ``many_threshold`` training samples, *few-shot* when it holds fewer than ``few_threshold``,
-    and *medium-shot* otherwise. The literature (Yang et al. 2021: AgeDB-DIR / IMDB-WIKI-DIR,
-    1-year bins, 12k-190k training images) uses 100 and 20; the defaults here are scaled for
-    rotated digits (about 1350 training images in 30 bins of 3 degrees): 50 and 10, which with
-    the default long-tailed variant gives roughly a third of the angle range per group.
-
-    Args:
-        train_labels: ``[N_train]`` training targets.
-        test_labels: ``[N_test]`` test targets.
-        bins: Number of equal-width bins over ``value_range``, or ``[M + 1]`` increasing bin
-            edges. Values outside the range fall into the first / last bin.
-        value_range: ``(low, high)`` for an integer ``bins``.
-        many_threshold: Strictly more training samples than this -> many-shot.
-        few_threshold: Strictly fewer training samples than this -> few-shot.
-
-    Returns:
-        ``[N_test]`` LongTensor with :data:`MANY_SHOT` (0), :data:`MEDIUM_SHOT` (1) or
-        :data:`FEW_SHOT` (2); names in :data:`SHOT_NAMES`.
-    """
-    check_tensor("train_labels", train_labels, ndim=1)
-    check_tensor("test_labels", test_labels, ndim=1)
-    if few_threshold > many_threshold + 1:
-        raise ValueError(
-            f"`few_threshold` ({few_threshold}) must not exceed `many_threshold` + 1 "
-            f"({many_threshold + 1})"
-        )
-    if isinstance(bins, int):
-        check_positive("bins", bins)
-        low, high = value_range
-        if not high > low:
-            raise ValueError(f"`value_range` must be increasing, got {value_range}")
-        edges = torch.linspace(low, high, bins + 1, dtype=torch.float64)
-    else:
-        edges = check_tensor("bins", bins, ndim=1).to(torch.float64).cpu()
-        if edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
-            raise ValueError("`bins` edges must be at least 2 strictly increasing values")
-    inner = edges[1:-1]
-    n_bins = edges.numel() - 1
-
-    def bin_of(v: Tensor) -> Tensor:
-        return torch.bucketize(v.detach().to(torch.float64).cpu(), inner, right=True)
-
-    counts = torch.bincount(bin_of(train_labels), minlength=n_bins)
-    c = counts[bin_of(test_labels)]
-    out = torch.full_like(c, MEDIUM_SHOT)
-    out[c > many_threshold] = MANY_SHOT
-    out[c < few_threshold] = FEW_SHOT
-    return out.to(test_labels.device)

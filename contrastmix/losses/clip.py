@@ -21,21 +21,29 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from contrastmix._validation import check_same_length, check_tensor, check_unit_norm
+from contrastmix._validation import check_unit_norm, value_checks
 from contrastmix.distributed import gather_with_grad, is_distributed, rank
+from contrastmix.losses._contracts import check_pair_inputs
 
-__all__ = ["clip_logits", "clip_loss"]
+__all__ = ["clip_logits", "clip_loss", "CLIPLoss"]
 
 
 def check_temperature(name: str, temperature: float | Tensor) -> None:
-    """Raise ``ValueError`` unless ``temperature`` is a positive finite float or 0-d tensor."""
+    """Raise ``ValueError`` unless ``temperature`` is a positive finite float or 0-d tensor.
+
+    A tensor's value is a value check (:func:`~contrastmix._validation.value_checks`: read on
+    the CPU, or everywhere with debug checks on), so a learnable temperature on an accelerator
+    is not read back every step; its shape is always checked.
+    """
     if isinstance(temperature, Tensor):
         if temperature.numel() != 1:
             raise ValueError(
                 f"`{name}` must be a scalar, got a tensor of shape {tuple(temperature.shape)}"
             )
+        if not value_checks(temperature):
+            return
         value = float(temperature.detach())
     elif isinstance(temperature, (int, float)):
         value = float(temperature)
@@ -46,7 +54,12 @@ def check_temperature(name: str, temperature: float | Tensor) -> None:
 
 
 def prepare_pair(
-    image: Tensor, text: Tensor, *, normalize: bool, names: tuple[str, str] = ("image", "text")
+    image: Tensor,
+    text: Tensor,
+    *,
+    normalize: bool,
+    names: tuple[str, str] = ("image", "text"),
+    checked: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Validate a pair of ``[B, d]`` embeddings and return them upcast to fp32 (or wider).
 
@@ -55,31 +68,27 @@ def prepare_pair(
         text: ``[B, d]`` embeddings of the second modality.
         normalize: L2-normalise here; when False the inputs must already be unit norm.
         names: Argument names used in error messages.
+        checked: The shapes were checked already
+            (:func:`~contrastmix.losses._contracts.check_pair_inputs`, called before the
+            caller reads ``image.device``).
 
     Returns:
         ``(image, text)`` in ``promote_types(dtype, float32)``, unit norm.
 
     Raises:
-        ValueError: on different batch sizes or dimensions, NaN/inf, or (``normalize=False``)
+        ValueError: on different batch sizes or dimensions, NaN/inf
+            (:func:`~contrastmix.losses._contracts.check_pair_inputs`), or (``normalize=False``)
             rows that are not L2-normalised.
     """
     n1, n2 = names
-    check_tensor(n1, image, ndim=2, floating=True)
-    check_tensor(n2, text, ndim=2, floating=True)
-    if image.shape[1] != text.shape[1]:
-        raise ValueError(
-            f"`{n1}` and `{n2}` must have the same embedding dimension, got "
-            f"{image.shape[1]} and {text.shape[1]}"
-        )
-    check_same_length(**{n1: image, n2: text})
-    if image.shape[0] == 0:
-        raise ValueError(f"`{n1}` and `{n2}` must hold at least one row")
+    if not checked:
+        check_pair_inputs(image, text, names)
+    low = torch.float16, torch.bfloat16
+    atol = 1e-2 if (image.dtype in low or text.dtype in low) else 1e-3  # before the upcast
     dtype = torch.promote_types(torch.promote_types(image.dtype, text.dtype), torch.float32)
     image, text = image.to(dtype), text.to(dtype)
     if normalize:
         return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    low = torch.float16, torch.bfloat16
-    atol = 1e-2 if (image.dtype in low or text.dtype in low) else 1e-3
     check_unit_norm(n1, image, atol=atol)
     check_unit_norm(n2, text, atol=atol)
     return image, text
@@ -114,8 +123,9 @@ def clip_logits(
         ``N = world_size * B`` when gathering (else ``B``) and ``targets = rank * B + arange(B)``.
     """
     check_temperature("temperature", temperature)
+    check_pair_inputs(image, text, ("image", "text"))
     with torch.autocast(device_type=image.device.type, enabled=False):
-        img, txt = prepare_pair(image, text, normalize=normalize)
+        img, txt = prepare_pair(image, text, normalize=normalize, checked=True)
         offset = 0
         if gather_distributed and is_distributed():
             img_all, txt_all = gather_with_grad(img), gather_with_grad(txt)
@@ -161,3 +171,43 @@ def clip_loss(
     )
     with torch.autocast(device_type=logits_i2t.device.type, enabled=False):
         return 0.5 * (F.cross_entropy(logits_i2t, targets) + F.cross_entropy(logits_t2i, targets))
+
+
+class CLIPLoss(nn.Module):
+    """Module form of :func:`clip_loss` (a paired loss: ``(image, text, ...)``).
+
+    Args:
+        temperature: τ > 0 (0.07).
+        gather_distributed: Score the local rows against all ranks' candidates.
+        normalize: L2-normalise the inputs here instead of requiring unit norm.
+
+    Shapes:
+        ``forward(image [B, d], text [B, d], *, temperature=None) -> scalar``; ``temperature``
+        overrides τ for one call (e.g. a learnable 0-d tensor).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        *,
+        gather_distributed: bool = True,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        check_temperature("temperature", temperature)
+        self.temperature = float(temperature)
+        self.gather_distributed = bool(gather_distributed)
+        self.normalize = bool(normalize)
+
+    def forward(
+        self, image: Tensor, text: Tensor, *, temperature: float | Tensor | None = None
+    ) -> Tensor:
+        tau = self.temperature if temperature is None else temperature
+        return clip_loss(image, text, tau, gather_distributed=self.gather_distributed,
+                         normalize=self.normalize)
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, gather_distributed={self.gather_distributed}, "
+            f"normalize={self.normalize}"
+        )

@@ -15,6 +15,11 @@ own pair over these mixtures::
 ``c`` is the caller's schedule coefficient (the m2-mix method uses ``1 / (epoch + 1)``,
 :mod:`contrastmix.methods.m2mix`); the loss itself does not know about epochs.
 
+Names: :func:`m2mix_loss` / :class:`M2MixLoss` are the whole loss ``L`` (a paired loss,
+``(image, text, ...)``); :func:`m2mix_term` is ``L_m2`` and :func:`m2mix_anchor_terms` its
+image-anchor and text-anchor parts; :func:`unimodal_mix_loss` is the optional V-mix / L-mix
+term. ``lam`` comes from :func:`contrastmix.mixing.beta.sample_beta`.
+
 With ``lam = 0`` (``M = T``) the image-anchor term is CLIP's image->text cross-entropy at
 ``tau_m``; with ``lam = 1`` (``M = I``) the text-anchor term is CLIP's text->image one.
 
@@ -34,19 +39,17 @@ from torch import Tensor, nn
 
 from contrastmix._validation import check_positive
 from contrastmix.distributed import gather_with_grad, is_distributed, rank
+from contrastmix.losses._contracts import check_pair_inputs
 from contrastmix.losses.clip import check_temperature, clip_loss, prepare_pair
+from contrastmix.mixing.beta import sample_beta
 from contrastmix.mixing.slerp import slerp
 
-__all__ = ["m2mix_terms", "m2mix_loss", "unimodal_mix_loss", "M2MixLoss", "M2MixOutput"]
+__all__ = [
+    "m2mix_loss", "M2MixLoss", "M2MixOutput", "m2mix_term", "m2mix_anchor_terms",
+    "unimodal_mix_loss",
+]
 
 Reduction = Literal["sum", "mean"]
-
-
-def _sample_beta(alpha: float, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    """``Beta(alpha, alpha)`` draws in float64 on the generator's device (CPU by default)."""
-    device = generator.device if generator is not None else torch.device("cpu")
-    conc = torch.full((*shape, 2), float(alpha), dtype=torch.float64, device=device)
-    return torch._sample_dirichlet(conc, generator=generator)[..., 0]
 
 
 def _mixed_anchor_ce(
@@ -60,7 +63,7 @@ def _mixed_anchor_ce(
     return F.cross_entropy(logits, targets)
 
 
-def m2mix_terms(
+def m2mix_anchor_terms(
     image: Tensor,
     text: Tensor,
     lam: float | Tensor,
@@ -90,8 +93,9 @@ def m2mix_terms(
             a non-positive temperature, or an antipodal image/text pair (slerp undefined).
     """
     check_positive("mix_temperature", mix_temperature)
+    check_pair_inputs(image, text, ("image", "text"))
     with torch.autocast(device_type=image.device.type, enabled=False):
-        img, txt = prepare_pair(image, text, normalize=normalize)
+        img, txt = prepare_pair(image, text, normalize=normalize, checked=True)
         mixed = slerp(img, txt, lam)
         if detach_mix:
             mixed = mixed.detach()
@@ -107,7 +111,7 @@ def m2mix_terms(
     return ce_img, ce_txt
 
 
-def m2mix_loss(
+def m2mix_term(
     image: Tensor,
     text: Tensor,
     lam: float | Tensor,
@@ -135,7 +139,7 @@ def m2mix_loss(
     """
     if reduction not in ("sum", "mean"):
         raise ValueError(f"`reduction` must be 'sum' or 'mean', got {reduction!r}")
-    ce_img, ce_txt = m2mix_terms(
+    ce_img, ce_txt = m2mix_anchor_terms(
         image,
         text,
         lam,
@@ -175,8 +179,10 @@ def unimodal_mix_loss(
         Scalar fp32 soft-target cross-entropy (mean over local rows).
     """
     check_positive("mix_temperature", mix_temperature)
+    names = ("anchor", "candidates")
+    check_pair_inputs(anchor, candidates, names)
     with torch.autocast(device_type=anchor.device.type, enabled=False):
-        a, c = prepare_pair(anchor, candidates, normalize=normalize, names=("anchor", "candidates"))
+        a, c = prepare_pair(anchor, candidates, normalize=normalize, names=names, checked=True)
         b = a.shape[0]
         partner = torch.roll(torch.arange(b, device=a.device), 1)
         mixed = slerp(a, a[partner], lam)
@@ -211,12 +217,156 @@ class M2MixOutput(NamedTuple):
     coef: float
 
 
+def _check_hparams(
+    temperature: float | Tensor,
+    mix_temperature: float,
+    alpha: float,
+    weight: float,
+    reduction: str,
+    vmix_weight: float,
+    lmix_weight: float,
+) -> None:
+    check_temperature("temperature", temperature)
+    check_positive("mix_temperature", mix_temperature)
+    check_positive("alpha", alpha)
+    check_positive("weight", weight, allow_zero=True)
+    check_positive("vmix_weight", vmix_weight, allow_zero=True)
+    check_positive("lmix_weight", lmix_weight, allow_zero=True)
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"`reduction` must be 'sum' or 'mean', got {reduction!r}")
+
+
+def _draw_lam(
+    alpha: float,
+    generator: torch.Generator | None,
+    gather_distributed: bool,
+    device: str | torch.device,
+) -> float:
+    """``lam ~ Beta(alpha, alpha)`` (:func:`~contrastmix.mixing.beta.sample_beta`, float64 on
+    the generator's device); under DDP rank 0's draw is broadcast to all ranks."""
+    lam = float(sample_beta((), alpha, generator=generator, dtype=torch.float64))
+    if gather_distributed and is_distributed():
+        t = torch.tensor([lam], dtype=torch.float64, device=device)
+        dist.broadcast(t, src=0)
+        lam = float(t.item())
+    return lam
+
+
+def _m2mix(
+    image: Tensor,
+    text: Tensor,
+    temperature: float | Tensor,
+    mix_temperature: float,
+    alpha: float,
+    weight: float,
+    reduction: Reduction,
+    detach_mix: bool,
+    vmix_weight: float,
+    lmix_weight: float,
+    gather_distributed: bool,
+    normalize: bool,
+    coef: float,
+    lam: float | None,
+    generator: torch.Generator | None,
+) -> M2MixOutput:
+    """All terms of :func:`m2mix_loss` on checked hyper-parameters."""
+    coef = float(coef)
+    if not coef >= 0:
+        raise ValueError(f"`coef` must be >= 0, got {coef}")
+    l_clip = clip_loss(
+        image, text, temperature, gather_distributed=gather_distributed, normalize=normalize
+    )
+    zero = l_clip.new_zeros(())
+    mixing = coef > 0 and (weight > 0 or vmix_weight > 0 or lmix_weight > 0)
+    if not mixing:
+        return M2MixOutput(l_clip, l_clip, zero, zero, zero, float("nan"), coef)
+    if lam is None:
+        lam = _draw_lam(alpha, generator, gather_distributed, image.device)
+    elif not 0.0 <= float(lam) <= 1.0:
+        raise ValueError(f"`lam` must lie in [0, 1], got {lam}")
+    common = {"gather_distributed": gather_distributed, "normalize": normalize}
+    l_m2 = (
+        m2mix_term(image, text, lam, mix_temperature, reduction=reduction,
+                   detach_mix=detach_mix, **common)
+        if weight > 0
+        else zero
+    )
+    l_v = (
+        unimodal_mix_loss(image, text, lam, mix_temperature, **common)
+        if vmix_weight > 0
+        else zero
+    )
+    l_l = (
+        unimodal_mix_loss(text, image, lam, mix_temperature, **common)
+        if lmix_weight > 0
+        else zero
+    )
+    total = l_clip + coef * (weight * l_m2 + vmix_weight * l_v + lmix_weight * l_l)
+    return M2MixOutput(total, l_clip, l_m2, l_v, l_l, float(lam), coef)
+
+
+def m2mix_loss(
+    image: Tensor,
+    text: Tensor,
+    temperature: float | Tensor = 0.01,
+    *,
+    mix_temperature: float = 0.07,
+    alpha: float = 0.5,
+    weight: float = 0.01,
+    coef: float = 1.0,
+    lam: float | None = None,
+    generator: torch.Generator | None = None,
+    detach_mix: bool = False,
+    reduction: Reduction = "sum",
+    vmix_weight: float = 0.0,
+    lmix_weight: float = 0.0,
+    gather_distributed: bool = True,
+    normalize: bool = False,
+) -> Tensor:
+    """m2-mix loss ``L_clip(τ) + coef * (w_m L_m2 + w_v L_vmix + w_l L_lmix)``
+    (Oh et al., NeurIPS 2023; docs/methods.md §5).
+
+    The function form of :class:`M2MixLoss` (its constructor arguments plus those of its
+    :meth:`~M2MixLoss.forward`; the same value for the same ``lam`` or generator state).
+
+    Args:
+        image: ``[B, d]`` image embeddings (unit norm unless ``normalize``).
+        text: ``[B, d]`` text embeddings, row ``i`` paired with ``image[i]``.
+        temperature: CLIP τ (0.01), a float or a 0-d tensor (learnable temperature).
+        mix_temperature: τ_m of the mixed terms (0.07).
+        alpha: ``lam ~ Beta(alpha, alpha)`` (0.5), one draw per batch shared by all terms
+            (broadcast from rank 0 under DDP).
+        weight: w_m of the m2-mix term ``L_m2`` (0.01).
+        coef: Multiplier of the mixed terms (``>= 0``; 0 skips them and draws nothing), e.g.
+            the method's schedule ``1 / (epoch + 1)``.
+        lam: Use this mixing weight in ``[0, 1]`` instead of drawing one.
+        generator: Random generator of the ``lam`` draw.
+        detach_mix: Detach the mixtures of ``L_m2``.
+        reduction: ``"sum"`` or ``"mean"`` of the two anchor terms of ``L_m2``.
+        vmix_weight: w_v of the optional V-mix (image-only) term; 0 disables it.
+        lmix_weight: w_l of the optional L-mix (text-only) term; 0 disables it.
+        gather_distributed: Use all ranks' negatives (gathered with gradient).
+        normalize: L2-normalise inputs here; when False unnormalised inputs raise.
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    _check_hparams(temperature, mix_temperature, alpha, weight, reduction, vmix_weight,
+                   lmix_weight)
+    return _m2mix(
+        image, text, temperature, float(mix_temperature), float(alpha), float(weight),
+        reduction, bool(detach_mix), float(vmix_weight), float(lmix_weight),
+        bool(gather_distributed), bool(normalize), coef, lam, generator,
+    ).loss
+
+
 class M2MixLoss(nn.Module):
     """CLIP loss plus the weighted m2-mix term (Oh et al., NeurIPS 2023; docs/methods.md §5).
 
     ``L = L_clip(τ) + coef * (weight * L_m2 + vmix_weight * L_vmix + lmix_weight * L_lmix)``
     with ``coef`` given per call (a schedule over epochs is the caller's) and one ``lam ~
     Beta(alpha, alpha)`` per batch shared by all terms (broadcast from rank 0 under DDP).
+    :func:`m2mix_loss` is the function form (a paired loss: ``(image, text, ...)``).
 
     Args:
         temperature: CLIP τ (0.01).
@@ -249,14 +399,8 @@ class M2MixLoss(nn.Module):
         normalize: bool = False,
     ) -> None:
         super().__init__()
-        check_temperature("temperature", temperature)
-        check_positive("mix_temperature", mix_temperature)
-        check_positive("alpha", alpha)
-        check_positive("weight", weight, allow_zero=True)
-        check_positive("vmix_weight", vmix_weight, allow_zero=True)
-        check_positive("lmix_weight", lmix_weight, allow_zero=True)
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"`reduction` must be 'sum' or 'mean', got {reduction!r}")
+        _check_hparams(temperature, mix_temperature, alpha, weight, reduction, vmix_weight,
+                       lmix_weight)
         self.temperature = float(temperature)
         self.mix_temperature = float(mix_temperature)
         self.alpha = float(alpha)
@@ -272,12 +416,7 @@ class M2MixLoss(nn.Module):
         self, generator: torch.Generator | None = None, device: str | torch.device = "cpu"
     ) -> float:
         """Draw ``lam ~ Beta(alpha, alpha)``; under DDP rank 0's draw is broadcast to all."""
-        lam = float(_sample_beta(self.alpha, (), generator))
-        if self.gather_distributed and is_distributed():
-            t = torch.tensor([lam], dtype=torch.float64, device=device)
-            dist.broadcast(t, src=0)
-            lam = float(t.item())
-        return lam
+        return _draw_lam(self.alpha, generator, self.gather_distributed, device)
 
     def compute(
         self,
@@ -299,48 +438,12 @@ class M2MixLoss(nn.Module):
             temperature: Override the CLIP τ (e.g. a learnable 0-d tensor).
             generator: Random generator of the ``lam`` draw.
         """
-        tau = self.temperature if temperature is None else temperature
-        coef = float(coef)
-        if not coef >= 0:
-            raise ValueError(f"`coef` must be >= 0, got {coef}")
-        l_clip = clip_loss(
-            image, text, tau, gather_distributed=self.gather_distributed, normalize=self.normalize
+        return _m2mix(
+            image, text, self.temperature if temperature is None else temperature,
+            self.mix_temperature, self.alpha, self.weight, self.reduction, self.detach_mix,
+            self.vmix_weight, self.lmix_weight, self.gather_distributed, self.normalize,
+            coef, lam, generator,
         )
-        zero = l_clip.new_zeros(())
-        mixing = coef > 0 and (self.weight > 0 or self.vmix_weight > 0 or self.lmix_weight > 0)
-        if not mixing:
-            return M2MixOutput(l_clip, l_clip, zero, zero, zero, float("nan"), coef)
-        if lam is None:
-            lam = self.sample_lam(generator, device=image.device)
-        elif not 0.0 <= float(lam) <= 1.0:
-            raise ValueError(f"`lam` must lie in [0, 1], got {lam}")
-        common = {"gather_distributed": self.gather_distributed, "normalize": self.normalize}
-        l_m2 = (
-            m2mix_loss(
-                image,
-                text,
-                lam,
-                self.mix_temperature,
-                reduction=self.reduction,
-                detach_mix=self.detach_mix,
-                **common,
-            )
-            if self.weight > 0
-            else zero
-        )
-        l_v = (
-            unimodal_mix_loss(image, text, lam, self.mix_temperature, **common)
-            if self.vmix_weight > 0
-            else zero
-        )
-        l_l = (
-            unimodal_mix_loss(text, image, lam, self.mix_temperature, **common)
-            if self.lmix_weight > 0
-            else zero
-        )
-        mixed = self.weight * l_m2 + self.vmix_weight * l_v + self.lmix_weight * l_l
-        total = l_clip + coef * mixed
-        return M2MixOutput(total, l_clip, l_m2, l_v, l_l, float(lam), coef)
 
     def forward(
         self,

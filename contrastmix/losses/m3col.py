@@ -20,6 +20,12 @@ against ``p^ q^T / 0.125``, both directions); :class:`M3CoLLoss` takes the phase
 (``mixup``), the epoch rule is the method's (:mod:`contrastmix.methods.m3col`). The model's
 total loss is ``CE(fusion) + sum_m CE(unimodal_m) + 0.1 * L_contrast``.
 
+Names: :func:`m3col_loss` / :class:`M3CoLLoss` are ``L_contrast`` (a paired loss,
+``(a, b, ...)``: M3Co in both directions for two modalities, a cycle for more, or SoftCLIP),
+with its own draws; :func:`m3co_loss` is one M3Co direction with explicit draws
+(:func:`sample_m3co_mixing`, whose ``beta_i`` come from
+:func:`contrastmix.mixing.beta.sample_beta`); :func:`soft_clip_loss` one SoftCLIP pair.
+
 Inputs here are the raw (unnormalised) modality features: the loss mixes them *before*
 normalising, as the method prescribes, and normalises internally.
 
@@ -41,6 +47,8 @@ from torch import Tensor, nn
 
 from contrastmix._validation import check_positive, check_same_length, check_tensor
 from contrastmix.distributed import gather_with_grad, is_distributed, rank
+from contrastmix.losses._contracts import check_pair_inputs
+from contrastmix.mixing.beta import sample_beta
 
 __all__ = [
     "random_derangement",
@@ -48,6 +56,7 @@ __all__ = [
     "m3co_targets",
     "m3co_loss",
     "soft_clip_loss",
+    "m3col_loss",
     "M3CoLLoss",
     "m3col_total_loss",
     "M3CoLObjective",
@@ -103,7 +112,8 @@ def sample_m3co_mixing(
     """Draw the M3Co mixing coefficients and partners for one batch.
 
     Draw order (for exact reproduction with a generator): derangement, then
-    ``Beta(beta_param, beta_param)`` for every sample, then the ``U(0, 1) < mix_prob`` selection.
+    ``Beta(beta_param, beta_param)`` for every sample
+    (:func:`~contrastmix.mixing.beta.sample_beta`), then the ``U(0, 1) < mix_prob`` selection.
 
     Args:
         batch_size: ``B >= 2``.
@@ -120,8 +130,8 @@ def sample_m3co_mixing(
         raise ValueError(f"`mix_prob` must lie in [0, 1], got {mix_prob}")
     perm = random_derangement(batch_size, generator=generator)
     gen_device = perm.device
-    conc = torch.full((batch_size, 2), float(beta_param), dtype=torch.float64, device=gen_device)
-    beta = torch._sample_dirichlet(conc, generator=generator)[:, 0]
+    beta = sample_beta(batch_size, beta_param, generator=generator, device=gen_device,
+                       dtype=torch.float64)
     select = torch.rand(batch_size, generator=generator, device=gen_device) < mix_prob
     beta = torch.where(select, beta, torch.ones_like(beta)).float()
     out_device = device if device is not None else gen_device
@@ -188,17 +198,6 @@ def _soft_ce(logits: Tensor, target: Tensor) -> Tensor:
     return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
 
 
-def _check_pair(p: Tensor, q: Tensor) -> None:
-    check_tensor("p", p, ndim=2, floating=True)
-    check_tensor("q", q, ndim=2, floating=True)
-    if p.shape[1] != q.shape[1]:
-        raise ValueError(
-            f"`p` and `q` must have the same embedding dimension, got {p.shape[1]} and "
-            f"{q.shape[1]} (project the modalities to a common dimension first)"
-        )
-    check_same_length(p=p, q=q)
-
-
 def m3co_loss(
     p: Tensor,
     q: Tensor,
@@ -222,12 +221,21 @@ def m3co_loss(
         Scalar fp32 loss ``1/2 [row-wise soft CE + column-wise soft CE]``.
 
     Raises:
-        ValueError: on mismatched shapes, NaN, ``B < 2``, ``perm`` not a derangement, ``beta``
-            outside ``[0, 1]`` or a non-positive temperature.
+        ValueError: on mismatched shapes, NaN
+            (:func:`~contrastmix.losses._contracts.check_pair_inputs`), ``B < 2``, ``perm`` not
+            a derangement, ``beta`` outside ``[0, 1]`` or a non-positive temperature.
     """
-    _check_pair(p, q)
+    check_pair_inputs(p, q, ("p", "q"))
     _check_mixing(beta, perm, p.shape[0])
     check_positive("temperature", temperature)
+    return _m3co(p, q, beta, perm, float(temperature), gather_distributed)
+
+
+def _m3co(
+    p: Tensor, q: Tensor, beta: Tensor, perm: Tensor, temperature: float,
+    gather_distributed: bool,
+) -> Tensor:
+    """:func:`m3co_loss` on checked inputs."""
     with torch.autocast(device_type=p.device.type, enabled=False):
         dtype = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.float32)
         p32, q32 = p.to(dtype), q.to(dtype)
@@ -281,8 +289,15 @@ def soft_clip_loss(
     Returns:
         Scalar fp32 loss.
     """
-    _check_pair(p, q)
+    check_pair_inputs(p, q, ("p", "q"))
     check_positive("temperature", temperature)
+    return _soft_clip(p, q, float(temperature), detach_targets, gather_distributed)
+
+
+def _soft_clip(
+    p: Tensor, q: Tensor, temperature: float, detach_targets: bool, gather_distributed: bool
+) -> Tensor:
+    """:func:`soft_clip_loss` on checked inputs."""
     with torch.autocast(device_type=p.device.type, enabled=False):
         dtype = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.float32)
         p_hat = F.normalize(p.to(dtype), dim=-1)
@@ -299,11 +314,128 @@ def soft_clip_loss(
         return 0.5 * (l1 + l2)
 
 
-def _as_list(embeddings: Sequence[Tensor] | Mapping[str, Tensor]) -> list[Tensor]:
-    items = list(embeddings.values()) if isinstance(embeddings, Mapping) else list(embeddings)
+Embeddings = Sequence[Tensor] | Mapping[str, Tensor]
+
+
+def _modalities(
+    a: Tensor | Embeddings, b: Tensor | None, more: tuple[Tensor, ...]
+) -> tuple[list[Tensor], list[str]]:
+    """The modality tensors and their argument names: ``(a, b, *more)``, or one sequence /
+    mapping ``a`` of ``M >= 2`` tensors when ``b`` is not given (the tensors are checked later,
+    by :func:`~contrastmix.losses._contracts.check_pair_inputs`)."""
+    if b is not None or isinstance(a, Tensor):
+        if b is None:
+            raise ValueError("`embeddings` must hold at least 2 modalities, got 1 (pass `b`)")
+        return [a, b, *more], ["a", "b", *(f"more[{i}]" for i in range(len(more)))]  # type: ignore[list-item]
+    if more:
+        raise ValueError("further modalities `more` need `a` and `b` as tensors")
+    if isinstance(a, Mapping):
+        items = list(a.values())
+        names = [f"embeddings[{k!r}]" for k in a]
+    elif isinstance(a, Sequence):
+        items = list(a)
+        names = [f"embeddings[{i}]" for i in range(len(items))]
+    else:
+        raise ValueError(
+            f"`a` must be a torch.Tensor or a sequence / mapping of tensors, got {type(a).__name__}"
+        )
     if len(items) < 2:
         raise ValueError(f"`embeddings` must hold at least 2 modalities, got {len(items)}")
-    return items
+    return items, names
+
+
+def _pairs(num_modalities: int) -> list[tuple[int, int]]:
+    if num_modalities < 2:
+        raise ValueError(f"need at least 2 modalities, got {num_modalities}")
+    return [(k, (k + 1) % num_modalities) for k in range(num_modalities)]
+
+
+def _check_m3col_hparams(
+    temperature: float, beta_param: float, mix_prob: float, soft_temperature: float
+) -> None:
+    check_positive("temperature", temperature)
+    check_positive("beta_param", beta_param)
+    check_positive("soft_temperature", soft_temperature)
+    if not 0.0 <= mix_prob <= 1.0:
+        raise ValueError(f"`mix_prob` must lie in [0, 1], got {mix_prob}")
+
+
+def _m3col(
+    zs: list[Tensor],
+    names: list[str],
+    temperature: float,
+    beta_param: float,
+    mix_prob: float,
+    soft_temperature: float,
+    detach_soft_targets: bool,
+    gather_distributed: bool,
+    mixup: bool,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """:func:`m3col_loss` on checked hyper-parameters: every modality is checked against the
+    first, then the pairs ``(k, k + 1 mod M)`` are summed, each with its own draws."""
+    for k in range(1, len(zs)):
+        check_pair_inputs(zs[0], zs[k], (names[0], names[k]))
+    total: Tensor | None = None
+    for k, j in _pairs(len(zs)):
+        p, q = zs[k], zs[j]
+        if mixup:
+            # drawn on the generator's device (a CPU generator keeps the draws off the
+            # accelerator); _m3co moves them to the features'
+            beta, perm = sample_m3co_mixing(p.shape[0], beta_param, mix_prob,
+                                            generator=generator)
+            term = _m3co(p, q, beta, perm, temperature, gather_distributed)
+        else:
+            term = _soft_clip(p, q, soft_temperature, detach_soft_targets, gather_distributed)
+        total = term if total is None else total + term
+    assert total is not None
+    return total
+
+
+def m3col_loss(
+    a: Tensor,
+    b: Tensor,
+    *more: Tensor,
+    temperature: float = 0.1,
+    beta_param: float = 0.15,
+    mix_prob: float = 0.5,
+    soft_temperature: float = 0.125,
+    mixup: bool = True,
+    generator: torch.Generator | None = None,
+    detach_soft_targets: bool = False,
+    gather_distributed: bool = True,
+) -> Tensor:
+    """Contrastive part of M3CoL, ``L_contrast`` (Kumar, Singhal et al. 2024; docs/methods.md §6).
+
+    The function form of :class:`M3CoLLoss` (its constructor arguments plus those of its
+    :meth:`~M3CoLLoss.forward`; the same value for the same generator state). The pairs of
+    modalities ``(k mixed, k + 1 mod M fixed)`` for ``k = 0..M-1`` are summed: both directions
+    ``(a, b)`` and ``(b, a)`` for two modalities, a cycle for three or more. Each pair draws its
+    own derangement and coefficients (:func:`sample_m3co_mixing`), in pair order.
+
+    Args:
+        a: ``[B, d]`` raw features of the first modality (``B >= 2`` for M3Co).
+        b: ``[B, d]`` raw features of the second modality, row ``i`` paired with ``a[i]``.
+        *more: Further ``[B, d]`` modalities (M3CoL with ``M > 2``).
+        temperature: τ of M3Co (0.1).
+        beta_param: Beta parameter of the coefficients (0.15).
+        mix_prob: Probability that a sample is mixed (0.5).
+        soft_temperature: τ of SoftCLIP (0.125).
+        mixup: M3Co (True) or SoftCLIP (False): the phase, chosen by the method's schedule.
+        generator: Random generator of the mixing draws (drawn on its device).
+        detach_soft_targets: Stop the gradient through SoftCLIP's targets.
+        gather_distributed: Use all ranks' embeddings as candidates.
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    _check_m3col_hparams(temperature, beta_param, mix_prob, soft_temperature)
+    zs, names = _modalities(a, b, more)
+    return _m3col(
+        zs, names, float(temperature), float(beta_param), float(mix_prob),
+        float(soft_temperature), bool(detach_soft_targets), bool(gather_distributed),
+        bool(mixup), generator,
+    )
 
 
 class M3CoLLoss(nn.Module):
@@ -311,7 +443,8 @@ class M3CoLLoss(nn.Module):
 
     Pairs of modalities ``(k mixed, k + 1 mod M fixed)`` for ``k = 0..M-1``: both directions for
     two modalities, a cycle for three or more. Each pair draws its own derangement and
-    coefficients; the pair losses are summed (as in the authors' code).
+    coefficients; the pair losses are summed (as in the authors' code). :func:`m3col_loss` is
+    the function form (a paired loss: ``(a, b, ...)``).
 
     Phase: M3Co when called with ``mixup=True``, SoftCLIP with ``mixup=False`` (the caller's
     schedule; M3CoL uses M3Co while ``epoch < int(mixup_pct * max_epochs)``, the authors' rule).
@@ -325,7 +458,9 @@ class M3CoLLoss(nn.Module):
         gather_distributed: Use all ranks' embeddings as candidates.
 
     Shapes:
-        ``embeddings``: a sequence / mapping of ``M >= 2`` tensors ``[B, d]`` -> scalar.
+        ``forward(a [B, d], b [B, d], *more [B, d]) -> scalar``, as :func:`m3col_loss`; a model
+        that returns its modalities together may pass them as one sequence / mapping of
+        ``M >= 2`` tensors ``[B, d]`` instead (``forward(embeddings)``, in its order).
     """
 
     def __init__(
@@ -339,11 +474,7 @@ class M3CoLLoss(nn.Module):
         gather_distributed: bool = True,
     ) -> None:
         super().__init__()
-        check_positive("temperature", temperature)
-        check_positive("beta_param", beta_param)
-        check_positive("soft_temperature", soft_temperature)
-        if not 0.0 <= mix_prob <= 1.0:
-            raise ValueError(f"`mix_prob` must lie in [0, 1], got {mix_prob}")
+        _check_m3col_hparams(temperature, beta_param, mix_prob, soft_temperature)
         self.temperature = float(temperature)
         self.beta_param = float(beta_param)
         self.mix_prob = float(mix_prob)
@@ -354,21 +485,23 @@ class M3CoLLoss(nn.Module):
     @staticmethod
     def pairs(num_modalities: int) -> list[tuple[int, int]]:
         """``[(k, (k + 1) % M)]``: (mixed, fixed) modality indices."""
-        if num_modalities < 2:
-            raise ValueError(f"need at least 2 modalities, got {num_modalities}")
-        return [(k, (k + 1) % num_modalities) for k in range(num_modalities)]
+        return _pairs(num_modalities)
 
     def forward(
         self,
-        embeddings: Sequence[Tensor] | Mapping[str, Tensor],
-        *,
+        a: Tensor | Embeddings,
+        b: Tensor | None = None,
+        *more: Tensor,
         mixup: bool = True,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Contrastive loss ``L_contrast`` summed over the modality pairs.
 
         Args:
-            embeddings: ``M >= 2`` tensors ``[B, d]`` (raw features, same ``B`` and ``d``).
+            a: ``[B, d]`` raw features of the first modality, or all ``M >= 2`` modalities as
+                one sequence / mapping of ``[B, d]`` tensors (then no ``b`` / ``more``).
+            b: ``[B, d]`` raw features of the second modality.
+            *more: Further ``[B, d]`` modalities.
             mixup: M3Co (True) or SoftCLIP (False).
             generator: Random generator of the mixing draws (pairs drawn in order; drawn on
                 its device, so a CPU generator keeps the draws off the accelerator).
@@ -376,32 +509,11 @@ class M3CoLLoss(nn.Module):
         Returns:
             Scalar fp32 loss.
         """
-        zs = _as_list(embeddings)
-        total: Tensor | None = None
-        for k, j in self.pairs(len(zs)):
-            p, q = zs[k], zs[j]
-            if mixup:
-                _check_pair(p, q)
-                beta, perm = sample_m3co_mixing(
-                    p.shape[0],
-                    self.beta_param,
-                    self.mix_prob,
-                    generator=generator,
-                )  # on the generator's device: m3co_loss checks them there, then moves them
-                term = m3co_loss(
-                    p, q, beta, perm, self.temperature, gather_distributed=self.gather_distributed
-                )
-            else:
-                term = soft_clip_loss(
-                    p,
-                    q,
-                    self.soft_temperature,
-                    detach_targets=self.detach_soft_targets,
-                    gather_distributed=self.gather_distributed,
-                )
-            total = term if total is None else total + term
-        assert total is not None
-        return total
+        zs, names = _modalities(a, b, more)
+        return _m3col(
+            zs, names, self.temperature, self.beta_param, self.mix_prob, self.soft_temperature,
+            self.detach_soft_targets, self.gather_distributed, bool(mixup), generator,
+        )
 
 
 def m3col_total_loss(

@@ -12,11 +12,10 @@ from torch import Tensor, nn
 
 from contrastmix._validation import (
     check_positive,
-    check_same_length,
     check_sample_ids,
-    check_tensor,
     check_unit_norm,
 )
+from contrastmix.losses._contracts import check_queue_inputs
 from contrastmix.losses.fused_infonce import fused_infonce, proxy_accuracy, row_max
 from contrastmix.losses.moco import same_instance_mask, scaled_parts
 from contrastmix.mixing.mochi import (
@@ -24,19 +23,118 @@ from contrastmix.mixing.mochi import (
     _mochi_coefficients,
 )
 
-__all__ = ["MoCHiLoss"]
+__all__ = ["mochi_loss", "MoCHiLoss"]
+
+
+def mochi_loss(
+    query: Tensor,
+    key: Tensor,
+    queue: Tensor,
+    temperature: float = 0.2,
+    *,
+    num_hard: int = 1024,
+    num_mix: int = 1024,
+    num_query_mix: int = 128,
+    exclude_same_instance: bool = True,
+    queue_ids: Tensor | None = None,
+    query_ids: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    mix: bool = True,
+) -> Tensor:
+    """MoCHi loss: MoCo InfoNCE over ``[key, queue, synthetic]`` logits, target 0.
+
+    The function form of :class:`MoCHiLoss` (same arguments: the module's constructor
+    arguments plus those of its :meth:`~MoCHiLoss.forward`; same value for the same draws).
+
+    Args:
+        query: ``[B, d]`` L2-normalised queries (with gradient).
+        key: ``[B, d]`` L2-normalised momentum keys (no gradient flows into them).
+        queue: ``[K, d]`` L2-normalised *filled* queue rows (no gradient flows into them).
+        temperature: τ > 0 (0.2).
+        num_hard: ``N``, hard-set size per query (1024).
+        num_mix: ``s``, type-1 synthetic negatives per query (1024).
+        num_query_mix: ``s'``, type-2 synthetic negatives per query (128).
+        exclude_same_instance: Leave queue rows of the query's own sample out of the InfoNCE
+            denominator too (see :class:`MoCHiLoss`).
+        queue_ids: Optional ``[K]`` sample ids of the queue rows.
+        query_ids: Optional ``[B]`` sample ids of the queries.
+        generator: Optional ``torch.Generator`` for the mixing draws.
+        mix: Append synthetic negatives (False: plain MoCo, e.g. during the method's warm-up).
+
+    Returns:
+        Scalar mean loss (fp32 or wider).
+    """
+    check_positive("temperature", temperature)
+    _check_hparams(num_hard, num_mix, num_query_mix)
+    loss, _, _ = _mochi(
+        query, key, queue, float(temperature), num_hard, num_mix, num_query_mix,
+        bool(exclude_same_instance), queue_ids, query_ids, generator, bool(mix),
+    )
+    return loss
+
+
+def _mochi(
+    query: Tensor,
+    key: Tensor,
+    queue: Tensor,
+    temperature: float,
+    num_hard: int,
+    num_mix: int,
+    num_query_mix: int,
+    exclude_same_instance: bool,
+    queue_ids: Tensor | None,
+    query_ids: Tensor | None,
+    generator: torch.Generator | None,
+    mix: bool,
+) -> tuple[Tensor, Tensor, bool]:
+    """:func:`mochi_loss` on checked hyper-parameters: ``(loss, proxy, mixed)``, ``proxy`` the
+    share of queries whose key logit beats every real negative (0-d tensor), ``mixed`` whether
+    synthetic negatives were appended."""
+    check_queue_inputs(query, key, queue)
+    check_unit_norm("query", query)
+    check_unit_norm("key", key)
+    queue_norms = check_unit_norm("queue", queue)  # None when value checks are off
+    # [B, K] rows of each query's own sample, out of its denominator when
+    # exclude_same_instance (None without ids); the hard set leaves them out either way
+    check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
+    same = (
+        same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
+        if exclude_same_instance else None
+    )
+    do_mix = mix and num_mix + num_query_mix > 0 and queue.shape[0] >= num_hard
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        q = query.to(dtype)
+        n = queue.detach().to(dtype)
+        pos, real = scaled_parts(q, key.to(dtype), n, temperature, same)
+        if not do_mix:
+            real_max = row_max(real)
+            return fused_infonce(pos, real, real_max), proxy_accuracy(pos, real_max), False
+        queue_sq = None if queue_norms is None else queue_norms.to(dtype).square()
+        coef = _mochi_coefficients(
+            q, n, real, num_hard, num_mix, num_query_mix,
+            queue_ids=queue_ids, query_ids=query_ids, generator=generator,
+            logit_scale=1.0 / temperature, masked=same is not None, queue_sq=queue_sq,
+        )
+        # the row maximum: the selection's largest eligible logit, unless the query's own
+        # rows are ineligible for the hard set but still in the denominator
+        own_unmasked = queue_ids is not None and same is None
+        real_max = real.detach().amax(dim=1) if own_unmasked else coef.top
+        q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
+        loss = fused_infonce(pos, real, real_max, coef=coef, q_dot_qbar=q_dot_qbar)
+        return loss, proxy_accuracy(pos, real_max), True
 
 
 class MoCHiLoss(nn.Module):
-    """MoCo InfoNCE over ``[key, queue, synthetic]`` logits, target 0.
+    """MoCo InfoNCE over ``[key, queue, synthetic]`` logits, target 0 (a queue loss).
 
     Logits per query: ``[q·k, q·n_1 .. q·n_K, q·h_1 .. q·h_s, q·h'_1 .. q·h'_s'] / τ``. With
     ``num_mix = num_query_mix = 0`` (or mixing disabled) this is exactly
-    :func:`contrastmix.losses.moco.moco_infonce`.
+    :func:`contrastmix.losses.moco.moco_infonce`. :func:`mochi_loss` is the function form.
 
-    No mixing (docs/methods.md §1 step 5) when ``mix=False`` is passed to :meth:`forward` or
-    :attr:`mix_enabled` is False (warm-up epochs: the training loop sets it), or while the
-    queue holds fewer than ``num_hard`` real keys. Pass only the *filled* queue rows (e.g.
+    No mixing (docs/methods.md §1 step 5) when ``mix=False`` is passed to :meth:`forward`
+    (the method's warm-up epochs: the schedule is the method's), or while the queue holds
+    fewer than ``num_hard`` real keys. Pass only the *filled* queue rows (e.g.
     ``MemoryBank.features``). Once mixing is on, ``N`` is used as is
     (:func:`~contrastmix.mixing.mochi.mochi_negatives` itself clamps ``N`` to the queue size).
 
@@ -52,7 +150,6 @@ class MoCHiLoss(nn.Module):
             kept out of the hard set. Without ids nothing is excluded.
 
     Attributes:
-        mix_enabled: Default of ``forward(..., mix=None)``.
         last_mixed: Whether the last call appended synthetic negatives.
         last_proxy: Share of queries of the last call whose key logit beats every *real*
             negative logit (the MoCo proxy task), a 0-d tensor on the inputs' device (no host
@@ -83,7 +180,6 @@ class MoCHiLoss(nn.Module):
         self.num_mix = num_mix
         self.num_query_mix = num_query_mix
         self.exclude_same_instance = bool(exclude_same_instance)
-        self.mix_enabled = True
         self.last_mixed = False
         self.last_proxy: Tensor | None = None
 
@@ -108,7 +204,7 @@ class MoCHiLoss(nn.Module):
         queue_ids: Tensor | None = None,
         query_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
-        mix: bool | None = None,
+        mix: bool = True,
     ) -> Tensor:
         """Compute the loss.
 
@@ -121,69 +217,14 @@ class MoCHiLoss(nn.Module):
                 sample are kept out of that query's hard set (and out of the InfoNCE
                 denominator when ``exclude_same_instance``).
             generator: Optional ``torch.Generator`` for the mixing draws.
-            mix: Override :attr:`mix_enabled` for this call.
+            mix: Append synthetic negatives (False: plain MoCo, e.g. the method's warm-up).
 
         Returns:
             Scalar mean loss (fp32 or wider).
         """
-        check_tensor("query", query, ndim=2, floating=True)
-        check_tensor("key", key, ndim=2, dim=query.shape[1], floating=True)
-        check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
-        check_same_length(query=query, key=key)
-        check_unit_norm("query", query)
-        check_unit_norm("key", key)
-        queue_norms = check_unit_norm("queue", queue)  # None when value checks are off
-        # [B, K] rows of each query's own sample, out of its denominator when
-        # exclude_same_instance (None without ids); the hard set leaves them out either way
-        check_sample_ids(queue_ids, query_ids, queue.shape[0], query.shape[0])
-        same = (
-            same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
-                               query.device)
-            if self.exclude_same_instance else None
+        loss, self.last_proxy, self.last_mixed = _mochi(
+            query, key, queue, self.temperature, self.num_hard, self.num_mix,
+            self.num_query_mix, self.exclude_same_instance, queue_ids, query_ids, generator,
+            bool(mix),
         )
-        do_mix = (
-            (self.mix_enabled if mix is None else mix)
-            and self.num_mix + self.num_query_mix > 0
-            and queue.shape[0] >= self.num_hard
-        )
-        dtype = torch.promote_types(query.dtype, torch.float32)
-        with torch.autocast(device_type=query.device.type, enabled=False):
-            q = query.to(dtype)
-            n = queue.detach().to(dtype)
-            pos, real = scaled_parts(q, key.to(dtype), n, self.temperature, same)
-            self.last_mixed = bool(do_mix)
-            if do_mix:
-                queue_sq = None if queue_norms is None else queue_norms.to(dtype).square()
-                return self._mixed_loss(q, n, pos, real, same, queue_ids, query_ids, generator,
-                                        queue_sq)
-            real_max = row_max(real)
-            self.last_proxy = proxy_accuracy(pos, real_max)
-            return fused_infonce(pos, real, real_max)
-
-    def _mixed_loss(
-        self,
-        q: Tensor,
-        n: Tensor,
-        pos: Tensor,
-        real: Tensor,
-        same: Tensor | None,
-        queue_ids: Tensor | None,
-        query_ids: Tensor | None,
-        generator: torch.Generator | None,
-        queue_sq: Tensor | None,
-    ) -> Tensor:
-        """The loss with synthetic negatives on the parts ``pos``/``real`` (logits, ``real``
-        masked with ``same``): :func:`~contrastmix.losses.fused_infonce.fused_infonce`.
-        ``queue_sq``: ``[K]`` squared row norms of ``n`` when the checks computed them."""
-        coef = _mochi_coefficients(
-            q, n, real, self.num_hard, self.num_mix, self.num_query_mix,
-            queue_ids=queue_ids, query_ids=query_ids, generator=generator,
-            logit_scale=1.0 / self.temperature, masked=same is not None, queue_sq=queue_sq,
-        )
-        # the row maximum: the selection's largest eligible logit, unless the query's own
-        # rows are ineligible for the hard set but still in the denominator
-        own_unmasked = queue_ids is not None and same is None
-        real_max = real.detach().amax(dim=1) if own_unmasked else coef.top
-        self.last_proxy = proxy_accuracy(pos, real_max)
-        q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
-        return fused_infonce(pos, real, real_max, coef=coef, q_dot_qbar=q_dot_qbar)
+        return loss

@@ -8,17 +8,13 @@ See docs/methods.md §1 ("Base").
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from contrastmix._validation import (
-    check_positive,
-    check_same_length,
-    check_tensor,
-    same_instance_mask,
-)
+from contrastmix._validation import check_positive, same_instance_mask
+from contrastmix.losses._contracts import check_queue_inputs
 from contrastmix.losses.fused_infonce import fused_infonce
 
-__all__ = ["moco_parts", "moco_logits", "moco_infonce", "same_instance_mask"]
+__all__ = ["moco_parts", "moco_logits", "moco_infonce", "MoCoLoss", "same_instance_mask"]
 
 
 def moco_parts(
@@ -49,10 +45,7 @@ def moco_parts(
     Returns:
         ``(pos [B, 1], neg [B, K])`` logits.
     """
-    check_tensor("query", query, ndim=2, floating=True)
-    check_tensor("key", key, ndim=2, dim=query.shape[1], floating=True)
-    check_tensor("queue", queue, ndim=2, dim=query.shape[1], floating=True)
-    check_same_length(query=query, key=key)
+    check_queue_inputs(query, key, queue)
     check_positive("temperature", temperature)
     same = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
     dtype = torch.promote_types(query.dtype, torch.float32)
@@ -117,3 +110,36 @@ def moco_infonce(
     pos, neg = moco_parts(query, key, queue, temperature, queue_ids=queue_ids,
                           query_ids=query_ids)
     return fused_infonce(pos, neg)
+
+
+class MoCoLoss(nn.Module):
+    """Module form of :func:`moco_infonce` (a queue loss: ``(query, key, queue, ...)``).
+
+    Args:
+        temperature: τ > 0 (0.2 in MoCo v2).
+
+    Shapes:
+        ``forward(query [B, d], key [B, d], queue [K, d], *, queue_ids [K] = None,
+        query_ids [B] = None) -> scalar``. With ``num_mix = num_query_mix = 0``
+        :class:`~contrastmix.losses.mochi.MoCHiLoss` gives the same value.
+    """
+
+    def __init__(self, temperature: float = 0.2) -> None:
+        super().__init__()
+        check_positive("temperature", temperature)
+        self.temperature = float(temperature)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        queue: Tensor,
+        *,
+        queue_ids: Tensor | None = None,
+        query_ids: Tensor | None = None,
+    ) -> Tensor:
+        return moco_infonce(query, key, queue, self.temperature, queue_ids=queue_ids,
+                            query_ids=query_ids)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"

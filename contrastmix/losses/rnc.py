@@ -27,28 +27,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from contrastmix._validation import check_positive, check_tensor
+from contrastmix._validation import check_positive
+from contrastmix.losses._contracts import flatten_views
 
 __all__ = ["rnc_loss", "RnCLoss"]
-
-
-def _flatten(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    check_tensor("features", features, ndim=3, floating=True)
-    b, v, d = features.shape
-    if b == 0 or v == 0:
-        raise ValueError(
-            f"`features` must have B >= 1 and V >= 1, got shape {tuple(features.shape)}"
-        )
-    check_tensor("labels", labels, ndim=1)
-    if labels.shape[0] != b:
-        raise ValueError(
-            f"`labels` must have one entry per sample: `features` has {b} rows, "
-            f"`labels` has {labels.shape[0]}"
-        )
-    if labels.dtype == torch.bool or labels.is_complex():
-        raise ValueError(f"`labels` must be real numbers, got {labels.dtype}")
-    z = features.transpose(0, 1).reshape(v * b, d)
-    return z, labels.to(device=z.device, dtype=torch.float64).repeat(v)
 
 
 def rnc_loss(features: Tensor, labels: Tensor, temperature: float = 2.0) -> Tensor:
@@ -62,9 +44,16 @@ def rnc_loss(features: Tensor, labels: Tensor, temperature: float = 2.0) -> Tens
 
     Returns:
         Scalar loss (fp32, or fp64 for fp64 features).
+
+    Raises:
+        ValueError: ``features`` not ``[B, V, d]`` floating / non-finite, ``labels`` missing or
+            not ``[B]`` real numbers (:func:`~contrastmix.losses._contracts.check_view_inputs`),
+            or ``temperature <= 0``.
     """
     check_positive("temperature", temperature)
-    z, y = _flatten(features, labels)
+    z, y = flatten_views(features, labels)
+    assert y is not None
+    y = y.to(torch.float64)
     n = z.shape[0]
     dtype = torch.promote_types(z.dtype, torch.float32)
     with torch.autocast(device_type=z.device.type, enabled=False):
@@ -91,7 +80,7 @@ def rnc_loss(features: Tensor, labels: Tensor, temperature: float = 2.0) -> Tens
 
 
 class RnCLoss(nn.Module):
-    """Module form of :func:`rnc_loss`.
+    """Module form of :func:`rnc_loss` (a view loss: ``(features, labels)``).
 
     Args:
         temperature: tau (2.0).

@@ -25,51 +25,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from contrastmix._validation import check_positive, check_tensor, check_unit_norm
+from contrastmix._validation import check_positive
+from contrastmix.losses._contracts import flatten_views
 
 __all__ = ["supcon_loss", "SupConLoss", "flatten_views"]
 
 # Finite stand-in for log(0) in masked log-sum-exps: exp(_NEG - x) underflows to exactly 0 for
 # any realistic logit x, and a fully masked row stays finite (no NaN in the backward pass).
 _NEG = -1e9
-
-
-def flatten_views(features: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Validate ``features [B, V, d]`` / ``labels [B]`` and flatten the views view-major.
-
-    Args:
-        features: ``[B, V, d]`` L2-normalised embeddings.
-        labels: ``[B]`` labels (float or integer) or ``None``.
-
-    Returns:
-        ``(z [V*B, d], y [V*B] or None)`` where row ``v * B + b`` is view ``v`` of sample ``b``;
-        ``z`` keeps the input dtype.
-
-    Raises:
-        ValueError: ``features`` not 3-D / not floating / non-finite / not unit norm, or
-            ``labels`` not 1-D, of the wrong length or non-finite.
-    """
-    check_tensor("features", features, ndim=3, floating=True)
-    b, v, _ = features.shape
-    if b == 0 or v == 0:
-        raise ValueError(
-            f"`features` must have B >= 1 and V >= 1, got shape {tuple(features.shape)}"
-        )
-    # bf16 / fp16 rounding alone moves norms by up to ~4e-3.
-    low_precision = torch.finfo(features.dtype).bits < 32
-    check_unit_norm("features", features, atol=2e-2 if low_precision else 1e-3)
-    z = features.transpose(0, 1).reshape(v * b, features.shape[2])
-    if labels is None:
-        return z, None
-    check_tensor("labels", labels, ndim=1)
-    if labels.shape[0] != b:
-        raise ValueError(
-            f"`labels` must have one entry per sample: `features` has {b} rows, "
-            f"`labels` has {labels.shape[0]}"
-        )
-    if labels.dtype == torch.bool or labels.is_complex():
-        raise ValueError(f"`labels` must be real numbers, got {labels.dtype}")
-    return z, labels.to(z.device).repeat(v)
 
 
 def supcon_loss(features: Tensor, labels: Tensor | None = None, temperature: float = 0.1) -> Tensor:
@@ -83,9 +46,14 @@ def supcon_loss(features: Tensor, labels: Tensor | None = None, temperature: flo
 
     Returns:
         Scalar loss in fp32 (fp64 if ``features`` is fp64).
+
+    Raises:
+        ValueError: ``features`` not ``[B, V, d]`` floating / non-finite / not unit norm,
+            ``labels`` not ``[B]`` real numbers
+            (:func:`~contrastmix.losses._contracts.check_view_inputs`), or ``temperature <= 0``.
     """
     check_positive("temperature", temperature)
-    z, y = flatten_views(features, labels)
+    z, y = flatten_views(features, labels, labels_required=False, unit_norm=True)
     n = z.shape[0]
     if y is None:
         y = torch.arange(features.shape[0], device=z.device).repeat(features.shape[1])
@@ -104,7 +72,7 @@ def supcon_loss(features: Tensor, labels: Tensor | None = None, temperature: flo
 
 
 class SupConLoss(nn.Module):
-    """Module form of :func:`supcon_loss`.
+    """Module form of :func:`supcon_loss` (a view loss: ``(features, labels)``).
 
     Args:
         temperature: tau (0.1 by default; Khosla et al. use 0.1 / 0.07).

@@ -48,8 +48,9 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from contrastmix._validation import check_positive, check_tensor
-from contrastmix.losses.supcon import _NEG, flatten_views
-from contrastmix.mixing.cmixup import sample_beta
+from contrastmix.losses._contracts import flatten_views
+from contrastmix.losses.supcon import _NEG
+from contrastmix.mixing.beta import sample_beta
 
 __all__ = ["supremix_loss", "SupReMixLoss", "hard_positive_pairs"]
 
@@ -244,21 +245,27 @@ def supremix_loss(
         hard_negatives: Add anchor-inclusive mixtures as negatives.
         hard_positives: Add anchor-exclusive, label-preserving mixtures as positives.
         distance_weighting: Weight denominator terms by ``1 + |y_i - y_c|``.
-        generator: Generator for the Beta draws (on the features' device).
+        generator: Generator for the Beta draws
+            (:func:`~contrastmix.mixing.beta.sample_beta`, run on the generator's device and
+            moved to the features').
         negative_coefficients: Optional fixed ``[V*B, V*B]`` anchor weights ``a[i, k]`` for the
             hard negative of anchor ``i`` with view ``k`` (view-major order, as
-            :func:`~contrastmix.losses.supcon.flatten_views`); replaces the Beta draws (tests,
+            :func:`~contrastmix.losses._contracts.flatten_views`); replaces the Beta draws (tests,
             reproducing a batch under a permutation).
         chunk_elements: Memory budget (number of scalars per temporary) of one chunk of the
             hard-positive computation.
 
     Returns:
         Scalar loss (fp32, or fp64 for fp64 features).
+
+    Raises:
+        ValueError: ``features`` not ``[B, V, d]`` floating / non-finite / not unit norm,
+            ``labels`` missing or not ``[B]`` real numbers
+            (:func:`~contrastmix.losses._contracts.check_view_inputs`), or a bad
+            hyper-parameter / ``negative_coefficients``.
     """
     _check_hparams(temperature, window, negative_alpha, chunk_elements)
-    if labels is None:
-        raise ValueError("`labels` is required for SupReMix (regression targets)")
-    z, y = flatten_views(features, labels)
+    z, y = flatten_views(features, labels, unit_norm=True)
     assert y is not None
     n = z.shape[0]
     dev = z.device
@@ -297,7 +304,7 @@ def supremix_loss(
             else:
                 a = sample_beta(
                     (n, n), *negative_alpha, generator=generator, device=dev, dtype=dtype
-                )
+                )  # with no generator: drawn on the features' device from the default stream
             hn = (a * gd.diagonal()[:, None] + (1 - a) * gd) / temperature
             if distance_weighting:
                 hn = hn + torch.log1p((1 - a) * absdiff.to(dtype))
@@ -319,7 +326,8 @@ def supremix_loss(
 
 
 class SupReMixLoss(nn.Module):
-    """Module form of :func:`supremix_loss` (Wu et al. 2023, "Mixup Your Own Pairs").
+    """Module form of :func:`supremix_loss` (Wu et al. 2023, "Mixup Your Own Pairs"); a view
+    loss: ``(features, labels, *, generator=None)``.
 
     Args:
         temperature: tau (0.5).
@@ -331,7 +339,7 @@ class SupReMixLoss(nn.Module):
         chunk_elements: Memory budget of one hard-positive chunk (scalars per temporary).
 
     Shapes:
-        ``forward(features [B, V, d], labels [B], generator=None) -> scalar``. With all three
+        ``forward(features [B, V, d], labels [B], *, generator=None) -> scalar``. With all three
         switches off it equals :class:`~contrastmix.losses.supcon.SupConLoss` at the same
         temperature.
     """
@@ -361,8 +369,8 @@ class SupReMixLoss(nn.Module):
         self,
         features: Tensor,
         labels: Tensor,
-        generator: torch.Generator | None = None,
         *,
+        generator: torch.Generator | None = None,
         negative_coefficients: Tensor | None = None,
     ) -> Tensor:
         return supremix_loss(

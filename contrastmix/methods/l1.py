@@ -8,7 +8,8 @@ C-Mixup (Yao et al., "C-Mixup: Improving Generalization in Regression", NeurIPS 
 ``cmixup: true``: each sample ``i`` is mixed with a partner ``j`` drawn with probability
 ``softmax_j(-|y_i - y_j|^2 / (2 sigma^2))`` from the training set (or from the batch),
 ``x_mix = lam x_i + (1 - lam) x_j``, ``y_mix = lam y_i + (1 - lam) y_j``,
-``lam ~ Beta(alpha, alpha)`` (:mod:`contrastmix.mixing.cmixup`).
+``lam ~ Beta(alpha, alpha)`` (:mod:`contrastmix.mixing.cmixup`,
+:func:`contrastmix.mixing.beta.sample_lambda`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch import Tensor, nn
 from contrastmix.data.labels import dataset_labels
 from contrastmix.data.registry import DataBundle
 from contrastmix.methods.base import Method, MethodConfig, require, save_state
-from contrastmix.mixing.cmixup import CMixupSampler, cmixup_partners, sample_lambda
+from contrastmix.mixing.beta import sample_lambda
+from contrastmix.mixing.cmixup import CMixupSampler, cmixup_partners
 from contrastmix.rundir import RunArtifacts
 
 __all__ = ["L1Config", "L1Regression"]

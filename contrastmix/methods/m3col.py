@@ -104,7 +104,7 @@ class M3CoL(Concat):
     def contrast_term(self, embeddings: list[Tensor]) -> tuple[Tensor, Tensor]:
         mixup = uses_mixup(self.current_epoch, self.trainer.max_epochs or 1,
                            self.config.mixup_pct)
-        contrast = self.contrast_loss(embeddings, mixup=mixup,
+        contrast = self.contrast_loss(*embeddings, mixup=mixup,
                                       generator=self.generator("m3co", "cpu"))
         return self.config.contrast_weight * contrast, contrast
 

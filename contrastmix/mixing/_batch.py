@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from contrastmix._validation import check_same_length, check_tensor
-from contrastmix.mixing.cmixup import sample_beta
+from contrastmix.mixing.beta import sample_beta
 
 
 def check_batch(x: object, y: object) -> tuple[Tensor, Tensor]:
@@ -26,9 +26,10 @@ def check_batch(x: object, y: object) -> tuple[Tensor, Tensor]:
 
 
 def draw_lam(alpha: float, generator: torch.Generator | None) -> float:
-    """One ``Beta(alpha, alpha)`` draw as a Python float (no device synchronisation with a CPU
-    generator or none; a device generator's draw is copied to the host)."""
-    return float(sample_beta(1, alpha, alpha, generator=generator)[0])
+    """One ``Beta(alpha, alpha)`` draw (:func:`~contrastmix.mixing.beta.sample_beta`) as a Python
+    float (no device synchronisation with a CPU generator or none; a device generator's draw is
+    copied to the host)."""
+    return float(sample_beta((), alpha, generator=generator))
 
 
 def permutation(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:

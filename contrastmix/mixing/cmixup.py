@@ -8,8 +8,9 @@ For sample ``i`` the mixing partner ``j`` is drawn with probability
 
 over the training set (``j = i`` included unless ``exclude_self``). Inputs (or hidden features)
 and labels are then mixed with ``lambda ~ Beta(alpha, alpha)`` (alpha = 2), one lambda per batch
-or per sample. sigma -> inf is plain mixup (uniform partners), sigma -> 0 is no mixing (every
-sample is its own partner); adding a constant to the labels changes nothing.
+or per sample (:func:`contrastmix.mixing.beta.sample_lambda`). sigma -> inf is plain mixup
+(uniform partners), sigma -> 0 is no mixing (every sample is its own partner); adding a
+constant to the labels changes nothing.
 
 Two sampling modes, neither of which builds an ``N x N`` matrix for large ``N``:
 
@@ -34,118 +35,11 @@ from torch import Tensor
 from contrastmix._validation import check_positive, check_tensor
 
 __all__ = [
-    "sample_beta",
-    "sample_lambda",
     "cmixup_probabilities",
     "cmixup_partners",
     "CMixupSampler",
     "mix",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Beta draws with an explicit generator (torch.distributions.Beta takes none).
-# --------------------------------------------------------------------------------------------
-def _log_standard_gamma(
-    shape: tuple[int, ...],
-    concentration: float,
-    generator: torch.Generator | None,
-    device: torch.device,
-) -> Tensor:
-    """``log`` of Gamma(concentration, 1) draws (Marsaglia & Tsang, 2000), float64.
-
-    For ``concentration < 1`` uses ``G(k) = G(k + 1) * U^(1/k)``, kept in log space so that very
-    small concentrations (e.g. 0.15) do not underflow to ``0``.
-    """
-    k = concentration
-    boost = k < 1.0
-    if boost:
-        k = k + 1.0
-    d = k - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    n = math.prod(shape)
-    out = torch.empty(n, dtype=torch.float64, device=device)
-    todo = torch.arange(n, device=device)
-    while todo.numel() > 0:
-        m = todo.numel()
-        x = torch.randn(m, generator=generator, dtype=torch.float64, device=device)
-        u = torch.rand(m, generator=generator, dtype=torch.float64, device=device)
-        v = (1.0 + c * x) ** 3
-        v_safe = v.clamp_min(1e-300)
-        ok = (v > 0) & (torch.log(u) < 0.5 * x * x + d - d * v + d * torch.log(v_safe))
-        out[todo[ok]] = math.log(d) + torch.log(v_safe[ok])
-        todo = todo[~ok]
-    if boost:
-        u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-        out = out + torch.log(u.clamp_min(1e-300)) / concentration
-    return out.reshape(shape)
-
-
-def sample_beta(
-    shape: tuple[int, ...] | int,
-    alpha: float,
-    beta: float,
-    *,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Draw ``Beta(alpha, beta)`` samples reproducibly from a ``torch.Generator``.
-
-    ``X / (X + Y)`` with ``X ~ Gamma(alpha)``, ``Y ~ Gamma(beta)``, evaluated as
-    ``sigmoid(log X - log Y)`` so that small concentrations stay accurate.
-
-    Args:
-        shape: Output shape.
-        alpha: First concentration (> 0).
-        beta: Second concentration (> 0).
-        generator: Optional generator (on ``device``) for exact reproducibility.
-        device: Output device (default: the generator's device, else CPU).
-        dtype: Output dtype.
-
-    Returns:
-        Tensor of ``shape`` with values in ``[0, 1]``.
-    """
-    check_positive("alpha", alpha)
-    check_positive("beta", beta)
-    shp = (shape,) if isinstance(shape, int) else tuple(shape)
-    if any(s < 0 for s in shp):
-        raise ValueError(f"`shape` must be non-negative, got {shp}")
-    dev = torch.device(device) if device is not None else (
-        generator.device if generator is not None else torch.device("cpu")
-    )
-    log_x = _log_standard_gamma(shp, float(alpha), generator, dev)
-    log_y = _log_standard_gamma(shp, float(beta), generator, dev)
-    return torch.sigmoid(log_x - log_y).to(dtype)
-
-
-def sample_lambda(
-    n: int,
-    alpha: float = 2.0,
-    *,
-    per_sample: bool = False,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Mixup coefficients ``lambda ~ Beta(alpha, alpha)``.
-
-    Args:
-        n: Batch size.
-        alpha: Beta concentration (C-Mixup uses 2).
-        per_sample: One lambda per sample (``[n]``) instead of one per batch (``[n]`` filled
-            with a single draw).
-        generator: Optional generator.
-        device: Output device.
-
-    Returns:
-        ``[n]`` float32 coefficients (the weight of the *first* sample of each pair).
-    """
-    if n < 0:
-        raise ValueError(f"`n` must be >= 0, got {n}")
-    if per_sample:
-        return sample_beta(n, alpha, alpha, generator=generator, device=device)
-    lam = sample_beta(1, alpha, alpha, generator=generator, device=device)
-    return lam.expand(n).clone()
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +91,7 @@ class CMixupSampler:
         sampler = CMixupSampler(train_y, sigma=2.0, window=256)
         for idx in loader_of_indices:                     # [b] dataset indices
             j = sampler.sample(idx, generator=g)          # [b] partner dataset indices
-            lam = sample_lambda(len(idx), 2.0, generator=g).view(-1, 1)
+            lam = sample_lambda(len(idx), 2.0, generator=g).view(-1, 1)  # mixing.beta
             x_mix = lam * train_x[idx] + (1 - lam) * train_x[j]
             y_mix = lam[:, 0] * train_y[idx] + (1 - lam[:, 0]) * train_y[j]
 
@@ -369,7 +263,7 @@ def mix(
         partners: ``[N]`` LongTensor of indices into ``x`` / ``y`` (e.g. from
             :func:`cmixup_partners`).
         lam: Scalar, or ``[N]`` per-sample coefficients in ``[0, 1]`` (weight of ``x``; see
-            :func:`sample_lambda`).
+            :func:`contrastmix.mixing.beta.sample_lambda`).
 
     Returns:
         ``(x_mix [N, ...], y_mix)`` in the dtype of ``x`` / ``y`` (integer ``y`` becomes float).
