@@ -1,7 +1,7 @@
 """Evaluation of frozen representations (docs/methods.md §5, §8, §9).
 
-* :mod:`contrastmix.eval.probe` — feature extraction with the backbone frozen in eval mode, linear probe
-  (logistic regression by L-BFGS / ridge) with validation-selected penalty and refit.
+* :mod:`contrastmix.eval.probe` — feature extraction with the backbone frozen in eval mode,
+  linear probe (logistic regression by L-BFGS / ridge) with validation-selected penalty and refit.
 * :mod:`contrastmix.eval.knn` — weighted kNN classifier (InstDisc / MoCo monitor), torch or faiss.
 * :mod:`contrastmix.eval.geometry` — alignment, uniformity, effective rank (RankMe), modality gap.
 * :mod:`contrastmix.eval.collapse` — neural-collapse metrics NC1-NC4 and mixup geometry.

@@ -841,7 +841,6 @@ def _synthetic_spec(spec: Any, sec: _Section) -> tuple[tuple[int, int, int], int
 
 def _section_similarities(ctx: _Context) -> _Section:
     from contrastmix.eval.geometry import alignment, uniformity
-
     from contrastmix.models.build import build_projector
     from contrastmix.runs import load_backbone
 

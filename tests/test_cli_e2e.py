@@ -128,8 +128,8 @@ def test_bad_device_is_one_line(moco_run: Path) -> None:
 
 def test_device_and_output_errors_name_the_problem(moco_run: Path, tmp_path: Path) -> None:
     from contrastmix.errors import ContrastmixError, RunDirError
-    from contrastmix.runs import resolve_device
     from contrastmix.eval.report import write_report
+    from contrastmix.runs import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ContrastmixError, match="unknown device 'gpu0'"):
@@ -147,8 +147,8 @@ def test_corrupt_run_files_are_named(moco_run: Path, tmp_path: Path) -> None:
     import shutil
 
     from contrastmix.errors import CheckpointError, RunDirError
-    from contrastmix.runs import load_state_file
     from contrastmix.rundir import read_run_config
+    from contrastmix.runs import load_state_file
 
     other = tmp_path / "other"
     shutil.copytree(moco_run, other)

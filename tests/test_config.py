@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.errors import RecipeError
+from contrastmix.recipe import RECIPES_DIR, load_recipe
 
 
 def test_bundled_recipes_validate() -> None:

@@ -198,9 +198,9 @@ def test_module_reproduces_explicit_draws() -> None:
 
 def test_phase_switch_to_softclip() -> None:
     # The schedule is the method's (the loss takes the phase per call).
-    from contrastmix.recipe import load_recipe
     from contrastmix.errors import RecipeError
     from contrastmix.methods.m3col import softclip_epoch, uses_mixup
+    from contrastmix.recipe import load_recipe
 
     # The authors' epoch rule: epoch < int(0.33 * 10) = 3.
     assert uses_mixup(0, 10, 0.33) and uses_mixup(2, 10, 0.33) and not uses_mixup(3, 10, 0.33)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from contrastmix.recipe import load_recipe
 from contrastmix.errors import RecipeError
 from contrastmix.methods import METHODS, Method, MethodConfig, get_method, register_method
+from contrastmix.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=64",
@@ -133,7 +133,8 @@ def test_a_user_backbone_and_dataset_register_by_name(tmp_path: Path) -> None:
         "class Tiny(torch.nn.Module):\n"
         "    def __init__(self, in_channels, width):\n"
         "        super().__init__(); self.output_dim = width\n"
-        "        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(40 * in_channels, width))\n"
+        "        self.net = torch.nn.Sequential(\n"
+        "            torch.nn.Flatten(), torch.nn.Linear(40 * in_channels, width))\n"
         "    def forward(self, x): return self.net(x)\n"
         "register_backbone('tiny_mlp', lambda *, in_channels, width, cifar_stem:"
         " Tiny(in_channels, width))\n"

@@ -12,9 +12,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from contrastmix.recipe import load_recipe
 from contrastmix.errors import RecipeError
 from contrastmix.losses.clip import clip_logits
+from contrastmix.recipe import load_recipe
 from contrastmix.train.pretrain import pretrain
 
 

@@ -1,8 +1,8 @@
 """End to end tests of the multimodal recipes: clip, m2mix, m3col and concat.
 
 One short run per method through :func:`contrastmix.train.pretrain.pretrain`, then
-:func:`contrastmix.eval.evaluate.probe_run`; plus the retrieval metrics against brute-force loops, the
-data bundles, the artifact round trip and the error paths.
+:func:`contrastmix.eval.evaluate.probe_run`; plus the retrieval metrics against brute-force
+loops, the data bundles, the artifact round trip and the error paths.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import torch
-from contrastmix.eval.multimodal import mean_average_precision, retrieval_recall
 
-from contrastmix.recipe import load_recipe
 from contrastmix.data.bundles_multimodal import MultimodalDataset, collate_multimodal
 from contrastmix.data.registry import build_data
 from contrastmix.errors import CheckpointError, DatasetError, RecipeError, RunDirError
+from contrastmix.eval.multimodal import mean_average_precision, retrieval_recall
+from contrastmix.recipe import load_recipe
 
 TINY = [
     "trainer.max_epochs=1", "trainer.limit_train_batches=2", "data.batch_size=32",
@@ -286,7 +286,6 @@ def test_fusion_probe(runs: dict[str, Path], method: str) -> None:
 def test_artifacts_restore_the_trained_model(runs: dict[str, Path]) -> None:
     """backbone.pt + model.pt rebuild exactly the model of the last checkpoint."""
     from contrastmix.eval.multimodal import load_multimodal_model
-
     from contrastmix.rundir import read_artifacts
     from contrastmix.runs import load_run
 
@@ -313,9 +312,8 @@ def test_artifacts_restore_the_trained_model(runs: dict[str, Path]) -> None:
 
 def test_probe_zero_shot_matches_a_direct_computation(runs: dict[str, Path]) -> None:
     from contrastmix.eval.calibration import expected_calibration_error
-    from contrastmix.eval.multimodal import load_multimodal_model
-
     from contrastmix.eval.evaluate import probe_run
+    from contrastmix.eval.multimodal import load_multimodal_model
     from contrastmix.runs import load_run
 
     run = runs["clip"]

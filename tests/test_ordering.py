@@ -1,4 +1,4 @@
-"""contrastmix.eval.ordering: Spearman correlation between embedding distances and label distances."""
+"""contrastmix.eval.ordering: Spearman correlation of embedding and label distances."""
 
 from __future__ import annotations
 

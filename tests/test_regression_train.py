@@ -15,14 +15,14 @@ from omegaconf import OmegaConf
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.data.labels import dataset_labels, label_bin_edges
 from contrastmix.data.registry import DataBundle, TensorIndexDataset, build_data
 from contrastmix.errors import DatasetError, RecipeError
+from contrastmix.eval.evaluate import probe_run
 from contrastmix.methods import get_method
 from contrastmix.methods.base import SeededGenerators
+from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.rundir import read_artifacts
-from contrastmix.eval.evaluate import probe_run
 from contrastmix.train.pretrain import build_method, pretrain
 
 TINY = [

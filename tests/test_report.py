@@ -21,11 +21,13 @@ import struct
 import subprocess
 from pathlib import Path
 
-import contrastmix.eval.report as report_mod
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+import contrastmix.eval.report as report_mod
+from contrastmix.errors import RunDirError
 from contrastmix.eval.collapse import neural_collapse
 from contrastmix.eval.report import (
     SIMILARITY_BINS,
@@ -35,8 +37,6 @@ from contrastmix.eval.report import (
     read_metrics_csv,
     write_report,
 )
-
-from contrastmix.errors import RunDirError
 from contrastmix.mixing.mochi import mochi_negatives
 
 SHORT = [

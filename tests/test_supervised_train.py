@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from contrastmix.eval.collapse import mixed_pair_features
 
-from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.errors import RecipeError
+from contrastmix.eval.collapse import mixed_pair_features
+from contrastmix.eval.evaluate import probe_run
 from contrastmix.losses import mixed_cross_entropy
 from contrastmix.mixing import cutmix_batch, mixup_batch, sample_pairs
-from contrastmix.eval.evaluate import probe_run
+from contrastmix.recipe import RECIPES_DIR, load_recipe
 from contrastmix.train.pretrain import pretrain
 
 TINY = [

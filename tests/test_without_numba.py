@@ -90,7 +90,6 @@ def test_results_without_numba_equal_the_numba_results(tmp_path) -> None:
     if not numba_enabled():
         pytest.skip("numba is not installed here: nothing to compare with")
     from contrastmix.eval._knn_rescore import bf16_matmul_available
-
     from contrastmix.mixing import mochi
 
     assert mochi.USE_NUMBA and mochi._numba_kernels() is not None

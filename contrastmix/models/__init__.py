@@ -14,6 +14,7 @@ from contrastmix.models.resnet import ResNetBackbone
 from contrastmix.models.text import MiniLMTextEncoder
 
 __all__ = [
-    "build_backbone", "build_projector", "register_backbone", "SignalCNN1d", "SmallCNN2d", "ResNetBackbone",
+    "build_backbone", "build_projector", "register_backbone", "SignalCNN1d", "SmallCNN2d",
+    "ResNetBackbone",
     "MLPEncoder", "MomentumEncoder", "MiniLMTextEncoder", "TwoTower", "M3CoLModel",
 ]

@@ -115,10 +115,11 @@ def _limit(value: float) -> float | int | None:
 
 
 class _NoTips(logging.Filter):
-    """Drop Lightning's advertising tips."""
+    """Drop Lightning's advertising tips and its note on estimating the schedule's length."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        msg = record.getMessage()
+        return "litlogger" not in msg and "estimate number of stepping batches" not in msg
 
 
 _LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero",
