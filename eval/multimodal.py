@@ -41,8 +41,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from contrastmix._validation import check_same_length, check_tensor
+from contrastmix.data.registry import build_data
 from contrastmix.errors import CheckpointError, RunDirError
-from contrastmix.models.multimodal import SPEC_FILE
+from contrastmix.eval.calibration import expected_calibration_error
+from contrastmix.eval.geometry import multimodal_geometry
+from contrastmix.models.multimodal import SPEC_FILE, build_multimodal, image_encoder_of
+from contrastmix.runs import load_backbone, load_run, load_state_file, resolve_device
 
 __all__ = [
     "RECALL_KS",
@@ -174,8 +178,6 @@ def load_multimodal_model(
         CheckpointError: the description cannot be built, or a weights file is unreadable or
             does not match it.
     """
-    from contrastmix.models.multimodal import build_multimodal, image_encoder_of
-    from contrastmix.runs import load_backbone, load_run, load_state_file
 
     cfg = load_run(run_dir) if cfg is None else cfg
     spec = read_multimodal_spec(run_dir) if spec is None else spec
@@ -221,8 +223,6 @@ def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def _calibration(logits: Tensor, labels: Tensor) -> dict[str, float]:
-    from contrastmix.eval.calibration import expected_calibration_error
-
     logp = torch.log_softmax(logits.double(), dim=1)
     conf = logp.exp().max(dim=1).values
     return {
@@ -257,7 +257,6 @@ def two_tower_metrics(
     Returns:
         Flat dict of floats (see the module docstring) plus ``zero_shot_temperature``.
     """
-    from contrastmix.eval.geometry import multimodal_geometry
 
     check_tensor("images", images, floating=True)
     check_tensor("labels", labels, ndim=1)
@@ -316,7 +315,6 @@ def fusion_metrics(
         ``fusion_accuracy``, ``unimodal_accuracy`` (per modality), ``fusion_ece``,
         ``fusion_nll``, ``embedding_geometry`` (per cyclic modality pair ``"a|b"``).
     """
-    from contrastmix.eval.geometry import multimodal_geometry
 
     device = next(model.parameters()).device
     mods: list[str] = list(model.modalities)  # type: ignore[arg-type]
@@ -367,8 +365,6 @@ def probe_multimodal_run(
         A JSON-serialisable dict with ``task: "multimodal"``, the metrics and a ``protocol``
         entry naming every evaluation choice.
     """
-    from contrastmix.data.registry import build_data
-    from contrastmix.runs import resolve_device
 
     data = build_data(cfg.data)
     dev = resolve_device(device)

@@ -27,7 +27,6 @@ as PNG files next to it. Sections:
    which method wrote it, never imports the training code and never reads
    ``checkpoints/last.ckpt``). Every file is read weights only
    (:func:`contrastmix.runs.load_state_file`) and loaded strictly:
-
    * query ``q``: online backbone (``backbone.pt``) + the listed ``projector`` (built from the
      recipe's ``model`` section by :func:`contrastmix.models.build_projector`) on view 1;
    * key ``k``: the listed ``key_encoder`` (a momentum encoder with the architecture of
@@ -88,7 +87,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix._validation import check_same_length, check_tensor
-from contrastmix.rundir import ARTIFACTS_FILE, RunArtifacts
+from contrastmix.data.registry import build_data
+from contrastmix.errors import ContrastmixError, RunDirError
+from contrastmix.eval.collapse import neural_collapse
+from contrastmix.eval.geometry import alignment, effective_rank, uniformity
+from contrastmix.eval.knn import knn_accuracy
+from contrastmix.eval.ordering import distance_spearman
+from contrastmix.eval.probe import linear_probe
+from contrastmix.mixing.mochi import mochi_negatives
+from contrastmix.models.build import build_projector
+from contrastmix.rundir import ARTIFACTS_FILE, RunArtifacts, read_artifacts
+from contrastmix.runs import (
+    extract_run_features,
+    load_backbone,
+    load_run,
+    load_state_file,
+    resolve_device,
+)
 
 __all__ = [
     "write_report",
@@ -227,8 +242,6 @@ def batch_similarities(
                 sims.new_empty(0)
             )
         if mochi is not None:
-            from contrastmix.mixing.mochi import mochi_negatives
-
             if queue is None or queue.shape[0] == 0:
                 raise ValueError("`mochi` needs a non-empty `queue` to mix")
             n_hard, s_mix, s_qmix = mochi
@@ -615,8 +628,6 @@ def _probe_section(ctx: _Context, probe: dict[str, Any] | None, reliability: Pat
 
 
 def _run_probe(ctx: _Context) -> tuple[dict[str, Any], Path | None]:
-    from contrastmix.eval.probe import linear_probe
-
     f = ctx.feats
     assert f is not None
     data = f["data"]
@@ -635,7 +646,6 @@ def _run_probe(ctx: _Context) -> tuple[dict[str, Any], Path | None]:
 
 def _metrics_rows(ctx: _Context, probe: dict[str, Any] | None) -> None:
     """Fill ``ctx.metrics`` with the probe, kNN and geometry rows of the test features."""
-    from contrastmix.eval.geometry import effective_rank, uniformity
 
     f = ctx.feats
     assert f is not None
@@ -655,15 +665,11 @@ def _metrics_rows(ctx: _Context, probe: dict[str, Any] | None) -> None:
                 m.append((f"linear probe MAE ({g})", _fmt(res["mae"]), f"n = {res['n']}"))
     tr_x, tr_y, te_x, te_y = f["train_x"], f["train_y"], f["test_x"], f["test_y"]
     if ctx.task == "classification":
-        from contrastmix.eval.knn import knn_accuracy
-
         k, t = ctx.cfg.eval.knn_k, ctx.cfg.eval.knn_temperature
         with _step(ctx, f"weighted kNN (k={k}, tau={t})"):
             acc = knn_accuracy(tr_x, tr_y, te_x, te_y, k=k, temperature=t)
         m.append(("kNN accuracy", _fmt(acc), f"k = {min(k, len(tr_x))}, tau = {t}"))
     else:
-        from contrastmix.eval.ordering import distance_spearman
-
         rho = distance_spearman(te_x, te_y, max_samples=min(1000, ctx.max_points),
                                 seed=ctx.seed)
         m.append(("distance Spearman rho", _fmt(rho),
@@ -677,8 +683,6 @@ def _metrics_rows(ctx: _Context, probe: dict[str, Any] | None) -> None:
     m.append(("effective rank (backbone)", _fmt(float(effective_rank(te_x))),
               f"RankMe, of at most min(N, d) = {min(te_x.shape)}"))
     if ctx.task == "classification":
-        from contrastmix.eval.collapse import neural_collapse
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nc = neural_collapse(te_x, te_y)
@@ -792,8 +796,6 @@ def _call_augment(aug: Callable[..., Tensor], x: Tensor, gen: torch.Generator) -
 def _load_listed(ctx: _Context, name: str, what: str, sec: _Section) -> dict[str, Any] | None:
     """A file listed in ``artifacts.json``, read weights only; ``None`` (and a note saying
     why) when it cannot be read."""
-    from contrastmix.errors import ContrastmixError
-    from contrastmix.runs import load_state_file
 
     path = ctx.run_dir / name
     if not path.is_file():
@@ -840,10 +842,6 @@ def _synthetic_spec(spec: Any, sec: _Section) -> tuple[tuple[int, int, int], int
 
 
 def _section_similarities(ctx: _Context) -> _Section:
-    from contrastmix.eval.geometry import alignment, uniformity
-    from contrastmix.models.build import build_projector
-    from contrastmix.runs import load_backbone
-
     sec = _Section("similarities", "Positive and negative similarities")
     data = ctx.feats["data"] if ctx.feats else ctx.data
     cfg = ctx.cfg
@@ -1012,7 +1010,6 @@ def _epochs_trained(run_dir: Path) -> int | None:
 
 def _geometry_values(x: Tensor, y: Tensor, max_points: int, seed: int) -> dict[str, float]:
     """Uniformity, effective rank and (integer labels, >= 2 classes) NC1/NC2 of ``x``."""
-    from contrastmix.eval.geometry import effective_rank, uniformity
 
     vals: dict[str, float] = {}
     if x.shape[0] >= 2:
@@ -1022,8 +1019,6 @@ def _geometry_values(x: Tensor, y: Tensor, max_points: int, seed: int) -> dict[s
         vals["effective rank"] = float(effective_rank(x))
     integer = not (y.is_floating_point() or y.is_complex()) and y.ndim == 1
     if integer and torch.unique(y).numel() >= 2:
-        from contrastmix.eval.collapse import neural_collapse
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             nc = neural_collapse(x, y)
@@ -1177,10 +1172,6 @@ def write_report(
         ContrastmixError: a ``device`` that is unknown or not available.
         ValueError: ``max_points < 4``.
     """
-    from contrastmix.data.registry import build_data
-    from contrastmix.errors import RunDirError
-    from contrastmix.rundir import read_artifacts
-    from contrastmix.runs import extract_run_features, load_run, resolve_device
 
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 4:
         raise ValueError(f"`max_points` must be an int >= 4, got {max_points!r}")

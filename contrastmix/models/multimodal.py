@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix._validation import check_same_length
+from contrastmix.models.build import build_backbone
 
 __all__ = [
     "TwoTower", "M3CoLModel", "M3CoLOutput", "MLPHead", "MODALITIES", "SIGNAL_BACKBONES",
@@ -301,8 +302,6 @@ class M3CoLModel(nn.Module):
 
 
 def _image_encoder(model_cfg: Mapping[str, Any], in_channels: int) -> nn.Module:
-    from contrastmix.models.build import build_backbone
-
     return build_backbone(model_cfg["backbone"], in_channels=int(in_channels),
                           width=int(model_cfg["width"]),
                           cifar_stem=bool(model_cfg.get("cifar_stem", False)))
@@ -382,7 +381,6 @@ def build_fusion(
     Raises:
         ValueError: unknown or repeated modalities, no ``image``, an unknown signal backbone.
     """
-    from contrastmix.models.build import build_backbone
 
     mods = list(modalities)
     if any(m not in MODALITIES for m in mods) or len(set(mods)) != len(mods):

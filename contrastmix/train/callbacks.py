@@ -8,6 +8,9 @@ from typing import Any
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader, Dataset
 
+from contrastmix.eval.knn import knn_predict
+from contrastmix.eval.probe import extract_features
+
 __all__ = ["OnlineKNN"]
 
 
@@ -45,8 +48,6 @@ class OnlineKNN(pl.Callback):
         last = trainer.max_epochs is not None and epoch >= trainer.max_epochs
         if epoch % self.every and not last:
             return
-        from contrastmix.eval.knn import knn_predict
-        from contrastmix.eval.probe import extract_features
 
         backbone = pl_module.backbone  # type: ignore[attr-defined]
         xtr, ytr = extract_features(backbone, self._loader(self.train), pl_module.device)
