@@ -19,6 +19,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="contrastmix",
         description="Contrastive representation learning with mixup: pretrain, probe, report.",
     )
+    from contrastmix import __version__
+
+    p.add_argument("--version", action="version", version=f"contrastmix {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="train a recipe and write a run directory")
@@ -50,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write report.html with figures for a run")
     rp.add_argument("run", help="run directory")
     rp.add_argument("--out", default=None, help="output directory (default RUN/report)")
+    rp.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+
+    ls = sub.add_parser("list", help="list the bundled recipes, methods, datasets and backbones")
+    ls.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="import a module first (its registered methods etc. are listed too)")
     return p
 
 
@@ -172,8 +180,21 @@ def _probe_lines(res: dict) -> list[str]:
 def _report(args: argparse.Namespace) -> int:
     from contrastmix.eval.report import write_report
 
-    path = write_report(args.run, args.out)
+    path = write_report(args.run, args.out, device=args.device)
     print(f"report: {path}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from contrastmix.data.registry import datasets
+    from contrastmix.methods import METHODS
+    from contrastmix.models.build import backbones
+    from contrastmix.recipe import bundled_recipes
+
+    _import_user_modules(args.imports)
+    for title, names in (("recipes", bundled_recipes()), ("methods", sorted(METHODS)),
+                         ("datasets", datasets()), ("backbones", backbones())):
+        print(f"{title}: {', '.join(names)}")
     return 0
 
 
@@ -182,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from contrastmix.errors import ContrastmixError
 
     args = _parser().parse_args(argv)
-    handler = {"pretrain": _pretrain, "probe": _probe, "report": _report}[args.command]
+    handler = {"pretrain": _pretrain, "probe": _probe, "report": _report,
+               "list": _list}[args.command]
     try:
         return handler(args)
     except ContrastmixError as e:

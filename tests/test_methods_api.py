@@ -156,3 +156,20 @@ def test_unknown_backbone_is_one_line() -> None:
 
     with pytest.raises(ValueError, match="unknown backbone 'vit'; choose one of cnn1d"):
         build_backbone("vit")
+
+
+def test_cli_version_and_list(capsys: pytest.CaptureFixture[str]) -> None:
+    from contrastmix import __version__
+    from contrastmix.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"contrastmix {__version__}"
+    assert main(["list"]) == 0
+    out = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert set(out) == {"recipes", "methods", "datasets", "backbones"}
+    assert "moco_mnist1d" in out["recipes"].split(", ")
+    assert out["methods"].split(", ") == sorted(METHODS)
+    assert "mnist1d" in out["datasets"].split(", ") and "cnn1d" in out["backbones"].split(", ")
+    assert main(["list", "--import", str(ROOT / "examples" / "my_method.py")]) == 0
+    assert "my_simclr" in capsys.readouterr().out
