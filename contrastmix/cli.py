@@ -75,10 +75,12 @@ def _import_user_modules(names: list[str]) -> None:
             if name.endswith(".py"):
                 if not path.is_file():
                     raise ContrastmixError(f"--import {name}: no such file")
-                spec = importlib.util.spec_from_file_location(path.stem, path)
+                # its own module name: a file called json.py must not replace the json module
+                mod_name = path.stem if path.stem not in sys.modules else f"_user_{path.stem}"
+                spec = importlib.util.spec_from_file_location(mod_name, path)
                 assert spec is not None and spec.loader is not None
                 module = importlib.util.module_from_spec(spec)
-                sys.modules[path.stem] = module
+                sys.modules[mod_name] = module
                 spec.loader.exec_module(module)
             else:
                 if "" not in sys.path and str(Path.cwd()) not in sys.path:

@@ -36,7 +36,7 @@ from contrastmix.models.build import build_backbone, build_projector
 from contrastmix.rundir import RunArtifacts, run_paths, write_artifacts
 from contrastmix.train.optim import build_optimizer
 
-__all__ = ["MethodConfig", "Method", "SeededGenerators", "require"]
+__all__ = ["MethodConfig", "Method", "SeededGenerators", "require", "save_state"]
 
 
 def require(ok: bool, key: str, value: Any, want: str) -> None:
