@@ -103,8 +103,10 @@ class ImageAugConfig:
 class DataConfig:
     """Dataset, loader and augmentation settings."""
 
-    name: str = "mnist1d"  # mnist1d | digits | cifar10 | cifar100 | imagefolder
+    name: str = "mnist1d"  # see `contrastmix list` (datasets)
     root: str | None = None
+    path: str | None = None  # the user's file: table (CSV) / arrays (.npz)
+    target: str | None = None  # table: name of the target column
     download: bool = False
     seed: int = 42  # generator seed (mnist1d) / split seed (digits)
     pool_seeds: list[int] = field(default_factory=list)  # extra unlabelled mnist1d pool

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from contrastmix._validation import NonFiniteError
 from contrastmix.data.registry import build_data
-from contrastmix.errors import EmbeddingError
+from contrastmix.errors import DatasetError, EmbeddingError
 from contrastmix.eval.collapse import neural_collapse
 from contrastmix.eval.geometry import effective_rank, uniformity
 from contrastmix.eval.knn import knn_predict
@@ -52,6 +52,8 @@ def _probe_run(
     cfg = load_run(run_dir)
 
     bundle = build_data(cfg.data)
+    if bundle.extras and bundle.extras.get("unlabelled"):  # e.g. `arrays` without `y`
+        raise DatasetError(f"cannot probe {run_dir}: {bundle.extras['unlabelled']}")
     if bundle.task == "multimodal":  # retrieval, zero-shot, gap, fusion heads
         return probe_multimodal_run(run_dir, cfg, device)
     f = extract_run_features(run_dir, device, cfg=cfg, data=bundle)

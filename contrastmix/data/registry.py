@@ -24,6 +24,7 @@ from contrastmix.data.bundles_regression import (
     build_mnist1d_reg,
     build_rotated_digits,
 )
+from contrastmix.data.bundles_user import build_arrays, build_table
 from contrastmix.errors import DatasetError
 
 __all__ = ["TensorIndexDataset", "DataBundle", "build_data", "register_dataset", "datasets",
@@ -41,6 +42,8 @@ DATASETS: dict[str, Callable[[Any], DataBundle]] = {
     "diabetes": build_diabetes,
     "digits-captions": build_digits_captions,
     "digits-tri": build_digits_tri,
+    "table": build_table,
+    "arrays": build_arrays,
 }
 
 

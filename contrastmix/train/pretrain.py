@@ -265,7 +265,9 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
         SaveOnInterrupt(str(paths["last"])),
         LearningRateMonitor(logging_interval="epoch"),
     ]
-    if data.task == "classification" and cfg.eval.knn_every_n_epochs > 0:
+    # num_classes 0: unlabelled classification data (e.g. `arrays` without `y`), no kNN monitor
+    labelled = data.task == "classification" and data.num_classes > 0
+    if labelled and cfg.eval.knn_every_n_epochs > 0:
         with _recipe_values("eval"):
             callbacks.append(
                 OnlineKNN(
