@@ -11,7 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "world_size", "rank", "gather_no_grad", "gather_with_grad"]
+__all__ = [
+    "is_distributed", "world_size", "rank", "gather_no_grad", "gather_with_grad",
+    "broadcast_buffers",
+]
 
 
 def is_distributed() -> bool:
@@ -56,6 +59,20 @@ def gather_no_grad(x: Tensor) -> Tensor:
     out = [torch.empty_like(x) for _ in range(ws)]
     dist.all_gather(out, x.contiguous())
     return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)], dim=0)
+
+
+@torch.no_grad()
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy every buffer of ``module`` (e.g. BatchNorm running statistics) from rank ``src``.
+
+    DDP does this before each forward of the wrapped model; a forward outside the wrapper (an
+    evaluation of the bare backbone) must do it itself, or each rank uses the statistics of its
+    own last batches. A no-op when not distributed.
+    """
+    if not is_distributed():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf, src)
 
 
 def gather_with_grad(x: Tensor) -> Tensor:
