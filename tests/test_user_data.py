@@ -18,6 +18,7 @@ from contrastmix.cli import main
 from contrastmix.data.bundles_user import build_arrays, build_table
 from contrastmix.data.registry import DATASETS
 from contrastmix.errors import DatasetError
+from contrastmix.rundir import read_run_config
 
 TINY = [
     "trainer.num_threads=1", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
@@ -270,3 +271,22 @@ def test_arrays_pretrain_probe_and_unlabelled(tmp_path: Path,
                  f"data.path={u}", "method.queue_size=64", *TINY]) == 0
     line = _error(capsys, ["probe", str(tmp_path / "run3")])
     assert str(u) in line and "no array 'y'" in line and "evaluation needs them" in line
+
+
+def test_a_relative_data_path_is_stored_absolute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pretrain from the data's folder with a relative path; probe from anywhere else."""
+    data_dir, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    data_dir.mkdir()
+    elsewhere.mkdir()
+    _write_csv(data_dir / "t.csv")
+    run = tmp_path / "run"
+    monkeypatch.chdir(data_dir)
+    assert main(["pretrain", "l1_table", "--out", str(run), "--set", "data.path=t.csv",
+                 "data.target=y", *TINY]) == 0
+    assert Path(read_run_config(run).data.path) == data_dir / "t.csv"
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["probe", str(run), "--json"]) == 0
+    assert "mae" in json.loads(capsys.readouterr().out)

@@ -41,7 +41,19 @@ def build_method(cfg: dict[str, Any], data: DataBundle) -> Method:
 # silently win over new ones) and the steps per epoch. trainer and eval settings may change
 # (e.g. more epochs), and so may the keys in _RESUME_FREE (where the data lives, loader).
 _RESUME_FIXED = ("method", "model", "optim", "data")
-_RESUME_FREE = ("data.num_workers", "data.eval_batch_size", "data.root", "data.download")
+_RESUME_FREE = ("data.num_workers", "data.eval_batch_size", "data.root", "data.path",
+                "data.download")
+
+
+def _absolute_data_paths(cfg: DictConfig) -> DictConfig:
+    """A copy of ``cfg`` whose ``data.root`` / ``data.path`` are absolute, so that the run's
+    ``config.yaml`` still finds the data when ``probe`` or ``report`` run from another folder."""
+    out = cfg.copy()
+    for key in ("root", "path"):
+        value = out.data.get(key)
+        if value:
+            out.data[key] = str(Path(value).expanduser().absolute())
+    return out
 
 
 def _differences(saved: Any, now: Any, prefix: str) -> list[str]:
@@ -220,6 +232,7 @@ def pretrain(
             rejects when built (e.g. ``trainer.precision=17``).
     """
     _check_trainer(cfg)
+    cfg = _absolute_data_paths(cfg)
     run_dir = Path(out if out is not None else Path("runs") / cfg.name)
     paths = run_paths(run_dir)
     ckpt_path: str | None = None
