@@ -113,7 +113,7 @@ def build_timm(name: str, *, in_channels: int, cifar_stem: bool) -> nn.Module:
     if cifar_stem:
         _check_cifar_stem(net, f"timm model {name!r}")
         apply_cifar_stem(net)
-    net.output_dim = int(net.num_features)
+    net.output_dim = int(net.num_features)  # type: ignore[assignment,arg-type]
     return net
 
 
