@@ -124,9 +124,10 @@ class DataConfig:
 class ModelConfig:
     """Backbone and projector head."""
 
-    backbone: str = "cnn1d"  # cnn1d | cnn2d | resnet18 | resnet50
+    backbone: str = "cnn1d"  # cnn1d | cnn2d | resnet18 | resnet50 | timm:NAME | torchvision:NAME
     width: int = 32
     cifar_stem: bool = False
+    weights: str | None = None  # state_dict file the backbone starts from (weights only, strict)
     proj_hidden_dim: int = 512
     proj_output_dim: int = 128
     proj_batch_norm: bool = False

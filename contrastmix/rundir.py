@@ -94,6 +94,9 @@ class RunArtifacts:
             ``[{"epoch": 10, "label": "mixing starts", "metrics": ["proxy_acc"]}]``.
         expected_metrics: Logged metrics the report should name when missing.
         files: Further files (name -> description), e.g. a classifier's weights.
+        backbone: How to rebuild the module of ``backbone.pt`` beyond ``config.yaml``:
+            ``{"in_channels": N}`` (the data's channels / tabular features), or ``None`` (a
+            run written before runs recorded it: the data bundle says).
     """
 
     projector: str | None = None
@@ -103,6 +106,7 @@ class RunArtifacts:
     curve_markers: list[dict[str, Any]] = field(default_factory=list)
     expected_metrics: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    backbone: dict[str, Any] | None = None
 
 
 def write_artifacts(run_dir: str | Path, artifacts: RunArtifacts) -> Path:

@@ -6,8 +6,6 @@ Used by ``contrastmix probe`` and ``contrastmix report``. Loading never unpickle
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +14,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
+from contrastmix._state import load_state_file, load_strict
 from contrastmix._validation import check_finite
 from contrastmix.data.registry import build_data
-from contrastmix.errors import CheckpointError, ContrastmixError, RunDirError
+from contrastmix.errors import ContrastmixError, RunDirError
 from contrastmix.eval.probe import extract_features
 from contrastmix.models.build import build_backbone
-from contrastmix.rundir import read_run_config, run_paths
+from contrastmix.rundir import read_artifacts, read_run_config, run_paths
 
 __all__ = [
     "load_run", "load_backbone", "extract_run_features", "resolve_device", "load_state_file",
@@ -59,50 +58,45 @@ def load_run(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_state_file(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
-    """A ``state_dict`` file read with ``torch.load(..., weights_only=True)``.
+def load_backbone(
+    run_dir: str | Path, cfg: DictConfig | None = None, in_channels: int | None = None,
+) -> nn.Module:
+    """The run's trained backbone, in eval mode: ``contrastmix.load_backbone(RUN_DIR)``.
+
+    Builds the recipe's ``model.backbone`` (never its ``model.weights``: the run's own weights
+    replace them) and loads ``backbone.pt`` strictly, weights only. For a ``timm:`` or
+    ``torchvision:`` backbone the module is the library's own model (see
+    :mod:`contrastmix.models.external`).
 
     Args:
-        path: The file.
-        mmap: Map the tensors instead of reading them (for a caller that only looks at the
-            file's small entries, e.g. a checkpoint's hyper-parameters).
+        run_dir: A finished run directory.
+        cfg: Its recipe, when already read (default: its ``config.yaml``).
+        in_channels: The data's channels (tabular: features); default what the run recorded
+            in ``artifacts.json``, or for an older run, the channels of its data bundle.
+
+    Returns:
+        The backbone, mapping a batch of the run's inputs to ``[B, output_dim]`` features.
 
     Raises:
-        CheckpointError: the file cannot be read or does not hold a dict.
+        RunDirError: not a finished run, or a ``config.yaml`` whose backbone no longer builds.
+        CheckpointError: ``backbone.pt`` cannot be read or does not match the backbone.
     """
-    # torch maps only its zip format; any other file is read, so that it gets the errors below
-    mmap = mmap and zipfile.is_zipfile(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False: never for a file a user hands in
-        raise CheckpointError(
-            f"cannot read {path}: not a weights-only torch file (corrupt, truncated, or it "
-            "holds pickled objects other than tensors, which are never loaded)") from None
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"cannot read {path}: {type(e).__name__}: {first}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} does not hold a state_dict")
-    return state
-
-
-def load_backbone(run_dir: str | Path, cfg: DictConfig, in_channels: int) -> nn.Module:
-    """Build the recipe's backbone and load ``backbone.pt`` strictly (weights only)."""
-    path = run_paths(run_dir)["backbone"]
-    state = load_state_file(path)
+    cfg = load_run(run_dir) if cfg is None else cfg
+    if in_channels is None:
+        recorded = read_artifacts(run_dir).backbone or {}
+        in_channels = recorded.get("in_channels")
+        if not isinstance(in_channels, int):
+            in_channels = build_data(cfg.data).in_channels  # a run that did not record it
     m = cfg.model
-    net = build_backbone(
-        m.backbone, in_channels=in_channels, width=m.width, cifar_stem=m.cifar_stem
-    )
     try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CheckpointError(
-            f"{path} does not match the recipe's backbone '{m.backbone}' (width {m.width}): "
-            f"{first}"
-        ) from None
+        net = build_backbone(m.backbone, in_channels=int(in_channels), width=m.width,
+                             cifar_stem=m.cifar_stem)
+    except ContrastmixError:
+        raise
+    except ValueError as e:
+        raise RunDirError(f"{run_dir}: the recipe's backbone does not build: {e}") from None
+    load_strict(net, run_paths(run_dir)["backbone"],
+                f"recipe's backbone '{m.backbone}' (width {m.width})")
     return net.eval()
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from contrastmix._state import load_strict
 from contrastmix.data.registry import DataBundle
 from contrastmix.methods.base import Method, require
 from contrastmix.models.multimodal import (
@@ -96,7 +97,12 @@ class MultimodalMethod(Method):
         self.spec = self.architecture(data)
         # a TwoTower or an M3CoLModel, as the subclass's architecture says
         self.model: Any = build_multimodal(self.spec, self.cfg["model"])
-        return image_encoder_of(self.model)[0]
+        encoder = image_encoder_of(self.model)[0]
+        weights = self.cfg["model"].get("weights")
+        if weights is not None:  # the image encoder starts from them (evaluation never reads)
+            load_strict(encoder, weights, f"backbone {self.cfg['model']['backbone']!r} "
+                        "(model.weights)")
+        return encoder
 
     def learnable_modules(self) -> list[nn.Module]:
         return [self.model]

@@ -159,7 +159,7 @@ class Method(pl.LightningModule):
         """The recipe's backbone (override for models that hold their encoder elsewhere)."""
         mc = self.cfg["model"]
         return build_backbone(mc["backbone"], in_channels=data.in_channels, width=mc["width"],
-                              cifar_stem=mc["cifar_stem"])
+                              cifar_stem=mc["cifar_stem"], weights=mc.get("weights"))
 
     def learnable_modules(self) -> list[nn.Module]:
         """The modules the optimiser trains (default: backbone and projector)."""
@@ -210,7 +210,10 @@ class Method(pl.LightningModule):
         run_dir = Path(run_dir)
         state = {k: v.detach().cpu() for k, v in self.backbone.state_dict().items()}
         torch.save(state, run_paths(run_dir)["backbone"])
-        write_artifacts(run_dir, self.export_artifacts(run_dir))
+        art = self.export_artifacts(run_dir)
+        # what contrastmix.load_backbone needs beyond config.yaml to rebuild backbone.pt's module
+        art.backbone = {"in_channels": int(self.hparams["in_channels"])}
+        write_artifacts(run_dir, art)
 
     def export_artifacts(self, run_dir: Path) -> RunArtifacts:
         """Save what evaluation may use beyond the backbone; list it in the returned

@@ -7,6 +7,7 @@ from contrastmix.models.build import (
 )
 from contrastmix.models.cnn1d import SignalCNN1d
 from contrastmix.models.cnn2d import SmallCNN2d
+from contrastmix.models.external import apply_cifar_stem
 from contrastmix.models.mlp import MLPEncoder
 from contrastmix.models.momentum import MomentumEncoder
 from contrastmix.models.multimodal import M3CoLModel, TwoTower
@@ -14,7 +15,7 @@ from contrastmix.models.resnet import ResNetBackbone
 from contrastmix.models.text import MiniLMTextEncoder
 
 __all__ = [
-    "build_backbone", "build_projector", "register_backbone", "SignalCNN1d", "SmallCNN2d",
-    "ResNetBackbone",
+    "build_backbone", "build_projector", "register_backbone", "apply_cifar_stem",
+    "SignalCNN1d", "SmallCNN2d", "ResNetBackbone",
     "MLPEncoder", "MomentumEncoder", "MiniLMTextEncoder", "TwoTower", "M3CoLModel",
 ]
