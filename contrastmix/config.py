@@ -5,22 +5,28 @@ dataclass of its method when the caller passes the lookup (:mod:`contrastmix.rec
 the method registry; this module never imports the methods). Unknown
 keys, wrong types, out-of-range values of the shared sections (``trainer``, ``optim``,
 ``data``, ``model``, ``eval``) and missing files raise :class:`~contrastmix.errors.RecipeError`
-with one line naming the problem. YAML is read with ``yaml.safe_load`` and overrides ``a.b=c``
-are parsed as YAML scalars — nothing from a config is ever evaluated as code.
+with one line naming the problem. YAML is read with a ``yaml.SafeLoader`` that also refuses
+aliases (:func:`load_yaml_file`; files of at most 1 MiB) and overrides ``a.b=c`` are parsed as
+YAML scalars with the same loader — nothing from a config is ever evaluated as code. Every
+float must be finite, ``${...}`` interpolations (which could read environment variables) are
+refused, and ``name`` must be one safe path component (it names ``runs/<name>``).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from contrastmix.errors import RecipeError
+from contrastmix.errors import ContrastmixError, RecipeError
 
 __all__ = [
     "RecipeConfig",
@@ -32,7 +38,65 @@ __all__ = [
     "apply_overrides",
     "OPTIMIZERS",
     "SCHEDULERS",
+    "MAX_YAML_BYTES",
+    "load_yaml_file",
 ]
+
+#: Largest recipe / ``config.yaml`` read (bytes).
+MAX_YAML_BYTES = 1 << 20
+
+
+class _AliasFound(Exception):
+    def __init__(self, anchor: str) -> None:
+        super().__init__(anchor)
+        self.anchor = anchor
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses every alias (``*name``): a few hundred bytes of nested
+    aliases expand to gigabytes once OmegaConf copies them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasFound(str(self.peek_event().anchor))
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str, what: str, error: type[ContrastmixError] = RecipeError) -> Any:
+    """Parse YAML with :class:`_NoAliasLoader`; ``yaml.YAMLError`` is left to the caller."""
+    loader = _NoAliasLoader(text)
+    try:
+        return loader.get_single_data()
+    except _AliasFound as e:
+        raise error(
+            f"{what} uses YAML aliases (*{e.anchor}), which are not allowed"
+        ) from None
+    except RecursionError:
+        raise error(f"{what} is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: Path, what: str, error: type[ContrastmixError] = RecipeError) -> Any:
+    """Read a YAML file of at most :data:`MAX_YAML_BYTES`, refusing aliases and Python tags.
+
+    Args:
+        path: The file.
+        what: How messages name it (``"recipe a.yaml"``).
+        error: The error class raised.
+
+    Raises:
+        error: a file that is too large, not UTF-8 text, aliased or nested too deeply.
+        yaml.YAMLError: malformed YAML (the caller words it).
+    """
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise error(f"{what} is too large ({size} bytes; at most {MAX_YAML_BYTES} bytes)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} is not UTF-8 text") from None
+    return _load_yaml(text, what, error)
 
 
 
@@ -220,7 +284,7 @@ def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not key:
             raise RecipeError(f"override has an empty key: '{item}'")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw, f"override '{item}'") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         out[key] = value
@@ -252,10 +316,20 @@ def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
 
 
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _safe_name() -> tuple[Callable[[Any], bool], str]:
+    """A run name is the folder ``runs/<name>``: one path component, never ``.`` / ``..``."""
+    ok = lambda v: isinstance(v, str) and v not in (".", "..") and bool(_NAME.fullmatch(v))  # noqa: E731
+    return ok, "one path component of letters, digits, '.', '_', '-'"
+
+
 # Values of the shared sections that nothing checks before training would start (or that
 # torch accepts and then diverges on, like SGD momentum 2). The method sections are checked
 # by their losses and modules when ``pretrain`` builds them.
 _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "name": _safe_name(),
     "trainer.max_epochs": _at_least(1),
     "trainer.num_nodes": _at_least(1),
     "trainer.log_every_n_steps": _at_least(1),
@@ -282,6 +356,30 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.probe_val_fraction": ((lambda v: 0 < v < 1), "in (0, 1)"),
     "eval.probe_max_iter": _at_least(1),
 }
+
+
+def _check_leaves(node: Any, prefix: str, infinite_ok: frozenset[str] = frozenset()) -> None:
+    """Refuse ``${...}`` interpolations and non-finite floats anywhere under ``node``
+    (``+inf`` only for the keys in ``infinite_ok``, e.g. a method's "no limit" setting)."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for k in keys:
+        key = f"{prefix}.{k}" if isinstance(node, DictConfig) else f"{prefix}[{k}]"
+        key = key.lstrip(".")
+        child = node._get_node(k)
+        if OmegaConf.is_interpolation(node, k):
+            raise RecipeError(
+                f"recipe key '{key}' uses an interpolation ({child._value()}), which is not "
+                "allowed: write the value itself"
+            )
+        if isinstance(child, (DictConfig, ListConfig)):
+            if not child._is_none() and not child._is_missing():
+                _check_leaves(child, key, infinite_ok)
+            continue
+        value = child._value()
+        if value == math.inf and key in infinite_ok:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"invalid value for recipe key '{key}': {value} (must be finite)")
 
 
 def _check_values(cfg: DictConfig) -> None:
@@ -314,6 +412,13 @@ def apply_overrides(
     name = (ov.get("method") or {}).get("name", method.get("name"))
     cfg = _merge(_base_for(name, method_schema), raw)
     cfg = _merge(cfg, ov)
+    # before anything reads a value (an interpolation would resolve)
+    if method_schema is not None:
+        inf_ok = getattr(OmegaConf.get_type(cfg, "method"), "infinite_ok", ())
+        allowed = frozenset(f"method.{k}" for k in inf_ok)
+    else:  # a run's config.yaml: its method section was checked against its schema at start
+        allowed = frozenset(f"method.{k}" for k in cfg.method.keys())
+    _check_leaves(cfg, "", allowed)
     _check_values(cfg)
     if method_schema is not None:
         _check_method(cfg)

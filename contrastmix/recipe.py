@@ -73,12 +73,17 @@ def load_recipe(recipe: str | Path, overrides: list[str] | None = None) -> DictC
         The validated config (struct mode: unknown keys raise).
 
     Raises:
-        RecipeError: missing file, malformed YAML, unknown key or method, wrong or
-            out-of-range value (the method's own checks included).
+        RecipeError: missing file, file over 1 MiB, malformed YAML, YAML aliases, unknown
+            key or method, wrong, out-of-range or non-finite value (the method's own checks
+            included), a ``${...}`` interpolation, or a ``name`` that is not one safe path
+            component.
     """
     path = find_recipe(recipe)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = config.load_yaml_file(path, f"recipe {path}")
     except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        detail = f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}"  # one line
+        raise RecipeError(f"recipe {path} is not valid YAML: {detail}") from None
     return apply_overrides(raw or {}, overrides)

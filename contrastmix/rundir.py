@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from contrastmix.config import apply_overrides
+from contrastmix.config import apply_overrides, load_yaml_file
 from contrastmix.errors import RunDirError
 
 __all__ = ["run_paths", "read_run_config", "RunArtifacts", "read_artifacts", "write_artifacts",
@@ -67,7 +67,7 @@ def read_run_config(run_dir: str | Path) -> DictConfig:
     if not p.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (no config.yaml)")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml_file(p, str(p), RunDirError)  # bounded size, no aliases
     except yaml.YAMLError as e:
         first = str(e).strip().splitlines()[0]
         raise RunDirError(f"{p} is not valid YAML ({first}); was it edited?") from None

@@ -92,8 +92,8 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
 
 
 def test_override_values_are_not_evaluated() -> None:
-    cfg = load_recipe("moco_mnist1d", ["name=__import__('os').getcwd()"])
-    assert cfg.name == "__import__('os').getcwd()"
+    cfg = load_recipe("moco_mnist1d", ["data.root=__import__('os').getcwd()"])
+    assert cfg.data.root == "__import__('os').getcwd()"
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,9 @@ class MethodConfig:
     """
 
     name: str = ""
+    #: Float keys for which ``.inf`` is a meaningful setting (e.g. "no limit"); every other
+    #: float of a recipe must be finite (checked when it loads, before :meth:`check`).
+    infinite_ok: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         self.check()

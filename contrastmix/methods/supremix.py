@@ -14,6 +14,7 @@ sees the gathered global batch) and saved in the checkpoint.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from torch import Tensor, nn
 
@@ -53,6 +54,7 @@ class SupReMixConfig(MethodConfig):
     hard_positives: bool = True
     distance_weighting: bool = True
     label_scale: float = 1.0
+    infinite_ok: ClassVar[tuple[str, ...]] = ("window",)
 
     def check(self) -> None:
         require(self.temperature > 0, "temperature", self.temperature, "> 0")

@@ -30,11 +30,12 @@ _TINY = 1e-300  # smallest uniform used inside a log (torch.rand may return exac
 
 
 def _check_concentration(name: str, value: float) -> float:
+    # finiteness first: a NaN or infinite concentration must never reach the Gamma kernel
+    # (its rejection loop never accepts a draw)
+    if not math.isfinite(float(value)):
+        raise ValueError(f"`{name}` must be finite, got {float(value)}")
     check_positive(name, value)
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite, got {value}")
-    return value
+    return float(value)
 
 
 def _log_gamma(

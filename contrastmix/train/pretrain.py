@@ -126,6 +126,22 @@ def _limit(value: float) -> float | int | None:
     return int(value) if value > 1 else float(value)
 
 
+def _check_steps(cfg: DictConfig, n_samples: int, n_batches: int) -> None:
+    """Refuse a run that would train zero steps per epoch (before anything is written)."""
+    if n_batches == 0:
+        hint = "; set data.drop_last=false or a smaller batch" if cfg.data.drop_last else ""
+        raise RecipeError(
+            f"data.batch_size={cfg.data.batch_size} is larger than the dataset "
+            f"({n_samples} samples): an epoch would train zero steps{hint}"
+        )
+    limit = _limit(cfg.trainer.limit_train_batches)
+    if isinstance(limit, float) and int(n_batches * limit) == 0:
+        raise RecipeError(
+            f"trainer.limit_train_batches={limit} of {n_batches} batches is zero steps per "
+            "epoch; raise it or lower data.batch_size"
+        )
+
+
 class _NoTips(logging.Filter):
     """Drop Lightning's advertising tips and its note on estimating the schedule's length."""
 
@@ -265,6 +281,7 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
             num_workers=cfg.data.num_workers, drop_last=cfg.data.drop_last,
             collate_fn=data.collate_fn, persistent_workers=cfg.data.num_workers > 0,
         )
+    _check_steps(cfg, len(data.pretrain), len(loader))
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     with _recipe_values("method and model"):
@@ -307,7 +324,7 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
     # only a recipe that built is written down
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_rank0:
-        paths["config"].write_text(OmegaConf.to_yaml(cfg))
+        paths["config"].write_text(OmegaConf.to_yaml(cfg, resolve=True))
     start = time.time()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
     wall = time.time() - start
