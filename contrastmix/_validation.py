@@ -43,6 +43,9 @@ __all__ = [
     "check_finite",
     "check_same_length",
     "check_unit_norm",
+    "unit_norm_atol",
+    "UNIT_NORM_ATOL",
+    "UNIT_NORM_ATOL_LOW_PRECISION",
     "check_positive",
     "check_features",
     "check_sample_ids",
@@ -167,11 +170,38 @@ def check_same_length(**tensors: Tensor | None) -> int:
     return int(n0)
 
 
-def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor | None:
+#: Default :func:`check_unit_norm` tolerance for fp32 / fp64 rows.
+UNIT_NORM_ATOL = 1e-3
+#: Default tolerance for fp16 / bf16 rows: bf16 keeps 8 significant bits (eps ``2**-7``), so
+#: rounding each entry of a unit vector, or normalising it in bf16, moves its norm by up to a
+#: few ``1e-3`` (measured ~3.5e-3 in bf16-mixed training); ``2e-2`` is ~2.5 bf16 eps and still
+#: rejects rows that were never normalised.
+UNIT_NORM_ATOL_LOW_PRECISION = 2e-2
+
+
+def unit_norm_atol(dtype: torch.dtype) -> float:
+    """The default :func:`check_unit_norm` tolerance for rows stored in ``dtype``:
+    :data:`UNIT_NORM_ATOL` (1e-3) for 32-bit and wider floats, :data:`UNIT_NORM_ATOL_LOW_PRECISION`
+    (2e-2) for narrower ones (fp16, bf16, fp8)."""
+    if dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+        return UNIT_NORM_ATOL_LOW_PRECISION
+    return UNIT_NORM_ATOL
+
+
+def check_unit_norm(name: str, x: Tensor, *, atol: float | None = None) -> Tensor | None:
     """Raise ``ValueError`` unless every row of ``x`` has unit L2 norm (within ``atol``).
 
     A value check: skipped where :func:`value_checks` is False (by default, off the CPU);
-    then nothing is computed.
+    then nothing is computed. The norms are computed in fp32 or wider whatever ``x.dtype``.
+
+    Args:
+        name: Argument name used in the error message.
+        x: ``[..., d]`` rows to check.
+        atol: Allowed ``| ||x|| - 1 |``; ``None`` (default) picks one that fits ``x.dtype``
+            (:func:`unit_norm_atol`: 1e-3 for fp32 / fp64, 2e-2 for fp16 / bf16, whose
+            rounding alone moves a unit row's norm by a few 1e-3). Check low-precision rows
+            *before* upcasting them: an fp32 copy of bf16 rows carries the bf16 error but gets
+            the fp32 tolerance.
 
     Returns:
         The row norms (detached, fp32 or wider), for callers that need them too; ``None``
@@ -179,6 +209,8 @@ def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor | Non
     """
     if not value_checks(x):
         return None
+    if atol is None:
+        atol = unit_norm_atol(x.dtype)
     norms = x.detach().to(torch.promote_types(x.dtype, torch.float32)).norm(dim=-1)
     if x.numel() == 0:
         return norms
@@ -186,7 +218,8 @@ def check_unit_norm(name: str, x: Tensor, *, atol: float = 1e-3) -> Tensor | Non
     if worst > atol:
         raise ValueError(
             f"`{name}` must be L2-normalised along the last dimension "
-            f"(max | ||x|| - 1 | = {worst:.3g}); call torch.nn.functional.normalize first"
+            f"(max | ||x|| - 1 | = {worst:.3g}, allowed {atol:.3g} for {x.dtype}); "
+            "call torch.nn.functional.normalize first"
         )
     return norms
 

@@ -42,7 +42,7 @@ from contrastmix.distributed import gather_with_grad, is_distributed, rank
 from contrastmix.losses._contracts import check_pair_inputs
 from contrastmix.losses.clip import check_temperature, clip_loss, prepare_pair
 from contrastmix.mixing.beta import sample_beta
-from contrastmix.mixing.slerp import slerp
+from contrastmix.mixing.slerp import slerp_unit
 
 __all__ = [
     "m2mix_loss", "M2MixLoss", "M2MixOutput", "m2mix_term", "m2mix_anchor_terms",
@@ -96,7 +96,7 @@ def m2mix_anchor_terms(
     check_pair_inputs(image, text, ("image", "text"))
     with torch.autocast(device_type=image.device.type, enabled=False):
         img, txt = prepare_pair(image, text, normalize=normalize, checked=True)
-        mixed = slerp(img, txt, lam)
+        mixed = slerp_unit(img, txt, lam)  # checked at the input dtype by prepare_pair
         if detach_mix:
             mixed = mixed.detach()
         offset = 0
@@ -185,7 +185,7 @@ def unimodal_mix_loss(
         a, c = prepare_pair(anchor, candidates, normalize=normalize, names=names, checked=True)
         b = a.shape[0]
         partner = torch.roll(torch.arange(b, device=a.device), 1)
-        mixed = slerp(a, a[partner], lam)
+        mixed = slerp_unit(a, a[partner], lam)  # checked by prepare_pair
         offset = 0
         if gather_distributed and is_distributed():
             c_all = gather_with_grad(c)

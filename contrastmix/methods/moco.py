@@ -130,7 +130,12 @@ class MoCo(Method):
             k2 = F.normalize(self.key_encoder(x1), dim=1)
             loss2, _ = self.loss_and_proxy(q2, k2, idx, epoch)
             loss = 0.5 * (loss + loss2)
-        self.queue.add(k.detach().float(), labels=y, indices=idx)
+        keys = k.detach().float()
+        if k.dtype != keys.dtype:
+            # bf16 / fp16 keys (mixed precision) are unit only to ~4e-3; the fp32 queue holds
+            # them re-normalised in fp32 so that its rows pass the fp32 unit-norm check
+            keys = F.normalize(keys, dim=1)
+        self.queue.add(keys, labels=y, indices=idx)
         return loss, proxy
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

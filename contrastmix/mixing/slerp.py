@@ -20,7 +20,7 @@ from torch import Tensor
 
 from contrastmix._validation import check_tensor, check_unit_norm
 
-__all__ = ["slerp", "ANTIPODAL_TOL"]
+__all__ = ["slerp", "slerp_unit", "ANTIPODAL_TOL"]
 
 #: ``a . b < -1 + ANTIPODAL_TOL`` (angle within ~1.4e-3 rad of pi) is treated as antipodal:
 #: the great circle through ``a`` and ``b`` is undefined there, so :func:`slerp` raises.
@@ -93,10 +93,26 @@ def slerp(a: Tensor, b: Tensor, lam: float | Tensor, *, eps: float = 1e-6) -> Te
         raise ValueError(
             f"`a` and `b` must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    low = a.dtype in (torch.float16, torch.bfloat16) or b.dtype in (torch.float16, torch.bfloat16)
-    atol = 1e-2 if low else 1e-3
-    check_unit_norm("a", a, atol=atol)
-    check_unit_norm("b", b, atol=atol)
+    check_unit_norm("a", a)  # tolerance of the input dtype (2e-2 for fp16 / bf16)
+    check_unit_norm("b", b)
+    return slerp_unit(a, b, lam, eps=eps)
+
+
+def slerp_unit(a: Tensor, b: Tensor, lam: float | Tensor, *, eps: float = 1e-6) -> Tensor:
+    """:func:`slerp` for callers that already checked ``a`` and ``b`` (same shape, unit rows,
+    finite) at their own precision, e.g. fp32 copies of bf16 rows checked before the upcast
+    (which carry bf16 rounding that the fp32 unit-norm tolerance would reject). Re-normalises
+    in fp32 or wider as :func:`slerp` does; ``lam`` and antipodal rows are still checked.
+
+    Args:
+        a: ``[B, d]`` or ``[d]`` unit vectors (weighted by ``lam``).
+        b: Same shape as ``a`` (weighted by ``1 - lam``).
+        lam: Weight of ``a`` in ``[0, 1]``: a float, a 0-d tensor or a ``[B]`` tensor.
+        eps: Threshold on ``sin(theta)`` below which linear interpolation is used.
+
+    Returns:
+        ``[B, d]`` (or ``[d]``) unit vectors in ``promote_types(dtype, float32)``.
+    """
     dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     n = a.shape[0] if a.ndim == 2 else 1
     with torch.autocast(device_type=a.device.type, enabled=False):
