@@ -186,6 +186,11 @@ class Method(pl.LightningModule):
             raise ValueError("the loader yields raw tensors but the dataset has no batch_augment")
         return self.batch_augment(x, generator=self.generator("views", x.device))
 
+    @staticmethod
+    def first_view(x: Any) -> Tensor:
+        """The batch a one-view method trains on: the loader's first view, or the raw batch."""
+        return x[0] if isinstance(x, (list, tuple)) else x
+
     def views(self, x: Any) -> tuple[Tensor, Tensor]:
         """Two views of a batch: the loader's ``[view1, view2]``, or two augmentations."""
         if isinstance(x, (list, tuple)):

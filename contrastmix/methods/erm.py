@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from contrastmix.data.labels import dataset_labels
 from contrastmix.data.registry import DataBundle
 from contrastmix.eval.collapse import (
     mixed_pair_features,
@@ -142,8 +143,7 @@ class ERM(Method):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y, _ = batch
-        if isinstance(x, (list, tuple)):  # loaders that yield views: use the first
-            x = x[0]
+        x = self.first_view(x)
         if self.use_augment:
             x = self.augment(x)
         x, y_a, y_b, lam = self.mix(x, y)
@@ -235,7 +235,7 @@ class ERM(Method):
         ds = self.train_set
         h, _ = extract_features(self.backbone, self._loader(ds), self.device)
         mu_g = h.double().mean(dim=0)
-        labels = _dataset_labels(ds)
+        labels = dataset_labels(ds).long()
         g = torch.Generator().manual_seed(self.seed + 54321)
         p = self.config.geometry_pairs
         bins = self.config.geometry_bins
@@ -299,14 +299,6 @@ class ERM(Method):
                 art.files["mixup_projection.png"] = ("mixes of three classes on the plane of "
                                                      "their classifier rows, coloured by lambda")
         return art
-
-
-def _dataset_labels(ds: Dataset) -> Tensor:
-    """``[N]`` int64 labels of a labelled split (its ``y`` tensor, else item by item)."""
-    y = getattr(ds, "y", None)
-    if isinstance(y, Tensor):
-        return y.detach().long().reshape(-1).cpu()
-    return torch.tensor([int(ds[i][1]) for i in range(len(ds))])  # type: ignore[arg-type]
 
 
 def _jsonable(v: Any) -> Any:

@@ -178,8 +178,7 @@ class L1Regression(Method):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x, y, idx = batch
-        if isinstance(x, (list, tuple)):  # loaders that yield views: use the first
-            x = x[0]
+        x = self.first_view(x)
         b = x.shape[0]
         if self.config.cmixup:
             x_in, y_in, _, y_partner = self.mixed_batch(x, y, idx)

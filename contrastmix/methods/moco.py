@@ -122,20 +122,13 @@ class MoCo(Method):
         x1, x2 = self.views(x)
         online = nn.Sequential(self.backbone, self.projector)
         self.key_encoder.update(online, self.key_encoder.current_momentum(step, total_steps))
-        q = F.normalize(online(x1), dim=1)
-        k = F.normalize(self.key_encoder(x2), dim=1)
+        q, k = _unit(online(x1)), _unit(self.key_encoder(x2))
         loss, proxy = self.loss_and_proxy(q, k, idx, epoch)
         if self.config.symmetric:
-            q2 = F.normalize(online(x2), dim=1)
-            k2 = F.normalize(self.key_encoder(x1), dim=1)
-            loss2, _ = self.loss_and_proxy(q2, k2, idx, epoch)
+            loss2, _ = self.loss_and_proxy(_unit(online(x2)), _unit(self.key_encoder(x1)), idx,
+                                           epoch)
             loss = 0.5 * (loss + loss2)
-        keys = k.detach().float()
-        if k.dtype != keys.dtype:
-            # bf16 / fp16 keys (mixed precision) are unit only to ~4e-3; the fp32 queue holds
-            # them re-normalised in fp32 so that its rows pass the fp32 unit-norm check
-            keys = F.normalize(keys, dim=1)
-        self.queue.add(keys, labels=y, indices=idx)
+        self.queue.add(k.detach().float(), labels=y, indices=idx)
         return loss, proxy
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -158,3 +151,10 @@ class MoCo(Method):
         art.key_encoder, art.queue = "key_encoder.pt", "queue.pt"
         art.expected_metrics = ["proxy_acc"]
         return art
+
+
+def _unit(z: Tensor) -> Tensor:
+    """L2-normalised embeddings in fp32 (or wider): under mixed precision the encoders give
+    bf16 / fp16 outputs, whose normalisation would be unit only to ~4e-3; the loss maths and the
+    fp32 queue get rows normalised in fp32."""
+    return F.normalize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)
