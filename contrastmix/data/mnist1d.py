@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -54,7 +55,7 @@ def _generate(seed: int) -> dict[str, np.ndarray]:
         "x_test": d["x_test"].astype(np.float32),
         "y_test": d["y_test"].astype(np.int64),
     }
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # unique: processes may race
     np.savez(tmp, **out)
     tmp.replace(path)
     return out
