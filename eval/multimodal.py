@@ -491,7 +491,7 @@ def probe_multimodal_run(
             "recipe's method.zero_shot_temperature)" if zs_t is not None
             else "the model's CLIP temperature",
             "calibration": f"ECE with {ECE_BINS} equal-width confidence bins (Guo et al. 2017; "
-            "equals torchmetrics MulticlassCalibrationError(n_bins=15, norm='l1') unless a "
+            "equals torchmetrics MulticlassCalibrationError (n_bins=15, L1 norm) unless a "
             "confidence lies exactly on a bin edge) and NLL of softmax(cos / "
             "zero_shot_temperature)",
         })

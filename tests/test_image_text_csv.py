@@ -286,10 +286,10 @@ def _tm_retrieval(sim: torch.Tensor, rel: torch.Tensor, k: int | None) -> tuple[
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_retrieval_matches_torchmetrics(ties: bool) -> None:
-    """Continuous scores: equal to torchmetrics (shifted positive, see below). Tied scores (integers 0..3, many
-    duplicates): our ranking puts non-relevant items first among equals, which torchmetrics
-    (whose order among ties is unspecified) computes when every relevant score is lowered by
-    less than the gap between distinct scores."""
+    """Continuous scores: equal to torchmetrics (shifted positive, see below). Tied scores
+    (integers 0..3, many duplicates): our ranking puts non-relevant items first among equals,
+    which torchmetrics (whose order among ties is unspecified) computes when every relevant
+    score is lowered by less than the gap between distinct scores."""
     from contrastmix.eval.multimodal import mean_average_precision, retrieval_hit_rate
 
     g = torch.Generator().manual_seed(3)
