@@ -98,6 +98,10 @@ def test_bundle_resizes_encodes_label_names_and_splits(tmp_path: Path) -> None:
     assert u.num_classes == 0 and not u.extras["labelled"] and "class_prompts" not in u.extras
     assert u.test[0][1] == -1
     assert encode_labels(["3", "0", "3"]) == ([3, 0, 3], ["0", "1", "2", "3"])
+    j = tmp_path / "u" / "pairs.jsonl"  # JSONL: numbers as labels, the former column name
+    j.write_text("\n".join(json.dumps({"image_path": f"img/{i}.png", "caption": f"c{i}",
+                                       "label": float(i % 2)}) for i in range(3)) + "\n")
+    assert ImageTextCSV(j).labels.tolist() == [0, 1, 0]
     with pytest.raises(DatasetError, match="prompt_template"):
         build_image_text_csv(_cfg(path, prompt_template="a photo"))
     with pytest.raises(DatasetError, match="unknown data.options"):

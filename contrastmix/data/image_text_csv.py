@@ -184,6 +184,8 @@ def read_image_text_records(
     def text(value: Any) -> str | None:
         if isinstance(value, bool) or value is None:
             return None
+        if isinstance(value, float) and value.is_integer():  # JSON 3.0: the class 3
+            return str(int(value)) if value >= 0 else str(value)
         if isinstance(value, (int, float, str)):
             return str(value).strip()
         return None
