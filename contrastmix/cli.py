@@ -158,12 +158,24 @@ def _probe_lines(res: dict) -> list[str]:
             uni = "  ".join(f"{m} {a:.4f}" for m, a in res["unimodal_accuracy"].items())
             lines.append(f"fusion-head accuracy: {res['fusion_accuracy']:.4f}  "
                          f"(ECE {res['fusion_ece']:.4f}); unimodal heads: {uni}")
+        retrieval = any(str(k).startswith("i2t_") for k in res)
+        if retrieval:
+            ks = (res.get("protocol") or {}).get("retrieval_k") or [1, 5]
+            level = (res.get("protocol") or {}).get("retrieval_relevance", "class")
+
+            def hits(d: str) -> str:
+                return " ".join(  # *_recall@k: the former name, in older results
+                    f"@{k} {res.get(f'{d}_hit_rate@{k}', res.get(f'{d}_recall@{k}')):.4f}"
+                    for k in ks)
+
+            lines.append(f"retrieval ({level}-level) hit rate image->text {hits('i2t')}; "
+                         f"text->image {hits('t2i')}")
         if "zero_shot_accuracy" in res:
-            lines.append(f"retrieval (class-level) image->text R@1 {res['i2t_recall@1']:.4f} "
-                         f"R@5 {res['i2t_recall@5']:.4f}; text->image R@1 "
-                         f"{res['t2i_recall@1']:.4f} R@5 {res['t2i_recall@5']:.4f}")
             lines.append(f"zero-shot accuracy: {res['zero_shot_accuracy']:.4f}  "
                          f"(ECE {res['zero_shot_ece']:.4f})")
+        elif retrieval:
+            lines.append("zero-shot accuracy and ECE: not measured (the data has no labels)")
+        if "alignment" in res:
             lines.append(f"alignment {res['alignment']:.4f}  uniformity image "
                          f"{res['uniformity_image']:.4f} text {res['uniformity_text']:.4f} "
                          f"union {res['uniformity_union']:.4f}  modality gap "

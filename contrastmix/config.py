@@ -169,7 +169,7 @@ class DataConfig:
 
     name: str = "mnist1d"  # see `contrastmix list` (datasets)
     root: str | None = None
-    path: str | None = None  # the user's file: table (CSV) / arrays (.npz)
+    path: str | None = None  # the user's file: table (CSV) / arrays (.npz) / image-text-csv
     target: str | None = None  # table: name of the target column
     download: bool = False
     seed: int = 42  # generator seed (mnist1d) / split seed (digits)

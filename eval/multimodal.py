@@ -8,16 +8,21 @@ kind, never on the method that trained it.
 Two-tower networks (``architecture: two_tower``, e.g. CLIP and m2-mix; docs/methods.md §5) on the
 test split:
 
-- image->text and text->image **retrieval**: recall@k (k = 1, 5) and mean average precision.
-  The digits captions describe only the class (one of six templates per class, so ~60 distinct
-  strings), hence relevance is *class-level*: a retrieved caption (image) is relevant when its
-  class is the query's class. Instance-level recall is meaningless here — the image carries no
-  information about which template its caption used.
-- **zero-shot** classification from one prompt per class (``argmax_c cos(I, P_c)``), and the
-  expected calibration error (Guo et al., 2017; 15 equal-width bins) and NLL of the zero-shot
-  probabilities ``softmax(cos / τ_zs)`` with ``τ_zs`` = the ``zero_shot_temperature`` of
-  ``multimodal.json`` (the recipe's ``method.zero_shot_temperature``) or the model's CLIP
-  temperature.
+- image->text and text->image **retrieval**: hit rate@k (``i2t_hit_rate@k``,
+  ``t2i_hit_rate@k``; torchmetrics' ``RetrievalHitRate``, what CLIP papers call recall@k when one
+  item is relevant; the former keys ``*_recall@k`` are kept as aliases, :func:`metric_aliases`)
+  and mean average precision (``RetrievalMAP``), ties ranked pessimistically. Relevance is the
+  dataset's ``extras["retrieval"]``: the digits captions describe only the class (one of six
+  templates per class, so ~60 distinct strings), hence *class-level* there (a retrieved caption
+  is relevant when its class is the query's; instance-level recall would be meaningless, the
+  image carries no information about which template its caption used), k = 1, 5; users' pairs
+  (``image-text-csv``) are *instance-level* (the paired caption is the one relevant item),
+  k = 1, 5, 10.
+- **zero-shot** classification (only when the data has labels) from one prompt per class
+  (``argmax_c cos(I, P_c)``), and the expected calibration error (Guo et al., 2017; 15
+  equal-width bins) and NLL of the zero-shot probabilities ``softmax(cos / τ_zs)`` with
+  ``τ_zs`` = the ``zero_shot_temperature`` of ``multimodal.json`` (the recipe's
+  ``method.zero_shot_temperature``) or the model's CLIP temperature.
 - **geometry** (Wang & Isola, ICML 2020; Liang et al., NeurIPS 2022): alignment of the test pairs,
   uniformity (t = 2) of the image embeddings, of the caption embeddings and of their union, and
   the modality gap ``||mean(I) - mean(T)||``
@@ -51,7 +56,9 @@ from contrastmix.runs import load_backbone, load_run, load_state_file, resolve_d
 __all__ = [
     "RECALL_KS",
     "ECE_BINS",
+    "retrieval_hit_rate",
     "retrieval_recall",
+    "metric_aliases",
     "mean_average_precision",
     "read_multimodal_spec",
     "load_multimodal_model",
@@ -60,7 +67,7 @@ __all__ = [
     "probe_multimodal_run",
 ]
 
-#: k values of recall@k.
+#: k values of the hit rate@k (class-level retrieval of the built-in captions).
 RECALL_KS: tuple[int, ...] = (1, 5)
 #: Equal-width confidence bins of the ECE.
 ECE_BINS = 15
@@ -79,19 +86,37 @@ def _check_retrieval(sim: Tensor, query_labels: Tensor, gallery_labels: Tensor) 
         raise ValueError("the gallery is empty (`sim` has no columns)")
 
 
-def retrieval_recall(
+def _ranked_relevance(sim: Tensor, query_labels: Tensor, gallery_labels: Tensor) -> Tensor:
+    """``[Q, G]`` float64 relevance of the gallery in ranked order: similarity descending, and
+    among equal similarities the non-relevant items first (pessimistic ties)."""
+    rel = gallery_labels.to(sim.device)[None, :] == query_labels.to(sim.device)[:, None]
+    # stable sorts: first by relevance (False first), then by similarity -> lexicographic order
+    by_rel = rel.to(torch.int8).argsort(dim=1, stable=True)
+    s = sim.double().gather(1, by_rel)
+    by_sim = s.argsort(dim=1, descending=True, stable=True)
+    return rel.gather(1, by_rel.gather(1, by_sim)).double()
+
+
+def retrieval_hit_rate(
     sim: Tensor, query_labels: Tensor, gallery_labels: Tensor, ks: Sequence[int] = RECALL_KS
 ) -> dict[int, float]:
-    """Class-level recall@k: share of queries with a same-class item among their top ``k``.
+    """Hit rate@k: share of queries with a relevant item among their top ``k``.
+
+    torchmetrics' ``RetrievalHitRate(top_k=k)`` (``empty_target_action="neg"``: a query without
+    relevant item counts as a miss), averaged over the queries; what CLIP papers call
+    "recall@k" when every query has one relevant item. An item is relevant when its label equals
+    the query's (class-level; pass ``arange`` labels for instance-level retrieval). Ties are
+    pessimistic: an item with the same similarity as a relevant one ranks before it, so
+    duplicate embeddings never help.
 
     Args:
         sim: ``[Q, G]`` query-gallery similarities.
-        query_labels: ``[Q]`` class of each query.
-        gallery_labels: ``[G]`` class of each gallery item.
+        query_labels: ``[Q]`` label of each query.
+        gallery_labels: ``[G]`` label of each gallery item.
         ks: ``k`` values (each clamped to ``G``).
 
     Returns:
-        ``{k: recall}`` with values in ``[0, 1]``.
+        ``{k: hit rate}`` with values in ``[0, 1]``.
 
     Raises:
         ValueError: on shape mismatch, NaN, an empty gallery or ``k < 1``.
@@ -99,17 +124,25 @@ def retrieval_recall(
     _check_retrieval(sim, query_labels, gallery_labels)
     if any(int(k) < 1 for k in ks):
         raise ValueError(f"`ks` must be >= 1, got {list(ks)}")
-    kmax = min(max(int(k) for k in ks), sim.shape[1])
-    top = sim.topk(kmax, dim=1).indices
-    rel = gallery_labels.to(sim.device)[top] == query_labels.to(sim.device)[:, None]
-    return {int(k): float(rel[:, : min(int(k), kmax)].any(dim=1).float().mean()) for k in ks}
+    rel = _ranked_relevance(sim, query_labels, gallery_labels)
+    first = rel.cumsum(dim=1) > 0  # [Q, G]: a relevant item at rank <= r
+    g = sim.shape[1]
+    return {int(k): float(first[:, min(int(k), g) - 1].double().mean()) for k in ks}
+
+
+#: Former name of :func:`retrieval_hit_rate` (same values), kept for callers of older releases.
+retrieval_recall = retrieval_hit_rate
 
 
 def mean_average_precision(sim: Tensor, query_labels: Tensor, gallery_labels: Tensor) -> float:
-    """Class-level mean average precision over the queries (queries without relevant item skip).
+    """Mean average precision over the queries (queries without relevant item skip).
 
-    ``AP_q = mean over relevant ranks r of precision@r`` with the gallery sorted by decreasing
-    similarity (stable sort).
+    torchmetrics' ``RetrievalMAP`` with ``empty_target_action="skip"``: ``AP_q = mean over
+    relevant ranks r of precision@r``, the gallery sorted by decreasing similarity with
+    pessimistic ties (as :func:`retrieval_hit_rate`). One difference: torchmetrics (1.9) counts
+    an item whose score is ``<= 0`` as not relevant, which cosine similarities often are; this
+    is the standard AP, equal to torchmetrics' on scores shifted to be positive (the ranking,
+    hence our value, unchanged; pinned by ``tests/test_image_text_csv.py``).
 
     Args:
         sim: ``[Q, G]`` similarities; query_labels: ``[Q]``; gallery_labels: ``[G]``.
@@ -118,8 +151,7 @@ def mean_average_precision(sim: Tensor, query_labels: Tensor, gallery_labels: Te
         mAP in ``[0, 1]`` (NaN when no query has a relevant item).
     """
     _check_retrieval(sim, query_labels, gallery_labels)
-    order = sim.double().argsort(dim=1, descending=True, stable=True)
-    rel = (gallery_labels.to(sim.device)[order] == query_labels.to(sim.device)[:, None]).double()
+    rel = _ranked_relevance(sim, query_labels, gallery_labels)
     hits = rel.cumsum(dim=1)
     ranks = torch.arange(1, sim.shape[1] + 1, device=sim.device, dtype=torch.float64)
     n_rel = rel.sum(dim=1)
@@ -232,14 +264,23 @@ def _calibration(logits: Tensor, labels: Tensor) -> dict[str, float]:
     }
 
 
+def metric_aliases(ks: Sequence[int] = RECALL_KS) -> dict[str, str]:
+    """Former result keys -> current ones: ``i2t_recall@k`` / ``t2i_recall@k`` were renamed
+    ``i2t_hit_rate@k`` / ``t2i_hit_rate@k`` (torchmetrics' name of the same number); results
+    carry both until readers of the old names are gone."""
+    return {f"{d}_recall@{int(k)}": f"{d}_hit_rate@{int(k)}" for d in ("i2t", "t2i") for k in ks}
+
+
 @torch.no_grad()
 def two_tower_metrics(
     model: nn.Module,
     images: Tensor,
     captions: Sequence[str],
-    labels: Tensor,
-    prompts: Sequence[str],
+    labels: Tensor | None = None,
+    prompts: Sequence[str] | None = None,
     *,
+    relevance: str = "class",
+    ks: Sequence[int] = RECALL_KS,
     zero_shot_temperature: float | None = None,
     batch_size: int = 1024,
 ) -> dict[str, Any]:
@@ -249,20 +290,31 @@ def two_tower_metrics(
         model: A :class:`~contrastmix.models.multimodal.TwoTower` (any device).
         images: ``[N, C, H, W]`` test images.
         captions: ``N`` captions, caption ``i`` paired with image ``i``.
-        labels: ``[N]`` classes.
-        prompts: One prompt per class, in class order.
+        labels: ``[N]`` classes, or ``None`` (unlabelled pairs: no zero-shot, no ECE).
+        prompts: One prompt per class, in class order (``None``: no zero-shot).
+        relevance: ``"class"`` (a retrieved item is relevant when its class is the query's;
+            needs ``labels``) or ``"instance"`` (only the query's own pair is relevant).
+        ks: ``k`` values of the hit rate.
         zero_shot_temperature: τ of the zero-shot probabilities (default: the model's).
         batch_size: Embedding batch size.
 
     Returns:
-        Flat dict of floats (see the module docstring) plus ``zero_shot_temperature``.
+        Flat dict of floats (see the module docstring): ``i2t_hit_rate@k``, ``t2i_hit_rate@k``
+        (and their former names, :func:`metric_aliases`), ``i2t_map``, ``t2i_map``, geometry,
+        and with labels and prompts the zero-shot accuracy / ECE / NLL / confidence and
+        ``zero_shot_temperature``.
     """
 
     check_tensor("images", images, floating=True)
-    check_tensor("labels", labels, ndim=1)
-    check_same_length(images=images, labels=labels)
-    if len(captions) != len(labels):
-        raise ValueError(f"`captions` has {len(captions)} entries but `labels` has {len(labels)}")
+    if len(captions) != len(images):
+        raise ValueError(f"`captions` has {len(captions)} entries but `images` has {len(images)}")
+    if labels is not None:
+        check_tensor("labels", labels, ndim=1)
+        check_same_length(images=images, labels=labels)
+    if relevance not in ("class", "instance"):
+        raise ValueError(f"`relevance` must be 'class' or 'instance', got {relevance!r}")
+    if relevance == "class" and labels is None:
+        raise ValueError("class-level retrieval needs `labels`; use relevance='instance'")
     device = next(model.parameters()).device
     model.eval()
     img = torch.cat([model.encode_image(images[i:i + batch_size].to(device))
@@ -270,28 +322,32 @@ def two_tower_metrics(
     caps = list(captions)
     txt = torch.cat([model.encode_text(caps[i:i + batch_size])
                      for i in range(0, len(caps), batch_size)]).double().cpu()
-    pro = model.encode_text(list(prompts)).double().cpu()
-    y = labels.cpu().long()
     out: dict[str, Any] = {}
     sim = img @ txt.T
-    for k, v in retrieval_recall(sim, y, y).items():
-        out[f"i2t_recall@{k}"] = v
-    for k, v in retrieval_recall(sim.T, y, y).items():
-        out[f"t2i_recall@{k}"] = v
-    out["i2t_map"] = mean_average_precision(sim, y, y)
-    out["t2i_map"] = mean_average_precision(sim.T, y, y)
-    cos = img @ pro.T
-    tau = float(zero_shot_temperature) if zero_shot_temperature is not None else float(
-        model.temperature  # type: ignore[arg-type]
-    )
-    if not tau > 0:
-        raise ValueError(f"`zero_shot_temperature` must be > 0, got {tau}")
-    out["zero_shot_accuracy"] = float((cos.argmax(dim=1) == y).float().mean())
-    cal = _calibration(cos / tau, y)
-    out["zero_shot_ece"] = cal["ece"]
-    out["zero_shot_nll"] = cal["nll"]
-    out["zero_shot_confidence"] = cal["mean_confidence"]
-    out["zero_shot_temperature"] = tau
+    rel = labels.cpu().long() if relevance == "class" else torch.arange(len(caps))
+    for k, v in retrieval_hit_rate(sim, rel, rel, ks).items():
+        out[f"i2t_hit_rate@{k}"] = v
+    for k, v in retrieval_hit_rate(sim.T, rel, rel, ks).items():
+        out[f"t2i_hit_rate@{k}"] = v
+    for old, new in metric_aliases(ks).items():
+        out[old] = out[new]
+    out["i2t_map"] = mean_average_precision(sim, rel, rel)
+    out["t2i_map"] = mean_average_precision(sim.T, rel, rel)
+    if labels is not None and prompts is not None:
+        y = labels.cpu().long()
+        pro = model.encode_text(list(prompts)).double().cpu()
+        cos = img @ pro.T
+        tau = float(zero_shot_temperature) if zero_shot_temperature is not None else float(
+            model.temperature  # type: ignore[arg-type]
+        )
+        if not tau > 0:
+            raise ValueError(f"`zero_shot_temperature` must be > 0, got {tau}")
+        out["zero_shot_accuracy"] = float((cos.argmax(dim=1) == y).float().mean())
+        cal = _calibration(cos / tau, y)
+        out["zero_shot_ece"] = cal["ece"]
+        out["zero_shot_nll"] = cal["nll"]
+        out["zero_shot_confidence"] = cal["mean_confidence"]
+        out["zero_shot_temperature"] = tau
     g = multimodal_geometry(img, txt)
     out["alignment"] = g["alignment"]
     out["uniformity_image"] = g["uniformity_a"]
@@ -393,20 +449,40 @@ def probe_multimodal_run(
             captions += list(inputs["text"])
             labels.append(y)
         zs_t = spec.get("zero_shot_temperature")
-        prompts = list(extras["class_prompts"])
+        relevance = str(extras.get("retrieval", "class"))
+        ks = tuple(int(k) for k in extras.get("retrieval_ks", RECALL_KS))
+        labelled = bool(extras.get("labelled", True)) and "class_prompts" in extras
+        prompts = list(extras["class_prompts"]) if labelled else None
         metrics = two_tower_metrics(
-            model, torch.cat(images), captions, torch.cat(labels), prompts,
-            zero_shot_temperature=zs_t, batch_size=bs,
+            model, torch.cat(images), captions, torch.cat(labels) if labelled else None,
+            prompts, relevance=relevance, ks=ks, zero_shot_temperature=zs_t, batch_size=bs,
         )
         out.update(metrics)
+        why = ("class-level (captions describe only the class): a retrieved item is relevant "
+               "when its class is the query's" if relevance == "class" else
+               "instance-level: the query's own pair is the one relevant item")
         out["protocol"] = {
             **common,
             "embeddings": "L2-normalised outputs of each tower's projection",
             "retrieval": "image->text: every test image queries all test captions; text->image: "
-            "every test caption queries all test images; similarity = cosine; relevance is "
-            "class-level (captions describe only the class); recall@k = share of queries with a "
-            "relevant item in the top k; map = mean average precision",
-            "recall_k": list(RECALL_KS),
+            f"every test caption queries all test images; similarity = cosine; relevance is "
+            f"{why}; ties ranked pessimistically (an equally similar non-relevant item ranks "
+            "first); hit_rate@k = share of queries with a relevant item in the top k "
+            "(torchmetrics RetrievalHitRate; 'recall@k' in CLIP papers when one item is "
+            "relevant); map = mean average precision (torchmetrics RetrievalMAP, queries "
+            "without relevant item skipped)",
+            "retrieval_relevance": relevance,
+            "retrieval_k": list(ks),
+            "aliases": metric_aliases(ks),
+            "geometry": "alignment = mean ||I_i - T_i||^2 over test pairs; uniformity = "
+            "log mean_{i<j} exp(-2 ||x_i - x_j||^2) of the images, the captions and their union "
+            "(float64); modality_gap = ||mean(I) - mean(T)||",
+        }
+        if prompts is None:
+            out["protocol"]["zero_shot"] = ("not measured: the data has no labels (zero-shot "
+                                            "accuracy and ECE need them)")
+            return out
+        out["protocol"].update({
             "zero_shot": "predict argmax_c cos(image, prompt_c), one prompt per class",
             "prompts": prompts,
             "prompt_template": extras.get("prompt_template"),
@@ -414,12 +490,11 @@ def probe_multimodal_run(
             "zero_shot_temperature_source": f"zero_shot_temperature of {SPEC_FILE} (the "
             "recipe's method.zero_shot_temperature)" if zs_t is not None
             else "the model's CLIP temperature",
-            "calibration": f"ECE with {ECE_BINS} equal-width confidence bins (Guo et al. 2017) "
-            "and NLL of softmax(cos / zero_shot_temperature)",
-            "geometry": "alignment = mean ||I_i - T_i||^2 over test pairs; uniformity = "
-            "log mean_{i<j} exp(-2 ||x_i - x_j||^2) of the images, the captions and their union "
-            "(float64); modality_gap = ||mean(I) - mean(T)||",
-        }
+            "calibration": f"ECE with {ECE_BINS} equal-width confidence bins (Guo et al. 2017; "
+            "equals torchmetrics MulticlassCalibrationError (n_bins=15, L1 norm) unless a "
+            "confidence lies exactly on a bin edge) and NLL of softmax(cos / "
+            "zero_shot_temperature)",
+        })
         return out
     if kind == "fusion":
         res = fusion_metrics(model, ((_to(x, dev), y) for x, y in

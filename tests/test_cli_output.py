@@ -20,9 +20,18 @@ def test_multimodal_summaries() -> None:
             "t2i_recall@1": 0.4, "t2i_recall@5": 0.8, "zero_shot_accuracy": 0.7,
             "zero_shot_ece": 0.05, "alignment": 0.4, "uniformity_image": -2.0,
             "uniformity_text": -1.5, "uniformity_union": -2.1, "modality_gap": 0.3}
-    text = "\n".join(_probe_lines(clip))
-    assert "R@1 0.5000" in text and "zero-shot accuracy: 0.7000" in text
+    text = "\n".join(_probe_lines(clip))  # a result of an older release: the former names
+    assert "(class-level) hit rate image->text @1 0.5000 @5 0.9000" in text
+    assert "text->image @1 0.4000 @5 0.8000" in text and "zero-shot accuracy: 0.7000" in text
     assert "modality gap 0.3000" in text
+    pairs = {"task": "multimodal", "n_test": 9, "i2t_map": 0.5, "t2i_map": 0.5,
+             "protocol": {"retrieval_k": [1, 5, 10], "retrieval_relevance": "instance"},
+             **{f"{d}_hit_rate@{k}": k / 10 for d in ("i2t", "t2i") for k in (1, 5, 10)},
+             "alignment": 0.4, "uniformity_image": -2.0, "uniformity_text": -1.5,
+             "uniformity_union": -2.1, "modality_gap": 0.3}
+    text = "\n".join(_probe_lines(pairs))
+    assert "(instance-level) hit rate image->text @1 0.1000 @5 0.5000 @10 1.0000" in text
+    assert "zero-shot accuracy and ECE: not measured (the data has no labels)" in text
     m3 = {"task": "multimodal", "n_test": 9, "fusion_accuracy": 0.9, "fusion_ece": 0.03,
           "unimodal_accuracy": {"image": 0.8, "text": 0.4}}
     text = "\n".join(_probe_lines(m3))

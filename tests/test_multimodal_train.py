@@ -18,7 +18,7 @@ import torch
 from contrastmix.data.bundles_multimodal import MultimodalDataset, collate_multimodal
 from contrastmix.data.registry import build_data
 from contrastmix.errors import CheckpointError, DatasetError, RecipeError, RunDirError
-from contrastmix.eval.multimodal import mean_average_precision, retrieval_recall
+from contrastmix.eval.multimodal import mean_average_precision, retrieval_hit_rate
 from contrastmix.recipe import load_recipe
 
 TINY = [
@@ -30,7 +30,7 @@ RECIPES = {
     "concat": "concat_digits_tri",
 }
 TWO_TOWER_KEYS = [
-    "i2t_recall@1", "i2t_recall@5", "t2i_recall@1", "t2i_recall@5", "i2t_map", "t2i_map",
+    "i2t_hit_rate@1", "i2t_hit_rate@5", "t2i_hit_rate@1", "t2i_hit_rate@5", "i2t_map", "t2i_map",
     "zero_shot_accuracy", "zero_shot_ece", "zero_shot_nll", "zero_shot_confidence",
     "alignment", "uniformity_image", "uniformity_text", "uniformity_union", "modality_gap",
 ]
@@ -66,7 +66,7 @@ def test_retrieval_metrics_match_brute_force_loops() -> None:
     sim = torch.randn(13, 17, generator=g)
     qy = torch.randint(0, 3, (13,), generator=g)
     gy = torch.randint(0, 3, (17,), generator=g)
-    rec = retrieval_recall(sim, qy, gy, ks=(1, 3, 5, 40))
+    rec = retrieval_hit_rate(sim, qy, gy, ks=(1, 3, 5, 40))
     for k in (1, 3, 5):
         assert rec[k] == pytest.approx(_recall_loop(sim, qy, gy, k))
     assert rec[40] == pytest.approx(_recall_loop(sim, qy, gy, 17))  # k clamped to G
@@ -76,16 +76,16 @@ def test_retrieval_metrics_match_brute_force_loops() -> None:
 def test_retrieval_metrics_extremes_and_errors() -> None:
     y = torch.arange(5).repeat(2)
     perfect = (y[:, None] == y[None, :]).double()
-    assert retrieval_recall(perfect, y, y) == {1: 1.0, 5: 1.0}
+    assert retrieval_hit_rate(perfect, y, y) == {1: 1.0, 5: 1.0}
     assert mean_average_precision(perfect, y, y) == 1.0
     worst = -perfect
-    assert retrieval_recall(worst, y, y, ks=(1,))[1] == 0.0
+    assert retrieval_hit_rate(worst, y, y, ks=(1,))[1] == 0.0
     # relevant items last: AP = mean(1/9, 2/10)
     assert mean_average_precision(worst, y, y) == pytest.approx((1 / 9 + 2 / 10) / 2)
     with pytest.raises(ValueError, match="sim"):
-        retrieval_recall(torch.zeros(3, 4), torch.zeros(3), torch.zeros(5))
+        retrieval_hit_rate(torch.zeros(3, 4), torch.zeros(3), torch.zeros(5))
     with pytest.raises(ValueError, match="ks"):
-        retrieval_recall(torch.zeros(3, 4), torch.zeros(3), torch.zeros(4), ks=(0,))
+        retrieval_hit_rate(torch.zeros(3, 4), torch.zeros(3), torch.zeros(4), ks=(0,))
     with pytest.raises(ValueError, match="sim"):
         mean_average_precision(torch.full((2, 2), float("nan")), torch.zeros(2), torch.zeros(2))
 
@@ -253,14 +253,17 @@ def test_two_tower_probe(runs: dict[str, Path], method: str) -> None:
     json.dumps(res)  # JSON-serialisable
     assert res["task"] == "multimodal" and res["method"] == method
     _finite(res, TWO_TOWER_KEYS)
-    bounded = [k for k in TWO_TOWER_KEYS if "recall" in k or k.endswith("map")]
+    bounded = [k for k in TWO_TOWER_KEYS if "hit_rate" in k or k.endswith("map")]
     bounded += ["zero_shot_accuracy", "zero_shot_ece", "zero_shot_confidence"]
     for k in bounded:
         assert 0.0 <= res[k] <= 1.0, k
     assert 0.0 <= res["alignment"] <= 4.0 and res["uniformity_image"] <= 0.0
-    assert res["i2t_recall@5"] >= res["i2t_recall@1"]
+    assert res["i2t_hit_rate@5"] >= res["i2t_hit_rate@1"]
     p = res["protocol"]
-    assert p["recall_k"] == [1, 5] and len(p["prompts"]) == 10
+    assert p["retrieval_k"] == [1, 5] and len(p["prompts"]) == 10
+    assert p["retrieval_relevance"] == "class"
+    for old, new in p["aliases"].items():  # the former names stay readable
+        assert res[old] == res[new]
     assert p["zero_shot_temperature"] == pytest.approx(0.07)
     metrics = (runs[method] / "metrics.csv").read_text().splitlines()[0]
     assert "clip_loss" in metrics and "zs_acc" in metrics

@@ -159,11 +159,12 @@ def _csv(path: Path, text: str) -> Path:
     ("a,b,y\n1,2,3\n", "price", ["no column 'price'", "data.target", "a, b, y"]),
     ("", "y", ["is empty"]),
     ("a,b,y\n", "y", ["no data rows"]),
-    ("a,b,y\n1,2,3\n4,5\n", "y", ["row 2", "2 fields", "header has 3"]),
+    ("a,b,y\n1,2,3\n4,5\n", "y", ["row 2", "2 fields", "header has 3", "column 'y' is missing"]),
+    ("a,b,y\n1,2,3,9\n", "y", ["row 1", "4 fields", "extra field '9' after column 'y'"]),
     ("a;b;y\n1;2;3\n", "y", ["separated by commas"]),
     ("a,b,y\n1,inf,3\n1,2,3\n", "y", ["column 'b'", "non-finite", "row 1"]),
 ], ids=["non-numeric", "missing-feature", "missing-target-value", "no-target-column", "empty",
-        "header-only", "short-row", "semicolons", "inf"])
+        "header-only", "short-row", "long-row", "semicolons", "inf"])
 def test_bad_csv_gives_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                 target: str, expect: list[str]) -> None:
     path = _csv(tmp_path / "bad.csv", text)

@@ -49,10 +49,10 @@ TWO_TOWER_ROWS = [
     ("zero-shot accuracy", "zero_shot_accuracy", "higher"),
     ("zero-shot ECE (15 bins)", "zero_shot_ece", "lower"),
     ("zero-shot NLL", "zero_shot_nll", "lower"),
-    ("image->text R@1", "i2t_recall@1", "higher"),
-    ("image->text R@5", "i2t_recall@5", "higher"),
-    ("text->image R@1", "t2i_recall@1", "higher"),
-    ("text->image R@5", "t2i_recall@5", "higher"),
+    ("image->text hit rate@1", "i2t_hit_rate@1", "higher"),
+    ("image->text hit rate@5", "i2t_hit_rate@5", "higher"),
+    ("text->image hit rate@1", "t2i_hit_rate@1", "higher"),
+    ("text->image hit rate@5", "t2i_hit_rate@5", "higher"),
     ("image->text mAP", "i2t_map", "higher"),
     ("text->image mAP", "t2i_map", "higher"),
     ("alignment", "alignment", "lower"),
@@ -73,6 +73,8 @@ FUSION_ROWS = [
 
 def _get(d: dict[str, Any], key: str) -> float:
     for part in key.split("."):
+        if part not in d and "_hit_rate@" in part:  # a result probed before the rename
+            part = part.replace("_hit_rate@", "_recall@")
         d = d[part]
     return float(d)  # type: ignore[arg-type]
 

@@ -137,9 +137,12 @@ def load_table(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[st
     for r, (line, fields) in enumerate(rows):
         row = r + 1
         if len(fields) != len(names):
+            col = (f"column '{names[len(fields)]}' is missing" if len(fields) < len(names)
+                   else f"extra field {fields[len(names)].strip()[:40]!r} after column "
+                        f"'{names[-1]}'")
             raise DatasetError(
                 f"{path}: row {row} (line {line}) has {len(fields)} fields, the header has "
-                f"{len(names)}"
+                f"{len(names)} ({col})"
             )
         for c, raw in enumerate(fields):
             s = raw.strip()

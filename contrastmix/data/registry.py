@@ -25,6 +25,7 @@ from contrastmix.data.bundles_regression import (
     build_rotated_digits,
 )
 from contrastmix.data.bundles_user import build_arrays, build_table
+from contrastmix.data.image_text_csv import build_image_text_csv
 from contrastmix.errors import DatasetError
 
 __all__ = ["TensorIndexDataset", "DataBundle", "build_data", "register_dataset", "datasets",
@@ -44,6 +45,7 @@ DATASETS: dict[str, Callable[[Any], DataBundle]] = {
     "digits-tri": build_digits_tri,
     "table": build_table,
     "arrays": build_arrays,
+    "image-text-csv": build_image_text_csv,
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from contrastmix.data.registry import DataBundle
@@ -60,7 +61,9 @@ class CLIP(MultimodalMethod):
 
     Logs ``train_loss``, ``clip_loss`` and ``temperature`` and, every
     ``eval.knn_every_n_epochs`` epochs, the zero-shot accuracy ``zs_acc`` on the test split
-    (one prompt per class, ``data.extras["class_prompts"]``).
+    (one prompt per class, ``data.extras["class_prompts"]``) or, for data without classes,
+    the instance-level image->text hit rate@1 ``i2t_hit_rate@1`` on the test split (the
+    paired caption ranked first among all test captions).
 
     Shapes:
         ``training_step(({"image": [B, C, H, W], "text": B captions}, y [B], idx [B]))``;
@@ -73,7 +76,10 @@ class CLIP(MultimodalMethod):
 
     def __init__(self, cfg: dict[str, Any], data: DataBundle) -> None:
         super().__init__(cfg, data)
-        self.prompts = list((data.extras or {})["class_prompts"])
+        prompts = (data.extras or {}).get("class_prompts")
+        self.prompts = list(prompts) if prompts is not None else None
+        if self.prompts is None:
+            self.monitor_metric = "i2t_hit_rate@1"
 
     def architecture(self, data: DataBundle) -> dict[str, Any]:
         c = self.config
@@ -112,6 +118,8 @@ class CLIP(MultimodalMethod):
 
     # ------------------------------------------------------------------ monitor
     def monitor(self) -> float:
+        if self.prompts is None:
+            return self._monitor_retrieval()
         prompts = self.model.encode_text(self.prompts)
         correct = total = 0
         for inputs, y in self.test_batches():
@@ -119,3 +127,17 @@ class CLIP(MultimodalMethod):
             correct += int((pred == y).sum())
             total += len(y)
         return correct / max(1, total)
+
+    def _monitor_retrieval(self) -> float:
+        """Instance-level image->text hit rate@1 on the test split (pessimistic ties)."""
+        img, txt = [], []
+        for inputs, _ in self.test_batches():
+            img.append(self.model.encode_image(inputs["image"]))
+            txt.append(self.model.encode_text(list(inputs["text"])))
+        if not img:
+            return float("nan")
+        sim = torch.cat(img).float() @ torch.cat(txt).float().T
+        own = sim.diagonal()
+        # a hit: no other caption at least as similar as the paired one
+        beaten = (sim >= own[:, None]).sum(dim=1) - 1
+        return float((beaten == 0).float().mean())
