@@ -91,6 +91,8 @@ def check_image(path: Path) -> str:
 
 
 def error_reason(e: BaseException) -> str:
+    """One line saying why a file did not read: ``"OSError: Truncated File Read"``, or
+    ``"not an image (or its header is damaged)"`` for PIL's "cannot identify image file"."""
     msg = (str(e).strip().splitlines() or [""])[0]
     if "cannot identify image file" in msg:  # PIL's message repeats the path
         return "not an image (or its header is damaged)"
