@@ -14,6 +14,24 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+_EVAL_SET_HELP = ("evaluate with other data.* / eval.* settings than the run's config.yaml, "
+                  "e.g. data.root=LABELLED_DIR for a run pretrained on unlabelled images")
+
+
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` items of ``probe`` / ``report``; a greedy ``--set`` gives back the RUN."""
+    from contrastmix.errors import ContrastmixError
+
+    overrides = [o for group in args.overrides for o in group]
+    stray = [o for o in overrides if "=" not in o]
+    if args.run is None and len(stray) == 1:
+        args.run = stray[0]
+        overrides.remove(stray[0])
+    if args.run is None:
+        raise ContrastmixError(f"{args.command} needs a RUN directory")
+    return overrides
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="contrastmix",
@@ -43,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="print the resolved recipe (overrides applied, validated) and exit")
 
     pr = sub.add_parser("probe", help="linear probe (and kNN / geometry) of a finished run")
-    pr.add_argument("run", help="run directory")
+    pr.add_argument("run", nargs="?", default=None, help="run directory")
+    pr.add_argument("--set", dest="overrides", action="append", default=[], nargs="+",
+                    metavar="KEY=VALUE", help=_EVAL_SET_HELP)
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.add_argument("--knn", action="store_true", help="also report weighted kNN accuracy")
     pr.add_argument("--geometry", action="store_true",
@@ -51,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
 
     rp = sub.add_parser("report", help="write report.html with figures for a run")
-    rp.add_argument("run", help="run directory")
+    rp.add_argument("run", nargs="?", default=None, help="run directory")
+    rp.add_argument("--set", dest="overrides", action="append", default=[], nargs="+",
+                    metavar="KEY=VALUE", help=_EVAL_SET_HELP)
     rp.add_argument("--out", default=None, help="output directory (default RUN/report)")
     rp.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
 
@@ -130,7 +152,9 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     from contrastmix.eval.evaluate import probe_run
 
-    res = probe_run(args.run, knn=args.knn, geometry=args.geometry, device=args.device)
+    overrides = _eval_overrides(args)
+    res = probe_run(args.run, knn=args.knn, geometry=args.geometry, device=args.device,
+                    overrides=overrides)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -194,7 +218,8 @@ def _probe_lines(res: dict) -> list[str]:
 def _report(args: argparse.Namespace) -> int:
     from contrastmix.eval.report import write_report
 
-    path = write_report(args.run, args.out, device=args.device)
+    overrides = _eval_overrides(args)
+    path = write_report(args.run, args.out, device=args.device, overrides=overrides)
     print(f"report: {path}")
     return 0
 
@@ -212,6 +237,15 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(e: BaseException) -> str:
+    """The message of ``e``; for an error re-raised from a DataLoader worker (``Caught ...
+    Original Traceback ...``), the worker's own message (its last line)."""
+    msg = str(e)
+    if "\nOriginal Traceback" in msg:
+        return msg.strip().splitlines()[-1].partition(": ")[2] or msg
+    return msg
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``contrastmix`` console script."""
     from contrastmix.errors import ContrastmixError
@@ -222,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except ContrastmixError as e:
-        print(f"contrastmix: error: {e}", file=sys.stderr)
+        print(f"contrastmix: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("contrastmix: interrupted (resume with --resume)", file=sys.stderr)

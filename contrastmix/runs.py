@@ -6,25 +6,32 @@ Used by ``contrastmix probe`` and ``contrastmix report``. Loading never unpickle
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
 from contrastmix._state import load_state_file, load_strict
 from contrastmix._validation import check_finite
+from contrastmix.config import apply_overrides
 from contrastmix.data.registry import build_data
-from contrastmix.errors import ContrastmixError, RunDirError
+from contrastmix.errors import ContrastmixError, RecipeError, RunDirError
 from contrastmix.eval.probe import extract_features
 from contrastmix.models.build import build_backbone
 from contrastmix.rundir import read_artifacts, read_run_config, run_paths
 
 __all__ = [
     "load_run", "load_backbone", "extract_run_features", "resolve_device", "load_state_file",
+    "EVAL_OVERRIDABLE",
 ]
+
+#: Recipe sections that evaluation may change (``probe`` / ``report --set``): the data it
+#: evaluates on and the protocol; the trained model and how it was trained stay as recorded.
+EVAL_OVERRIDABLE: tuple[str, ...] = ("data", "eval")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -45,9 +52,34 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def load_run(run_dir: str | Path) -> DictConfig:
-    """Validate that ``run_dir`` is a finished run and return its recipe."""
+def load_run(run_dir: str | Path, overrides: Sequence[str] | None = None) -> DictConfig:
+    """Validate that ``run_dir`` is a finished run and return its recipe.
+
+    Args:
+        run_dir: The run directory.
+        overrides: ``KEY=VALUE`` items applied to the recipe for evaluation only (the run's
+            ``config.yaml`` is not changed), e.g. ``data.root=LABELLED_DIR`` to evaluate a run
+            pretrained on unlabelled images on a labelled folder. Only keys of the
+            :data:`EVAL_OVERRIDABLE` sections; relative paths are relative to the working
+            directory.
+
+    Raises:
+        RunDirError: not a finished run.
+        RecipeError: an override outside ``data.*`` / ``eval.*``, or one that does not
+            validate.
+    """
     cfg = read_run_config(run_dir)
+    if overrides:
+        for item in overrides:
+            key = item.split("=", 1)[0].strip()
+            if key.split(".", 1)[0] not in EVAL_OVERRIDABLE or "." not in key:
+                allowed = ", ".join(f"{s}.*" for s in EVAL_OVERRIDABLE)
+                raise RecipeError(
+                    f"--set {item}: evaluation may change only {allowed} keys (e.g. "
+                    "data.root=LABELLED_DIR); the model stays as the run trained it")
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        assert isinstance(plain, dict)
+        cfg = apply_overrides(plain, list(overrides))
     p = run_paths(run_dir)
     if not p["backbone"].is_file():
         hint = (

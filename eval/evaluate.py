@@ -7,6 +7,7 @@ protocol is in docs/methods.md §9 and the README's *Evaluation protocol*.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,25 @@ __all__ = ["probe_run"]
 
 def probe_run(
     run_dir: str | Path, *, knn: bool = False, geometry: bool = False,
-    device: str | None = None,
+    device: str | None = None, overrides: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The frozen-feature evaluation of a run: linear probe (+ kNN, + geometry).
+
+    Args:
+        run_dir: A finished run directory.
+        knn: Also report weighted kNN accuracy.
+        geometry: Also report uniformity, effective rank and neural collapse.
+        device: ``cpu`` / ``cuda`` (default: CUDA when available).
+        overrides: ``data.*`` / ``eval.*`` ``KEY=VALUE`` items for this evaluation (e.g.
+            ``data.root=LABELLED_DIR``; see :func:`contrastmix.runs.load_run`).
 
     Returns:
         One JSON-serialisable dict: the metrics plus the exact protocol used.
     """
     device = resolve_device(device)  # a bad --device fails before any work
     try:
-        return _probe_run(run_dir, knn=knn, geometry=geometry, device=device)
+        return _probe_run(run_dir, knn=knn, geometry=geometry, device=device,
+                          overrides=overrides)
     except NonFiniteError as e:  # a NaN / inf that a metric found in the run's embeddings
         raise EmbeddingError(
             f"{run_dir}: the trained model gives non-finite embeddings ({e}). The run diverged "
@@ -47,9 +57,10 @@ def probe_run(
 
 
 def _probe_run(
-    run_dir: str | Path, *, knn: bool, geometry: bool, device: torch.device
+    run_dir: str | Path, *, knn: bool, geometry: bool, device: torch.device,
+    overrides: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    cfg = load_run(run_dir)
+    cfg = load_run(run_dir, overrides)
 
     bundle = build_data(cfg.data)
     if bundle.extras and bundle.extras.get("unlabelled"):  # e.g. `arrays` without `y`
@@ -60,6 +71,8 @@ def _probe_run(
     data = bundle
     out: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name,
                            "dataset": cfg.data.name}
+    if overrides:
+        out["overrides"] = list(overrides)
     res = linear_probe(
         f["train_x"], f["train_y"], f["test_x"], f["test_y"], task=f["task"],
         val_fraction=cfg.eval.probe_val_fraction, max_iter=cfg.eval.probe_max_iter,

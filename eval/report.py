@@ -361,6 +361,7 @@ class _Context:
     metrics: list[tuple[str, str, str]] = field(default_factory=list)  # (name, value, note)
     artifacts: RunArtifacts = field(default_factory=RunArtifacts)  # artifacts.json (or empty)
     artifacts_problem: str = ""  # why artifacts.json could not be used ("" when it could)
+    overrides: list[str] = field(default_factory=list)  # --set items of this evaluation
 
 
 @contextlib.contextmanager
@@ -438,6 +439,8 @@ def _section_run(ctx: _Context) -> _Section:
         ("backbone", f"{cfg.model.backbone} (width {cfg.model.width})"),
         ("seed", cfg.seed),
     ]
+    if ctx.overrides:
+        rows.append(("evaluated with --set", " ".join(ctx.overrides)))
     summary = ctx.run_dir / "run.json"
     if summary.is_file():
         try:
@@ -1151,6 +1154,7 @@ def write_report(
     seed: int = 0,
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = None,
+    overrides: Sequence[str] | None = None,
 ) -> Path:
     """Write ``report.html`` and its PNG figures for a finished run (see the module docstring).
 
@@ -1162,6 +1166,8 @@ def write_report(
         seed: Seed of every subsample, view augmentation and MoCHi draw.
         device: Device of the forward passes (default: CUDA when available, else CPU).
         log: Progress callback (default ``print`` with a ``[report]`` prefix).
+        overrides: ``data.*`` / ``eval.*`` ``KEY=VALUE`` items for this evaluation (e.g.
+            ``data.root=LABELLED_DIR``; see :func:`contrastmix.runs.load_run`).
 
     Returns:
         The path of ``report.html``.
@@ -1178,14 +1184,14 @@ def write_report(
     t0 = time.time()
     say = log if log is not None else (lambda msg: print(f"[report] {msg}", flush=True))
     run = Path(run_dir)
-    cfg = load_run(run)
+    cfg = load_run(run, overrides)
     out = Path(out_dir) if out_dir is not None else run / "report"
     dev = resolve_device(device)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunDirError(f"cannot write the report to {out}: {e.strerror or e}") from None
-    ctx = _Context(run, out, cfg, max_points, seed, dev, say)
+    ctx = _Context(run, out, cfg, max_points, seed, dev, say, overrides=list(overrides or []))
     try:
         ctx.artifacts = read_artifacts(run)
     except RunDirError as e:  # an edited or foreign artifacts.json: the report still renders
@@ -1201,6 +1207,10 @@ def write_report(
         ctx.task = "unknown"
         data_error = f"cannot build the run's dataset: {_describe(e)}"
         say(data_error)
+    if data is not None and data.extras and data.extras.get("unlabelled"):
+        data_error = f"cannot evaluate: {data.extras['unlabelled']}"  # e.g. unlabelled images
+        say(data_error)
+        data = ctx.data = None
 
     sections = [_guard(ctx, "run", "Run", lambda: _section_run(ctx)),
                 _guard(ctx, "curves", "Training curves", lambda: _section_curves(ctx))]
@@ -1219,7 +1229,7 @@ def write_report(
     else:
         try:
             with _step(ctx, f"extracting backbone features of the train and test splits on {dev}"):
-                ctx.feats = extract_run_features(run, dev)
+                ctx.feats = extract_run_features(run, dev, cfg=cfg, data=data)
             ctx.log(f"features {tuple(ctx.feats['train_x'].shape)} train, "
                     f"{tuple(ctx.feats['test_x'].shape)} test")
         except Exception as e:

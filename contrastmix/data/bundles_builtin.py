@@ -8,7 +8,14 @@ from typing import Any
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from contrastmix.data.bundle import DataBundle, TensorIndexDataset, image_augment, signal_augment
+from contrastmix.data.bundle import (
+    DataBundle,
+    TensorIndexDataset,
+    dataset_options,
+    image_augment,
+    signal_augment,
+)
+from contrastmix.errors import DatasetError
 
 __all__ = ["build_mnist1d", "build_digits", "build_images"]
 
@@ -41,20 +48,40 @@ def build_digits(cfg: Any) -> DataBundle:
 
 
 def build_images(cfg: Any) -> DataBundle:
-    """CIFAR-10/100 (torchvision's format under ``data.root``) or an image folder."""
+    """CIFAR-10/100 (torchvision's format under ``data.root``) or an image folder, labelled
+    (``train/<class>/``, ``test/<class>/``) or not (any other folder of images; see
+    :func:`contrastmix.data.images.scan_image_folder`). ``data.options`` of ``imagefolder``:
+    ``verify`` (true: check every image with PIL when the dataset is built)."""
     from contrastmix.data.images import (
         IndexedDataset,
         build_image_dataset,
         eval_transform,
+        scan_image_folder,
         stack_views,
         two_view_transform,
     )
 
     name = cfg.name
-    base_tr = build_image_dataset(name, cfg.root, "train", download=cfg.download)
-    base_te = build_image_dataset(name, cfg.root, "test", download=cfg.download)
+    extras: dict[str, Any] | None = None
+    if name == "imagefolder":
+        o = dataset_options(cfg, {"verify": True})
+        if cfg.root is None:
+            raise DatasetError(
+                "data.root must be set for dataset 'imagefolder' (a folder of images; e.g. "
+                "--set data.root=DIR)")
+        base_tr, base_te = scan_image_folder(cfg.root, verify=bool(o["verify"]))
+        n_cls = len(base_tr.classes)
+        if n_cls == 0:
+            extras = {"unlabelled": (
+                f"{cfg.root} has no labels (no train/<class>/ and test/<class>/ folders): "
+                "pretraining works without them, evaluation needs them; evaluate on a labelled "
+                "image folder with --set data.root=LABELLED_DIR (train/<class>/..., "
+                "test/<class>/...)")}
+    else:
+        base_tr = build_image_dataset(name, cfg.root, "train", download=cfg.download)
+        base_te = build_image_dataset(name, cfg.root, "test", download=cfg.download)
+        n_cls = len(getattr(base_tr, "classes", [])) or (100 if name == "cifar100" else 10)
     ev = eval_transform(name, cfg.image_size)
-    n_cls = len(getattr(base_tr, "classes", [])) or (100 if name == "cifar100" else 10)
     return DataBundle(
         pretrain=IndexedDataset(base_tr, two_view_transform(name, cfg.image_size)),
         train=IndexedDataset(base_tr, ev),
@@ -63,4 +90,5 @@ def build_images(cfg: Any) -> DataBundle:
         in_channels=3,
         num_classes=n_cls,
         collate_fn=stack_views,
+        extras=extras,
     )

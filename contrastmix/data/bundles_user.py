@@ -291,7 +291,8 @@ def build_arrays(cfg: Any) -> DataBundle:
         num_classes = 0
         extras = {"unlabelled": f"{path} has no array 'y' (labels [N]): pretraining works "
                                 "without labels, evaluation needs them; add integer class "
-                                "labels as 'y' to the .npz"}
+                                "labels as 'y' to the .npz, or evaluate on a labelled file "
+                                "with --set data.path=LABELLED.npz"}
     else:
         num_classes = int(y.max()) + 1
     train = TensorIndexDataset(x[tr], y[tr])
