@@ -14,8 +14,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from contrastmix._counter_rng import draw_seed, reference_uniform
 from contrastmix.data.registry import DataBundle, TensorIndexDataset
+from contrastmix.losses.mochi import mochi_loss
+from contrastmix.losses.moco import moco_infonce
 from contrastmix.losses.rnc import rnc_loss
+from contrastmix.mixing import mochi as mochi_mod
 from contrastmix.recipe import load_recipe
 from contrastmix.train.pretrain import build_method
 
@@ -123,3 +127,95 @@ def test_projector_option_is_checked() -> None:
 
     with pytest.raises(RecipeError, match="method.projector"):
         load_recipe("rnc_rotated_digits", ["method.projector=maybe"])
+
+
+# ------------------------------------------------------------------------------ MoCHi oracle
+def _oracle_reference(q, key, queue, qids, kids, qlab, klab, n_hard, s, s2, tau, seed,
+                      exclude_same_instance):
+    """Brute force of MoCHi with the class oracle, from the spec (docs/methods.md §1): per
+    query, sort the queue rows that are neither its sample nor its class by similarity, keep
+    the top ``n_hard``, map the documented counter-based uniforms to ranks, materialise the
+    mixtures, and take InfoNCE over [key, every real negative, synthetic] / tau."""
+    b_size, k = q.shape[0], queue.shape[0]
+    width = 3 * s + 2 * s2
+    qd = q.detach()
+    losses = []
+    for b in range(b_size):
+        u = [reference_uniform(seed, b * width + t) for t in range(width)]
+        eligible = [r for r in range(k)
+                    if int(klab[r]) != int(qlab[b]) and int(kids[r]) != int(qids[b])]
+        eligible.sort(key=lambda r: -float(qd[b] @ queue[r]))
+        hard = eligible[:n_hard]
+        syn = []
+        if hard:
+            rank = [hard[min(int(v * len(hard)), len(hard) - 1)] for v in u[: 2 * s + s2]]
+            for t in range(s):
+                a = u[2 * s + s2 + t]
+                syn.append(F.normalize(a * queue[rank[t]] + (1 - a) * queue[rank[s + t]], dim=0))
+            for t in range(s2):
+                bt = 0.5 * u[3 * s + s2 + t]
+                syn.append(F.normalize(bt * qd[b] + (1 - bt) * queue[rank[2 * s + t]], dim=0))
+        denom = [r for r in range(k)
+                 if not (exclude_same_instance and int(kids[r]) == int(qids[b]))]
+        logits = torch.stack([q[b] @ key[b], *[q[b] @ queue[r] for r in denom],
+                              *[q[b] @ h for h in syn]]) / tau
+        losses.append(torch.logsumexp(logits, dim=0) - logits[0])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("numba_on", [True, False])
+@pytest.mark.parametrize("exclude_same_instance", [True, False])
+def test_class_oracle_matches_brute_force(numba_on: bool, exclude_same_instance: bool,
+                                          monkeypatch) -> None:
+    monkeypatch.setattr(mochi_mod, "USE_NUMBA", numba_on)
+    g = torch.Generator().manual_seed(3)
+    b, k, d, tau, n_hard, s, s2 = 6, 48, 8, 0.2, 5, 7, 3
+    q0 = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    key = F.normalize(torch.randn(b, d, generator=g), dim=1)
+    queue = F.normalize(torch.randn(k, d, generator=g), dim=1)
+    qids, kids = torch.arange(b), torch.randint(0, 12, (k,), generator=g)
+    qlab, klab = torch.randint(0, 3, (b,), generator=g), torch.randint(-1, 3, (k,), generator=g)
+    qlab[-1] = 0
+    klab[klab == 0] = 1  # query b-1's class has no queue row; -1 (unknown) matches no class
+    seed = int(draw_seed(torch.Generator().manual_seed(9), torch.device("cpu")))
+    q = q0.clone().requires_grad_()
+    loss = mochi_loss(q, key, queue, tau, num_hard=n_hard, num_mix=s, num_query_mix=s2,
+                      exclude_same_instance=exclude_same_instance, queue_ids=kids,
+                      query_ids=qids, queue_labels=klab, query_labels=qlab,
+                      generator=torch.Generator().manual_seed(9))
+    loss.backward()
+    q_ref = q0.clone().requires_grad_()
+    ref = _oracle_reference(q_ref, key, queue, qids, kids, qlab, klab, n_hard, s, s2, tau, seed,
+                            exclude_same_instance)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(q.grad, q_ref.grad, rtol=1e-4, atol=1e-5)
+    # not vacuous: without the oracle, same-class rows are among the hard sets
+    sims = q0 @ queue.T
+    sims[qids[:, None] == kids[None, :]] = float("-inf")
+    top = sims.topk(n_hard, dim=1).indices
+    assert bool((klab[top] == qlab[:, None]).any())
+    plain = mochi_loss(q0, key, queue, tau, num_hard=n_hard, num_mix=s, num_query_mix=s2,
+                       exclude_same_instance=exclude_same_instance, queue_ids=kids,
+                       query_ids=qids, generator=torch.Generator().manual_seed(9))
+    assert not torch.allclose(plain, loss.detach())
+
+
+def test_class_oracle_without_eligible_rows_is_moco_and_bad_labels_are_refused() -> None:
+    g = torch.Generator().manual_seed(4)
+    q = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    key = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    queue = F.normalize(torch.randn(16, 8, generator=g), dim=1)
+    same = torch.zeros(16, dtype=torch.long)  # every row is of the queries' class
+    loss = mochi_loss(q, key, queue, 0.2, num_hard=4, num_mix=4, num_query_mix=2,
+                      queue_labels=same, query_labels=torch.zeros(4, dtype=torch.long),
+                      generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loss, moco_infonce(q, key, queue, 0.2))
+    kw = {"num_hard": 4, "num_mix": 4, "num_query_mix": 2}
+    with pytest.raises(ValueError, match="`queue_labels` and `query_labels` must be given"):
+        mochi_loss(q, key, queue, queue_labels=same, **kw)
+    with pytest.raises(ValueError, match=r"`query_labels` must be a \[4\] tensor"):
+        mochi_loss(q, key, queue, queue_labels=same, query_labels=torch.zeros(3).long(), **kw)
+    with pytest.raises(ValueError, match="`queue_labels` must hold integer class labels"):
+        mochi_loss(q, key, queue, queue_labels=same.float(),
+                   query_labels=torch.zeros(4, dtype=torch.long), **kw)
