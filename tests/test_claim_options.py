@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
@@ -219,3 +220,194 @@ def test_class_oracle_without_eligible_rows_is_moco_and_bad_labels_are_refused()
     with pytest.raises(ValueError, match="`queue_labels` must hold integer class labels"):
         mochi_loss(q, key, queue, queue_labels=same.float(),
                    query_labels=torch.zeros(4, dtype=torch.long), **kw)
+
+
+# ------------------------------------------------------------------------------ paired seeds
+class _RecordBatches(pl.Callback):
+    """Records, per training step, the sample ids and both augmented views, and whether
+    MoCHi appended synthetic negatives."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        self.mixed: list[bool] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        augment = pl_module.augment
+
+        def recording_augment(x):  # noqa: ANN001, ANN202
+            out = augment(x)
+            self.steps[-1][1].append(out.detach().clone())
+            return out
+
+        pl_module.augment = recording_augment
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.steps.append((batch[2].clone(), []))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        mochi = getattr(pl_module, "mochi", None)
+        self.mixed.append(bool(mochi.last_mixed) if mochi is not None else False)
+
+
+PAIRED = [
+    "trainer.max_epochs=3", "trainer.limit_train_batches=2", "eval.knn_every_n_epochs=0",
+    "trainer.enable_progress_bar=false", "trainer.num_threads=1", "data.batch_size=32",
+    "model.width=4", "model.proj_hidden_dim=16", "model.proj_output_dim=8",
+    "method.queue_size=64",
+]
+
+
+@pytest.mark.slow
+def test_moco_and_mochi_of_one_seed_see_the_same_batches(tmp_path) -> None:  # noqa: ANN001
+    """Paired seeds pair: MoCHi's mixing draws come from its own generator, so the loader order
+    (torch's global RNG at each epoch) and the augmentation stream equal MoCo's, also after
+    the warm-up, when MoCHi mixes."""
+    from contrastmix.train.pretrain import pretrain
+
+    runs = {}
+    for name, extra in (("moco_mnist1d", []),
+                        ("mochi_mnist1d", ["method.warmup_epochs=1", "method.num_hard=8",
+                                           "method.num_mix=8", "method.num_query_mix=4"])):
+        rec = _RecordBatches()
+        pretrain(load_recipe(name, PAIRED + extra), tmp_path / name, extra_callbacks=[rec])
+        runs[name] = rec
+    moco, mochi = runs["moco_mnist1d"], runs["mochi_mnist1d"]
+    assert len(moco.steps) == len(mochi.steps) == 6
+    assert mochi.mixed[2:] == [True] * 4 and not any(mochi.mixed[:2])  # mixing after warm-up
+    for (ids_a, views_a), (ids_b, views_b) in zip(moco.steps, mochi.steps, strict=True):
+        assert torch.equal(ids_a, ids_b)
+        assert len(views_a) == len(views_b) == 2
+        for va, vb in zip(views_a, views_b, strict=True):
+            assert torch.equal(va, vb)
+
+
+def test_mochi_steps_leave_the_global_rng_alone_and_draw_moco_views() -> None:
+    """Fast twin of the test above: a mixing MoCHi step draws nothing from torch's global RNG
+    (which orders the next epoch's batches), and its views equal MoCo's for one seed."""
+    mods = {}
+    for name, extra in (("moco_mnist1d", []),
+                        ("mochi_mnist1d", ["method.warmup_epochs=0", "method.num_hard=8",
+                                           "method.num_mix=8", "method.num_query_mix=4"])):
+        cfg = _plain(load_recipe(name, PAIRED + extra))
+        data = _mnist1d_like_bundle()
+        mods[name] = build_method(cfg, data)
+    torch.set_num_threads(1)  # restored by the autouse fixture
+    x = _mnist1d_like_bundle().pretrain.x[:16]  # type: ignore[attr-defined]
+    y, idx = torch.zeros(16, dtype=torch.long), torch.arange(16)
+    views: dict[str, list[torch.Tensor]] = {n: [] for n in mods}
+    for name, m in mods.items():
+        augment = m.augment
+        m.augment = lambda t, _a=augment, _n=name: views[_n].append(_a(t)) or views[_n][-1]
+    for step in range(2):  # step 1 mixes: the queue holds 16 >= num_hard keys
+        for name, m in mods.items():
+            before = torch.get_rng_state()
+            loss, _ = m.contrastive_step(x, y, idx + 16 * step, step=step, total_steps=10,
+                                         epoch=1)
+            assert torch.equal(torch.get_rng_state(), before), name
+            loss.backward()
+    assert mods["mochi_mnist1d"].mochi.last_mixed
+    assert len(views["moco_mnist1d"]) == len(views["mochi_mnist1d"]) == 4
+    for va, vb in zip(views["moco_mnist1d"], views["mochi_mnist1d"], strict=True):
+        assert torch.equal(va, vb)
+
+
+def _mnist1d_like_bundle(n: int = 64) -> DataBundle:
+    from contrastmix.data.augment1d import SignalAugment
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorIndexDataset(torch.randn(n, 1, 40, generator=g), torch.randint(0, 10, (n,),
+                                                                            generator=g))
+    return DataBundle(ds, ds, ds, SignalAugment(), 1, 10)
+
+
+# ------------------------------------------------------------------------------ Shuffle-BN
+def _bn_encoder() -> torch.nn.Module:
+    torch.manual_seed(5)
+    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5),
+                               torch.nn.ReLU(), torch.nn.Linear(5, 4)).train()
+
+
+def _rank_inputs(counts: list[int]) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    return [torch.randn(c, 6, generator=g) + 3.0 * r for r, c in enumerate(counts)]
+
+
+def _shuffle_bn_reference(module: torch.nn.Module, xs: list[torch.Tensor], perm: torch.Tensor
+                          ) -> list[torch.Tensor]:
+    """Each rank's keys under Shuffle-BN, by definition: rank r's slice of the shuffled global
+    batch is encoded with that slice's BatchNorm statistics; row perm[p] of the global batch
+    gets the encoding at shuffled position p."""
+    counts = [len(x) for x in xs]
+    xg = torch.cat(xs)
+    shuffled = xg[perm]
+    enc = torch.empty(len(xg), 4)
+    start = 0
+    with torch.no_grad():
+        for c in counts:
+            enc[perm[start:start + c]] = module(shuffled[start:start + c])
+            start += c
+    return list(torch.split(enc, counts))
+
+
+def test_shuffle_bn_plan_simulated_ranks_match_the_definition() -> None:
+    """Fast twin of the 2-process test: the plan that shuffled_forward follows, with the
+    collectives done by hand, gives the keys of the definition (unequal batches too), and the
+    keys differ from per-rank BatchNorm (so the shuffle matters)."""
+    from contrastmix.distributed import shuffle_bn_plan
+
+    module = _bn_encoder()
+    for counts in ([5, 5], [4, 7], [3, 2, 6]):
+        xs = _rank_inputs(counts)
+        perm = torch.randperm(sum(counts), generator=torch.Generator().manual_seed(2))
+        xg = torch.cat(xs)
+        with torch.no_grad():
+            plans = [shuffle_bn_plan(perm, counts, r) for r in range(len(counts))]
+            gathered = torch.cat([module(xg[mine]) for mine, _ in plans])  # the all_gather
+            ref = _shuffle_bn_reference(module, xs, perm)
+            for r, (_, keep) in enumerate(plans):
+                torch.testing.assert_close(gathered[keep], ref[r])
+                assert not torch.allclose(gathered[keep], module(xs[r]), atol=1e-3)
+    with pytest.raises(ValueError, match="`perm` must have 10 entries"):
+        shuffle_bn_plan(torch.arange(9), [5, 5], 0)
+
+
+def test_shuffle_bn_is_plain_forward_on_one_process_and_a_moco_option() -> None:
+    from contrastmix.distributed import shuffled_forward
+
+    module, x = _bn_encoder(), _rank_inputs([8])[0]
+    with torch.no_grad():
+        want = module(x)
+    assert torch.equal(shuffled_forward(module, x, torch.Generator().manual_seed(0)), want)
+    cfg = _plain(load_recipe("moco_mnist1d", [*PAIRED, "method.shuffle_bn=true"]))
+    m = build_method(cfg, _mnist1d_like_bundle())
+    x1 = _mnist1d_like_bundle().pretrain.x[:16]  # type: ignore[attr-defined]
+    assert m.config.shuffle_bn is True
+    assert torch.equal(m.keys(x1), m.key_encoder(x1))  # type: ignore[operator]
+    loss, _ = m.contrastive_step(x1, torch.zeros(16, dtype=torch.long), torch.arange(16),
+                                 step=0, total_steps=2, epoch=0)
+    assert torch.isfinite(loss)
+
+
+def test_oracle_recipe_passes_the_queue_labels_and_needs_classes() -> None:
+    cfg = _plain(load_recipe("mochi_oracle_mnist1d", [*PAIRED, "method.warmup_epochs=0",
+                                                      "method.num_hard=8", "method.num_mix=8",
+                                                      "method.num_query_mix=4"]))
+    m = build_method(cfg, _mnist1d_like_bundle())
+    seen: list[dict] = []
+    forward = m.mochi.forward
+
+    def spy(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        seen.append({k: kw.get(k) for k in ("queue_labels", "query_labels")})
+        return forward(*a, **kw)
+
+    m.mochi.forward = spy
+    x = _mnist1d_like_bundle().pretrain.x  # type: ignore[attr-defined]
+    y = torch.arange(16) % 3
+    for step in range(2):
+        m.contrastive_step(x[16 * step:16 * (step + 1)], y, torch.arange(16) + 16 * step,
+                           step=step, total_steps=2, epoch=0)
+    assert torch.equal(seen[0]["query_labels"], y) and len(seen[0]["queue_labels"]) == 0
+    assert torch.equal(seen[1]["queue_labels"], y)  # the labels of the keys enqueued at step 0
+    assert m.mochi.last_mixed
+    with pytest.raises(ValueError, match="hard_set_oracle.*regression dataset"):
+        build_method(cfg, _regression_bundle())
