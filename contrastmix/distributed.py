@@ -3,6 +3,7 @@
 Lightning (or the user) initialises the process group; the core only asks whether one is
 there. Gathering *with* gradient uses lightly's ``GatherLayer`` (``lightly.utils.dist``),
 gathering *without* gradient is a plain ``all_gather`` for queues and banks.
+:func:`shuffled_forward` is MoCo's Shuffle-BN for the key encoder.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import Tensor
 
 __all__ = [
     "is_distributed", "world_size", "rank", "gather_no_grad", "gather_with_grad",
-    "broadcast_buffers",
+    "broadcast_buffers", "shuffle_bn_plan", "shuffled_forward",
 ]
 
 
@@ -91,3 +92,70 @@ def gather_with_grad(x: Tensor) -> Tensor:
     from lightly.utils.dist import gather
 
     return torch.cat(gather(x), dim=0)
+
+
+def shuffle_bn_plan(perm: Tensor, counts: list[int], rank: int) -> tuple[Tensor, Tensor]:
+    """Which rows rank ``rank`` encodes under Shuffle-BN, and where its own keys come back.
+
+    The global batch is the ranks' batches concatenated in rank order (``counts[r]`` rows
+    from rank ``r``); position ``p`` of the shuffled batch holds global row ``perm[p]``, and
+    rank ``r`` encodes positions ``start_r .. start_r + counts[r]`` (``start_r`` = rows of the
+    ranks before it). Gathering every rank's outputs in rank order gives the encodings in
+    shuffled order; the rank's own rows ``start_r + i`` sit at positions ``perm^-1[start_r + i]``.
+
+    Args:
+        perm: ``[n]`` permutation of the global batch, ``n = sum(counts)`` (the same on every
+            rank).
+        counts: Rows per rank.
+        rank: This rank.
+
+    Returns:
+        ``(mine, keep)``: ``[counts[rank]]`` global rows to encode here, and ``[counts[rank]]``
+        positions of the gathered (shuffled-order) outputs that are this rank's keys, in the
+        order of its own batch.
+    """
+    n = int(sum(counts))
+    if perm.shape != (n,):
+        raise ValueError(f"`perm` must have {n} entries (sum of `counts`), got {tuple(perm.shape)}")
+    start = int(sum(counts[:rank]))
+    stop = start + int(counts[rank])
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(n, device=perm.device, dtype=perm.dtype)
+    return perm[start:stop], inverse[start:stop]
+
+
+@torch.no_grad()
+def shuffled_forward(module: torch.nn.Module, x: Tensor, generator: torch.Generator) -> Tensor:
+    """``module(x)`` with MoCo's Shuffle-BN: BatchNorm statistics of a random part of the global
+    batch instead of this rank's own samples (no gradient; for the key encoder).
+
+    Under DDP: the inputs of every rank are gathered, shuffled with a permutation drawn from
+    ``generator`` and broadcast from rank 0 (so all ranks use rank 0's), each rank encodes its
+    slice of the shuffled batch (its BatchNorm layers see the statistics of that slice), the
+    outputs are gathered and un-shuffled, and each rank keeps the keys of its own inputs
+    (:func:`shuffle_bn_plan`). The query and its key then never share batch statistics, the
+    leak that lets a BN network solve the instance task by the statistics alone (He et al.,
+    2020, §3.3). Without a process group it is ``module(x)``: shuffling one batch does not
+    change its statistics.
+
+    Args:
+        module: The encoder (BatchNorm in training mode, as during MoCo training).
+        x: ``[b, ...]`` this rank's inputs (ranks may hold different ``b``).
+        generator: Draws the permutation (only rank 0's draw is used).
+
+    Returns:
+        ``[b, ...]`` the encodings of ``x``, in its order.
+    """
+    if not is_distributed():
+        return module(x)
+    ws, r = dist.get_world_size(), dist.get_rank()
+    n_local = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n_local) for _ in range(ws)]
+    dist.all_gather(sizes, n_local)
+    counts = [int(s.item()) for s in sizes]
+    xg = gather_no_grad(x)
+    perm = torch.randperm(xg.shape[0], generator=generator, device=generator.device)
+    perm = perm.to(x.device)
+    dist.broadcast(perm, 0)
+    mine, keep = shuffle_bn_plan(perm, counts, r)
+    return gather_no_grad(module(xg[mine]))[keep]

@@ -24,7 +24,11 @@ is the test split. ``extras`` holds what
 - ``image_noise`` (0.0, digits-tri only): standard deviation of a fixed Gaussian noise added
   to every image once at load time (train and test, seeded), a weaker image modality;
 - ``train_per_class`` (null, digits-tri only): keep this many training samples per class
-  (seeded), a low-label regime; null keeps the whole train split.
+  (seeded), a low-label regime; null keeps the whole train split;
+- ``instance_shared`` (0.0, digits-tri only): when > 0, the image, signal and caption of each
+  sample share a per-instance code (:func:`contrastmix.data.digits_tri.add_instance_code`:
+  patterns of this size relative to each modality's spread, tag words in the caption), so that
+  the modalities share instance-level information and not only the class.
 
 ``data.seed`` is the split / caption / pairing seed.
 """
@@ -210,11 +214,15 @@ def build_digits_captions(cfg: Any) -> DataBundle:
 def build_digits_tri(cfg: Any) -> DataBundle:
     """``digits-tri``: image, MNIST-1D signal and caption of the same class per sample."""
     from contrastmix.data.digits_captions import CAPTION_TEMPLATES, NUMBER_WORDS
-    from contrastmix.data.digits_tri import DIGITS_TRI_MODALITIES, load_digits_tri
+    from contrastmix.data.digits_tri import (
+        DIGITS_TRI_MODALITIES,
+        add_instance_code,
+        load_digits_tri,
+    )
 
     opt = dataset_options(
         cfg, {**_COMMON, "mnist1d_seed": 42, "caption_noise": 0.0, "image_noise": 0.0,
-              "train_per_class": None}
+              "train_per_class": None, "instance_shared": 0.0}
     )
     tf = float(opt["test_fraction"])
     ms = int(opt["mnist1d_seed"])
@@ -229,6 +237,11 @@ def build_digits_tri(cfg: Any) -> DataBundle:
         raise DatasetError(
             f"data.options.train_per_class must be a positive integer or null, got {per_class!r}"
         )
+    shared = opt["instance_shared"]
+    if (isinstance(shared, bool) or not isinstance(shared, (int, float))
+            or not 0.0 <= float(shared) < float("inf")):
+        raise DatasetError(
+            f"data.options.instance_shared must be a finite number >= 0, got {shared!r}")
     tr = load_digits_tri("train", seed=cfg.seed, test_fraction=tf, mnist1d_seed=ms)
     te = load_digits_tri("test", seed=cfg.seed, test_fraction=tf, mnist1d_seed=ms)
     template, prompts = _prompts(opt["prompt_template"])
@@ -246,6 +259,10 @@ def build_digits_tri(cfg: Any) -> DataBundle:
         if float(img_noise) > 0:
             g = torch.Generator().manual_seed(int(cfg.seed) * 1000 + 43 + split)
             images = images + float(img_noise) * torch.randn(images.shape, generator=g)
+        if float(shared) > 0:
+            images, signals, caps = add_instance_code(
+                images, signals, caps, float(shared), projection_seed=int(cfg.seed) * 1000 + 61,
+                code_seed=int(cfg.seed) * 1000 + 67 + split)
         return MultimodalDataset({"image": images, "signal": signals, "text": caps}, labels)
 
     train = ds(tr, 0)
@@ -266,5 +283,6 @@ def build_digits_tri(cfg: Any) -> DataBundle:
             "neutral_captions": list(NEUTRAL_CAPTIONS),
             "train_per_class": per_class,
             "image_noise": float(img_noise),
+            "instance_shared": float(shared),
         },
     )

@@ -9,7 +9,11 @@ Each sample joins, for one class ``c``:
 - a caption of ``c`` (:mod:`contrastmix.data.digits_captions` templates).
 
 The modalities are independent draws that share only the class, so they carry complementary
-evidence as in multimodal classification (Kumar, Singhal et al., "M3CoL", 2024). Pairing is
+evidence as in multimodal classification (Kumar, Singhal et al., "M3CoL", 2024). An
+instance-level objective then treats same-class samples as negatives whose modalities are no
+more related than its positives'; :func:`add_instance_code` (``data.options.instance_shared``)
+gives the three modalities of a sample shared per-instance information, to tell the benchmark
+from the method. Pairing is
 within class and fixed by ``seed``: digits train images are paired with MNIST-1D *train* signals
 and test images with *test* signals (so no signal is shared across the split); within a split
 every class's signals are shuffled once and assigned in order, without reuse while the class has
@@ -29,10 +33,66 @@ from torch.utils.data import Dataset
 from contrastmix.data.digits_captions import CAPTION_TEMPLATES, load_digits_captions
 from contrastmix.data.mnist1d import load_mnist1d
 
-__all__ = ["DigitsTriData", "load_digits_tri", "DigitsTri", "DIGITS_TRI_MODALITIES"]
+__all__ = ["DigitsTriData", "load_digits_tri", "DigitsTri", "DIGITS_TRI_MODALITIES",
+           "INSTANCE_TAGS", "add_instance_code"]
 
 #: Modality names, in the order used by :class:`DigitsTri` items.
 DIGITS_TRI_MODALITIES: tuple[str, str, str] = ("image", "signal", "text")
+
+
+#: Tag words of :func:`add_instance_code`: caption tag ``t`` is ``INSTANCE_TAGS[t][bucket]``,
+#: the bucket being the quartile of code coordinate ``t`` under ``N(0, 1)``.
+INSTANCE_TAGS: tuple[tuple[str, ...], ...] = (
+    ("red", "green", "blue", "amber"),
+    ("north", "south", "east", "west"),
+    ("oak", "pine", "elm", "ash"),
+)
+_QUARTILES = (-0.6745, 0.0, 0.6745)
+
+
+def add_instance_code(
+    images: Tensor, signals: Tensor, captions: Sequence[str], strength: float,
+    projection_seed: int, code_seed: int, code_dim: int = 16,
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Give the three modalities of each sample shared instance-level information.
+
+    Sample ``i`` draws a code ``c_i ~ N(0, I_k)`` (``k = code_dim``). Its image gets
+    ``strength · σ_img · P_img c_i / √k`` added (an 8x8 pattern), its signal
+    ``strength · σ_sig · P_sig c_i / √k`` (a 40-step pattern), with fixed Gaussian projections
+    ``P`` (so each added value is ``N(0, (strength σ)²)`` over samples, ``σ`` the modality's
+    standard deviation), and its caption ends with three tag words naming the quartiles of
+    ``c_i``'s first three coordinates (:data:`INSTANCE_TAGS`). The modalities then share the
+    instance (its code), not only the class: the cross-modal relation an instance-level
+    objective such as M3Co can learn.
+
+    Args:
+        images: ``[N, 1, 8, 8]``.
+        signals: ``[N, C, L]``.
+        captions: ``N`` strings.
+        strength: Size of the added patterns relative to each modality's spread (> 0).
+        projection_seed: Seed of ``P_img``, ``P_sig`` (the same for train and test, so the
+            relation learnt on one split holds on the other).
+        code_seed: Seed of the codes (one per split: instances differ).
+        code_dim: ``k`` (>= 3).
+
+    Returns:
+        ``(images, signals, captions)`` with the code added.
+    """
+    n = images.shape[0]
+    gp = torch.Generator().manual_seed(int(projection_seed))
+    p_img = torch.randn(code_dim, images[0].numel(), generator=gp)
+    p_sig = torch.randn(code_dim, signals[0].numel(), generator=gp)
+    code = torch.randn(n, code_dim, generator=torch.Generator().manual_seed(int(code_seed)))
+    scale = float(strength) / code_dim**0.5
+    img = images + scale * float(images.std()) * (code @ p_img).view_as(images)
+    sig = signals + scale * float(signals.std()) * (code @ p_sig).view_as(signals)
+    first = code[:, : len(INSTANCE_TAGS)].contiguous()
+    buckets = torch.bucketize(first, torch.tensor(_QUARTILES))
+    caps = [
+        f"{cap} ({' '.join(tags[int(b)] for tags, b in zip(INSTANCE_TAGS, row, strict=True))})"
+        for cap, row in zip(captions, buckets.tolist(), strict=True)
+    ]
+    return img, sig, caps
 
 
 class DigitsTriData(NamedTuple):

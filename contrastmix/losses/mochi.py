@@ -23,7 +23,7 @@ from contrastmix.mixing.mochi import (
     _mochi_coefficients,
 )
 
-__all__ = ["mochi_loss", "MoCHiLoss"]
+__all__ = ["mochi_loss", "MoCHiLoss", "same_class_mask"]
 
 
 def mochi_loss(
@@ -40,6 +40,8 @@ def mochi_loss(
     query_ids: Tensor | None = None,
     generator: torch.Generator | None = None,
     mix: bool = True,
+    queue_labels: Tensor | None = None,
+    query_labels: Tensor | None = None,
 ) -> Tensor:
     """MoCHi loss: MoCo InfoNCE over ``[key, queue, synthetic]`` logits, target 0.
 
@@ -60,6 +62,10 @@ def mochi_loss(
         query_ids: Optional ``[B]`` sample ids of the queries.
         generator: Optional ``torch.Generator`` for the mixing draws.
         mix: Append synthetic negatives (False: plain MoCo, e.g. during the method's warm-up).
+        queue_labels: Optional ``[K]`` class labels of the queue rows (``-1``: unknown).
+        query_labels: Optional ``[B]`` class labels of the queries: given with
+            ``queue_labels``, queue rows of the query's class are left out of its hard set
+            (the class oracle, a diagnostic that uses labels; they stay in the denominator).
 
     Returns:
         Scalar mean loss (fp32 or wider).
@@ -69,8 +75,33 @@ def mochi_loss(
     loss, _, _ = _mochi(
         query, key, queue, float(temperature), num_hard, num_mix, num_query_mix,
         bool(exclude_same_instance), queue_ids, query_ids, generator, bool(mix),
+        queue_labels, query_labels,
     )
     return loss
+
+
+def same_class_mask(queue_labels: Tensor | None, query_labels: Tensor | None, n_queue: int,
+                    n_query: int, device: torch.device) -> Tensor | None:
+    """``[B, K]`` bool, True where queue row ``j`` has query ``b``'s class label.
+
+    Returns ``None`` when no labels are given; both or neither must be given, as integer
+    tensors of ``K`` and ``B`` entries. A queue label of ``-1`` (unknown) matches no query.
+    """
+    if queue_labels is None and query_labels is None:
+        return None
+    if queue_labels is None or query_labels is None:
+        raise ValueError("`queue_labels` and `query_labels` must be given together (or neither)")
+    for name, t, n in (("queue_labels", queue_labels, n_queue),
+                       ("query_labels", query_labels, n_query)):
+        if not isinstance(t, Tensor) or t.ndim != 1 or t.shape[0] != n:
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"`{name}` must be a [{n}] tensor, got {shape}")
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"`{name}` must hold integer class labels, got {t.dtype}")
+    nb = torch.device(device).type != "cpu"
+    ql = query_labels.to(device, non_blocking=nb).unsqueeze(1)
+    kl = queue_labels.to(device, non_blocking=nb).unsqueeze(0)
+    return (ql == kl) & (kl >= 0)
 
 
 def _mochi(
@@ -86,6 +117,8 @@ def _mochi(
     query_ids: Tensor | None,
     generator: torch.Generator | None,
     mix: bool,
+    queue_labels: Tensor | None = None,
+    query_labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, bool]:
     """:func:`mochi_loss` on checked hyper-parameters: ``(loss, proxy, mixed)``, ``proxy`` the
     share of queries whose key logit beats every real negative (0-d tensor), ``mixed`` whether
@@ -101,6 +134,9 @@ def _mochi(
         same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
         if exclude_same_instance else None
     )
+    # the class oracle: rows of the query's class are kept out of its hard set only
+    oracle = same_class_mask(queue_labels, query_labels, queue.shape[0], query.shape[0],
+                             query.device)
     do_mix = mix and num_mix + num_query_mix > 0 and queue.shape[0] >= num_hard
     dtype = torch.promote_types(query.dtype, torch.float32)
     with torch.autocast(device_type=query.device.type, enabled=False):
@@ -111,14 +147,22 @@ def _mochi(
             real_max = row_max(real)
             return fused_infonce(pos, real, real_max), proxy_accuracy(pos, real_max), False
         queue_sq = None if queue_norms is None else queue_norms.to(dtype).square()
+        select, masked = real, same is not None
+        if oracle is not None:  # -inf where ineligible: own sample (with ids) or own class
+            own = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0],
+                                     query.device)
+            select = real.detach().masked_fill(oracle if own is None else oracle | own,
+                                               float("-inf"))
+            masked = True
         coef = _mochi_coefficients(
-            q, n, real, num_hard, num_mix, num_query_mix,
+            q, n, select, num_hard, num_mix, num_query_mix,
             queue_ids=queue_ids, query_ids=query_ids, generator=generator,
-            logit_scale=1.0 / temperature, masked=same is not None, queue_sq=queue_sq,
+            logit_scale=1.0 / temperature, masked=masked, queue_sq=queue_sq,
         )
-        # the row maximum: the selection's largest eligible logit, unless the query's own
-        # rows are ineligible for the hard set but still in the denominator
-        own_unmasked = queue_ids is not None and same is None
+        # the row maximum: the selection's largest eligible logit, unless rows ineligible for
+        # the hard set (the query's own sample, its class under the oracle) are still in the
+        # denominator
+        own_unmasked = (queue_ids is not None and same is None) or oracle is not None
         real_max = real.detach().amax(dim=1) if own_unmasked else coef.top
         q_dot_qbar = (q * q.detach()).sum(dim=1, keepdim=True)
         loss = fused_infonce(pos, real, real_max, coef=coef, q_dot_qbar=q_dot_qbar)
@@ -205,6 +249,8 @@ class MoCHiLoss(nn.Module):
         query_ids: Tensor | None = None,
         generator: torch.Generator | None = None,
         mix: bool = True,
+        queue_labels: Tensor | None = None,
+        query_labels: Tensor | None = None,
     ) -> Tensor:
         """Compute the loss.
 
@@ -218,6 +264,10 @@ class MoCHiLoss(nn.Module):
                 denominator when ``exclude_same_instance``).
             generator: Optional ``torch.Generator`` for the mixing draws.
             mix: Append synthetic negatives (False: plain MoCo, e.g. the method's warm-up).
+            queue_labels: Optional ``[K]`` class labels of the queue rows (``-1``: unknown).
+            query_labels: Optional ``[B]`` class labels of the queries: given with
+                ``queue_labels``, rows of the query's class are left out of its hard set
+                (the class oracle, a diagnostic; they stay in the InfoNCE denominator).
 
         Returns:
             Scalar mean loss (fp32 or wider).
@@ -225,6 +275,6 @@ class MoCHiLoss(nn.Module):
         loss, self.last_proxy, self.last_mixed = _mochi(
             query, key, queue, self.temperature, self.num_hard, self.num_mix,
             self.num_query_mix, self.exclude_same_instance, queue_ids, query_ids, generator,
-            bool(mix),
+            bool(mix), queue_labels, query_labels,
         )
         return loss

@@ -2,7 +2,8 @@
 
 Not a method: the base class of the methods whose loss takes the projections of two views
 ``[B, 2, d]`` and one label per sample. Per step it draws two views of the batch, encodes them
-with backbone + projector, optionally L2-normalises the projections, gathers projections (with
+with backbone + projector (the backbone alone when the method builds no projector, e.g.
+``method.projector: false``), optionally L2-normalises the projections, gathers projections (with
 gradient) and labels of every DDP rank so the loss sees the global batch, and logs the loss and
 the cosine between each sample's two views. A subclass says which loss and which labels:
 :meth:`ContrastiveRegression.make_loss`, :meth:`ContrastiveRegression.loss_labels`,
@@ -28,7 +29,7 @@ class ContrastiveRegression(Method):
     """Two-view contrastive pretraining for regression (a base class; subclasses set the loss).
 
     Logs ``train_loss`` and ``view_cosine`` (mean cosine between the two views' projections,
-    monitoring only). The projector is left for evaluation (``projector.pt``).
+    monitoring only). The projector, if any, is left for evaluation (``projector.pt``).
 
     Attributes:
         loss_fn: The loss module built by :meth:`make_loss`.
@@ -37,7 +38,8 @@ class ContrastiveRegression(Method):
 
     Shapes:
         ``training_step((x [B, ...] or [view1, view2], y [B], idx [B]))``; the loss sees
-        ``feats [B * world_size, 2, model.proj_output_dim]`` and
+        ``feats [B * world_size, 2, d]`` (``d = model.proj_output_dim``, or the backbone's
+        ``output_dim`` without a projector) and
         ``labels [B * world_size]``.
     """
 
@@ -66,11 +68,12 @@ class ContrastiveRegression(Method):
     # ------------------------------------------------------------------ the step
     def project_views(self, x: Any) -> Tensor:
         """Projections ``[B, 2, d]`` (float32; normalised when :attr:`normalize`) of the two
-        views of a batch."""
+        views of a batch: ``projector(backbone(x))``, or the backbone features ``backbone(x)``
+        (``d = backbone.output_dim``) when the method has no projector."""
         x1, x2 = self.views(x)
         b = x1.shape[0]
-        assert self.projector is not None
-        z = self.projector(self.backbone(torch.cat([x1, x2], dim=0))).float()
+        h = self.backbone(torch.cat([x1, x2], dim=0))
+        z = (h if self.projector is None else self.projector(h)).float()
         if self.normalize:
             z = F.normalize(z, dim=1)
         return torch.stack([z[:b], z[b:]], dim=1)

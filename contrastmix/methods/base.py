@@ -4,8 +4,8 @@ A method is one file in :mod:`contrastmix.methods`: a config dataclass (defaults
 next to the method) and a :class:`Method` subclass (a Lightning module). The base owns what
 every method shares, and nothing else:
 
-* the backbone (``model.backbone``) and, when :attr:`Method.uses_projector`, lightly's MoCo v2
-  projection head (``model.proj_*``);
+* the backbone (``model.backbone``) and, when :attr:`Method.uses_projector` (and
+  :meth:`Method.wants_projector`), lightly's MoCo v2 projection head (``model.proj_*``);
 * seeded ``torch.Generator`` objects (:meth:`Method.generator`) whose states are saved in the
   checkpoint, so a resumed run continues the same random streams;
 * the two augmented views of a batch (:meth:`Method.views`);
@@ -118,7 +118,8 @@ class Method(pl.LightningModule):
     Attributes:
         config: The method section as its typed :attr:`Config` (checks already run).
         backbone: The encoder that ``backbone.pt`` holds and evaluation probes.
-        projector: The projection head (``None`` unless :attr:`uses_projector`).
+        projector: The projection head (``None`` unless :attr:`uses_projector` and
+            :meth:`wants_projector`).
         batch_augment: The bundle's on-device view augmentation (``None`` for loaders that
             yield views).
     """
@@ -150,7 +151,7 @@ class Method(pl.LightningModule):
         self.batch_augment = data.batch_augment
         self.backbone: nn.Module = self.build_backbone(data)
         self.projector: nn.Module | None = None
-        if self.uses_projector:
+        if self.uses_projector and self.wants_projector():
             mc = cfg["model"]
             self.projector = build_projector(
                 int(self.backbone.output_dim), mc["proj_hidden_dim"],  # type: ignore[arg-type]
@@ -158,6 +159,11 @@ class Method(pl.LightningModule):
             )
 
     # ------------------------------------------------------------------ building
+    def wants_projector(self) -> bool:
+        """Whether a method that :attr:`uses_projector` builds it for this config (default
+        True; a method may make it a setting, e.g. ``method.projector: false``)."""
+        return True
+
     def build_backbone(self, data: DataBundle) -> nn.Module:
         """The recipe's backbone (override for models that hold their encoder elsewhere)."""
         mc = self.cfg["model"]

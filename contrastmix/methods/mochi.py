@@ -5,7 +5,13 @@ Kalantidis et al., "Hard Negative Mixing for Contrastive Learning", NeurIPS 2020
 After ``warmup_epochs`` epochs of plain MoCo, each query also sees ``s`` synthetic negatives
 mixed from pairs of its ``N`` hardest queue rows and ``s'`` mixed from the query itself and one
 hard row (:class:`contrastmix.losses.mochi.MoCHiLoss`; the mixtures are never materialised).
-The mixing draws come from this method's own seeded generator, saved in the checkpoint.
+The mixing draws come from this method's own seeded generator (``mochi``), saved in the
+checkpoint, never from torch's global one: a MoCo and a MoCHi run of one seed draw the same
+augmented views at every step, warm-up or not (their seeds pair).
+
+``hard_set_oracle: true`` is a diagnostic, not MoCHi: the queue stores the keys' class labels,
+and rows of the query's class are left out of its hard set before mixing (they stay negatives
+in the denominator), which measures how much same-class "false negatives" in the hard set cost.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ class MoCHiConfig(MoCoConfig):
         num_mix: ``s``, synthetic negatives from pairs of hard rows (1024).
         num_query_mix: ``s'``, synthetic negatives mixing the query into a hard row (128).
         warmup_epochs: Epochs of plain MoCo before mixing starts.
+        hard_set_oracle: Class oracle (a diagnostic that uses labels): queue rows whose stored
+            class label equals the query's are left out of its hard set (not out of the
+            denominator). Classification data only.
     """
 
     name: str = "mochi"
@@ -41,6 +50,7 @@ class MoCHiConfig(MoCoConfig):
     num_mix: int = 1024
     num_query_mix: int = 128
     warmup_epochs: int = 10
+    hard_set_oracle: bool = False
 
     def check(self) -> None:
         super().check()
@@ -63,16 +73,24 @@ class MoCHi(MoCo):
     def __init__(self, cfg: dict[str, Any], data: DataBundle) -> None:
         super().__init__(cfg, data)
         c = self.config
+        if c.hard_set_oracle and data.task != "classification":
+            raise ValueError(
+                "`method.hard_set_oracle` leaves the query's class out of its hard set and "
+                f"needs class labels; dataset '{cfg['data']['name']}' is a {data.task} dataset"
+            )
         self.mochi = MoCHiLoss(
             temperature=c.temperature, num_hard=c.num_hard, num_mix=c.num_mix,
             num_query_mix=c.num_query_mix, exclude_same_instance=c.exclude_same_instance,
         )
 
-    def loss_and_proxy(self, q: Tensor, k: Tensor, idx: Tensor, epoch: int
+    def loss_and_proxy(self, q: Tensor, k: Tensor, idx: Tensor, epoch: int, y: Tensor
                        ) -> tuple[Tensor, Tensor]:
+        labels = ({"queue_labels": self.queue.labels, "query_labels": y}
+                  if self.config.hard_set_oracle else {})
         loss = self.mochi(
             q, k, self.queue_snapshot(), queue_ids=self.queue.indices, query_ids=idx,
             mix=epoch >= self.config.warmup_epochs, generator=self.generator("mochi", q.device),
+            **labels,
         )
         return loss, self.mochi.last_proxy
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from contrastmix.banks import BACKENDS, MemoryBank
 from contrastmix.data.registry import DataBundle
+from contrastmix.distributed import shuffled_forward
 from contrastmix.losses.fused_infonce import fused_infonce, proxy_accuracy, row_max
 from contrastmix.losses.moco import moco_parts
 from contrastmix.methods.base import Method, MethodConfig, require, save_state
@@ -48,6 +49,11 @@ class MoCoConfig(MethodConfig):
         exclude_same_instance: Queue rows holding the query's own sample (an older key of the
             same input) are left out of its negatives. Matters when the queue is close to the
             dataset size.
+        shuffle_bn: Shuffle-BN (MoCo v1/v2): under DDP the key encoder encodes a random part
+            of the global batch on each rank, so a query and its key never share BatchNorm
+            statistics (:func:`contrastmix.distributed.shuffled_forward`; the permutation
+            comes from the seeded ``shuffle_bn`` generator, broadcast from rank 0). On one
+            device it changes nothing (shuffling one batch leaves its statistics as they are).
     """
 
     name: str = "moco"
@@ -58,6 +64,7 @@ class MoCoConfig(MethodConfig):
     bank_backend: str = "torch"
     symmetric: bool = False
     exclude_same_instance: bool = True
+    shuffle_bn: bool = False
 
     def check(self) -> None:
         require(self.temperature > 0, "temperature", self.temperature, "> 0")
@@ -97,14 +104,23 @@ class MoCo(Method):
                                 backend=c.bank_backend)
 
     # ------------------------------------------------------------------ the loss
+    def keys(self, x: Tensor) -> Tensor:
+        """Key-encoder outputs ``[B, d]`` of a view (no gradient; Shuffle-BN when set)."""
+        if self.config.shuffle_bn:
+            # a CPU generator shared by all ranks (rank 0's permutation is broadcast anyway)
+            return shuffled_forward(self.key_encoder, x,
+                                    self.generator("shuffle_bn", "cpu", per_rank=False))
+        return self.key_encoder(x)
+
     def queue_snapshot(self) -> Tensor:
         """The filled queue rows ``[K', d]`` (a copy: the bank changes before backward)."""
         return self.queue.features.clone()
 
-    def loss_and_proxy(self, q: Tensor, k: Tensor, idx: Tensor, epoch: int
+    def loss_and_proxy(self, q: Tensor, k: Tensor, idx: Tensor, epoch: int, y: Tensor
                        ) -> tuple[Tensor, Tensor]:
         """InfoNCE of queries ``q [B, d]`` against keys ``k [B, d]`` and the queue, and the
-        proxy-task accuracy (a 0-d tensor: no host synchronisation)."""
+        proxy-task accuracy (a 0-d tensor: no host synchronisation). ``idx [B]`` are the
+        samples' ids, ``y [B]`` their labels (unused by MoCo)."""
         ids = ({"queue_ids": self.queue.indices, "query_ids": idx}
                if self.config.exclude_same_instance else {})
         pos, neg = moco_parts(q, k, self.queue_snapshot(), self.config.temperature, **ids)
@@ -122,11 +138,11 @@ class MoCo(Method):
         x1, x2 = self.views(x)
         online = nn.Sequential(self.backbone, self.projector)
         self.key_encoder.update(online, self.key_encoder.current_momentum(step, total_steps))
-        q, k = _unit(online(x1)), _unit(self.key_encoder(x2))
-        loss, proxy = self.loss_and_proxy(q, k, idx, epoch)
+        q, k = _unit(online(x1)), _unit(self.keys(x2))
+        loss, proxy = self.loss_and_proxy(q, k, idx, epoch, y)
         if self.config.symmetric:
-            loss2, _ = self.loss_and_proxy(_unit(online(x2)), _unit(self.key_encoder(x1)), idx,
-                                           epoch)
+            loss2, _ = self.loss_and_proxy(_unit(online(x2)), _unit(self.keys(x1)), idx, epoch,
+                                           y)
             loss = 0.5 * (loss + loss2)
         self.queue.add(k.detach().float(), labels=y, indices=idx)
         return loss, proxy

@@ -2,13 +2,14 @@
 
 Wu et al., "Mixup Your Own Pairs" (SupReMix), 2023.
 
-Two views of every sample are encoded by backbone + projector and L2-normalised
-(``[B, 2, d]``). The loss (:class:`contrastmix.losses.supremix.SupReMixLoss`) is SupCon on exact
-labels with three additions: hard negatives mixed from the anchor and a view of another label
-(anchor weight ``a ~ Beta(alpha, beta)``), hard positives mixed from two views whose labels
-bracket the anchor's within ``window``, and denominator weights ``1 + |y_i - y_c|``. The Beta
-draws come from this method's seeded ``loss`` generator, the same on every DDP rank (the loss
-sees the gathered global batch) and saved in the checkpoint.
+Two views of every sample are encoded by backbone + projector (the backbone alone with
+``projector: false``) and L2-normalised (``[B, 2, d]``). The loss
+(:class:`contrastmix.losses.supremix.SupReMixLoss`) is SupCon on exact labels with three
+additions: hard negatives mixed from the anchor and a view of another label (anchor weight
+``a ~ Beta(alpha, beta)``), hard positives mixed from two views whose labels bracket the
+anchor's within ``window``, and denominator weights ``1 + |y_i - y_c|``. The Beta draws come
+from this method's seeded ``loss`` generator, the same on every DDP rank (the loss sees the
+gathered global batch) and saved in the checkpoint.
 """
 
 from __future__ import annotations
@@ -40,10 +41,14 @@ class SupReMixConfig(MethodConfig):
         hard_negatives: Add the anchor-inclusive mixtures as negatives.
         hard_positives: Add the label-bracketing mixtures as positives.
         distance_weighting: Weight denominator terms by ``1 + |y_i - y_c|``. With all three
-            switches off the loss is SupCon on exact labels.
+            switches off the loss is SupCon on exact labels; ``hard_negatives`` and
+            ``hard_positives`` off with it on is the no-mixture ablation (same encoder and
+            loss, no mixtures), with it off too the plain SupCon control.
         label_scale: Labels are divided by this before the loss, so that the distance weights
             are in units of ``label_scale`` (``window`` stays in raw label units; it is divided
             by the same factor).
+        projector: Build the projection head and apply the loss to its (normalised) output;
+            ``false`` applies it to the L2-normalised backbone features.
     """
 
     name: str = "supremix"
@@ -54,6 +59,7 @@ class SupReMixConfig(MethodConfig):
     hard_positives: bool = True
     distance_weighting: bool = True
     label_scale: float = 1.0
+    projector: bool = True
     infinite_ok: ClassVar[tuple[str, ...]] = ("window",)
 
     def check(self) -> None:
@@ -68,11 +74,14 @@ class SupReMixConfig(MethodConfig):
 class SupReMix(ContrastiveRegression):
     """SupReMix pretraining on a regression dataset.
 
-    Logs ``train_loss`` and ``view_cosine``; leaves the projector (``projector.pt``).
+    Logs ``train_loss`` and ``view_cosine``; leaves the projector, if any (``projector.pt``).
     """
 
     name = "supremix"
     Config = SupReMixConfig
+
+    def wants_projector(self) -> bool:
+        return bool(self.config.projector)
 
     def make_loss(self) -> nn.Module:
         c = self.config
