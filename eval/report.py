@@ -1151,6 +1151,7 @@ def write_report(
     seed: int = 0,
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = None,
+    progress_bar: bool | str | None = "auto",
 ) -> Path:
     """Write ``report.html`` and its PNG figures for a finished run (see the module docstring).
 
@@ -1162,6 +1163,8 @@ def write_report(
         seed: Seed of every subsample, view augmentation and MoCHi draw.
         device: Device of the forward passes (default: CUDA when available, else CPU).
         log: Progress callback (default ``print`` with a ``[report]`` prefix).
+        progress_bar: Bars for the feature extraction on stderr: ``True`` / ``False``, or
+            ``"auto"`` (when stderr is a terminal).
 
     Returns:
         The path of ``report.html``.
@@ -1219,7 +1222,7 @@ def write_report(
     else:
         try:
             with _step(ctx, f"extracting backbone features of the train and test splits on {dev}"):
-                ctx.feats = extract_run_features(run, dev)
+                ctx.feats = extract_run_features(run, dev, progress_bar=progress_bar)
             ctx.log(f"features {tuple(ctx.feats['train_x'].shape)} train, "
                     f"{tuple(ctx.feats['test_x'].shape)} test")
         except Exception as e:
