@@ -105,7 +105,9 @@ def test_fake_cifar10_is_read_by_torchvision_as_cifar10(fake_cifar10: Path) -> N
     assert [v.shape for v in views] == [(3, 32, 32)] * 2 and not torch.equal(*views)
 
 
-def test_cifar10_trains_and_probes_offline(fake_cifar10: Path, tmp_path: Path) -> None:
+def test_cifar10_trains_and_probes_offline(
+    fake_cifar10: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from contrastmix.eval.evaluate import probe_run
     from contrastmix.train.pretrain import pretrain
 
@@ -115,8 +117,11 @@ def test_cifar10_trains_and_probes_offline(fake_cifar10: Path, tmp_path: Path) -
     assert summary["global_step"] == 2
     assert math.isfinite(summary["metrics"]["train_loss_epoch"])
     assert json.loads((run / "artifacts.json").read_text())["backbone"]["in_channels"] == 3
-    res = probe_run(run, device="cpu", progress_bar=False)
+    capsys.readouterr()
+    res = probe_run(run, device="cpu", progress_bar=True)  # forced on: tqdm bars on stderr
     assert res["dataset"] == "cifar10" and 0 <= res["accuracy"] <= 1
+    err = capsys.readouterr().err
+    assert "train features" in err and "test features" in err
 
 
 def test_cifar10_missing_is_one_line_without_download(tmp_path: Path) -> None:

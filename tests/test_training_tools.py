@@ -189,6 +189,15 @@ def test_progress_bar_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "train features" in tty.getvalue()
 
 
+def test_probe_and_report_take_a_progress_bar_flag() -> None:
+    from contrastmix.cli import _parser
+
+    for cmd in ("probe", "report"):
+        assert _parser().parse_args([cmd, "run"]).progress_bar is None  # auto
+        assert _parser().parse_args([cmd, "run", "--progress-bar"]).progress_bar is True
+        assert _parser().parse_args([cmd, "run", "--no-progress-bar"]).progress_bar is False
+
+
 class _Seen(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.bar = trainer.progress_bar_callback
