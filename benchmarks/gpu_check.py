@@ -154,11 +154,17 @@ def time_bank_search(device: str, *, size: int, dim: int, batch: int, k: int, re
     from contrastmix.banks.memory_bank import MemoryBank
 
     g = torch.Generator().manual_seed(0)
-    base = F.normalize(torch.randn(size, dim, generator=g), dim=1).to(device)
-    adds = [F.normalize(torch.randn(batch, dim, generator=g), dim=1).to(device)
-            for _ in range(repeats + 2)]
-    queries = [F.normalize(torch.randn(batch, dim, generator=g), dim=1).to(device)
-               for _ in range(repeats + 2)]
+    # clustered unit vectors, as embeddings are (benchmarks/speed/bank_search.py's data)
+    centres = F.normalize(torch.randn(1000, dim, generator=g), dim=1)
+
+    def clustered(n: int) -> torch.Tensor:
+        which = torch.randint(0, centres.shape[0], (n,), generator=g)
+        noise = torch.randn(n, dim, generator=g) * (1.5 / dim**0.5)
+        return F.normalize(centres[which] + noise, dim=1).to(device)
+
+    base = clustered(size)
+    adds = [clustered(batch) for _ in range(repeats + 2)]
+    queries = [clustered(batch) for _ in range(repeats + 2)]
     out: dict[str, Any] = {"size": size, "dim": dim, "batch": batch, "k": k}
 
     def run(backend: str) -> tuple[list[float], list[torch.Tensor]]:
@@ -213,12 +219,14 @@ def time_probe(device: str, *, n: int, dim: int, classes: int, rounds: int,
     x = means[y] + torch.randn(n, dim, generator=g)
     x = (x - x.mean(0)) / x.std(0)
     xd, yd = x.to(device), y.to(device)
-    fit_logistic(xd[:1000], yd[:1000], 1.0 / n, 5, num_classes=classes)  # warm-up
+    for xx, yy in ((xd, yd), (x, y)):  # warm-up (allocator, kernels) at full size
+        fit_logistic(xx, yy, 1.0 / n, 3, num_classes=classes)
     t_dev: list[float] = []
     t_cpu: list[float] = []
     iters: dict[str, int] = {}
-    for _ in range(rounds):
-        for where, (xx, yy), times in (("device", (xd, yd), t_dev), ("cpu", (x, y), t_cpu)):
+    sides = [("device", (xd, yd), t_dev), ("cpu", (x, y), t_cpu)]
+    for r in range(rounds):
+        for where, (xx, yy), times in (sides if r % 2 == 0 else sides[::-1]):
             _sync(device)
             t0 = time.perf_counter()
             fit = fit_logistic(xx, yy, 1.0 / n, max_iter, num_classes=classes)

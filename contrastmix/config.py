@@ -407,6 +407,11 @@ def _check_values(cfg: DictConfig) -> None:
             "optim.name=lars needs optim.weight_decay > 0: lightly's LARS rescales only "
             "parameters with weight decay, so with none it is plain SGD (use optim.name=sgd)"
         )
+    if cfg.optim.name != "lars" and cfg.optim.trust_coefficient != OptimConfig.trust_coefficient:
+        raise RecipeError(
+            f"optim.trust_coefficient={cfg.optim.trust_coefficient} applies to optim.name=lars "
+            f"only (optim.name is '{cfg.optim.name}'); remove it or set optim.name=lars"
+        )
     _check_logger_names(list(cfg.trainer.loggers))
 
 

@@ -128,6 +128,8 @@ def test_lars_trains_a_step_and_differs_from_sgd() -> None:
         (["optim.name=lamb"], "'optim.name': 'lamb' (must be one of 'sgd', 'adamw', 'lars')"),
         (["optim.name=lars", "optim.weight_decay=0"], "optim.name=lars needs optim.weight_decay"),
         (["optim.name=lars", "optim.trust_coefficient=0"], "'optim.trust_coefficient': 0.0"),
+        (["optim.trust_coefficient=0.01"], "optim.trust_coefficient=0.01 applies to "
+                                           "optim.name=lars only (optim.name is 'sgd')"),
         (["trainer.loggers=[csv,neptune]"], "unknown logger 'neptune' (choose from csv, "
                                             "tensorboard, wandb, mlflow)"),
         (["trainer.loggers=[tensorboard]"], "must include 'csv'"),
