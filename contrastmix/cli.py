@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--geometry", action="store_true",
                     help="also report uniformity, effective rank and neural collapse")
     pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    _progress_flag(pr)
 
     rp = sub.add_parser("report", help="write report.html with figures for a run")
     rp.add_argument("run", nargs="?", default=None, help="run directory")
@@ -76,11 +77,18 @@ def _parser() -> argparse.ArgumentParser:
                     metavar="KEY=VALUE", help=_EVAL_SET_HELP)
     rp.add_argument("--out", default=None, help="output directory (default RUN/report)")
     rp.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    _progress_flag(rp)
 
     ls = sub.add_parser("list", help="list the bundled recipes, methods, datasets and backbones")
     ls.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                     help="import a module first (its registered methods etc. are listed too)")
     return p
+
+
+def _progress_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--progress-bar", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars for feature extraction (default: when stderr is a "
+                   "terminal)")
 
 
 def _import_user_modules(names: list[str]) -> None:
@@ -154,7 +162,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     overrides = _eval_overrides(args)
     res = probe_run(args.run, knn=args.knn, geometry=args.geometry, device=args.device,
-                    overrides=overrides)
+                    overrides=overrides, progress_bar=args.progress_bar)
     if args.json:
         print(json.dumps(res))
         return 0
@@ -219,7 +227,8 @@ def _report(args: argparse.Namespace) -> int:
     from contrastmix.eval.report import write_report
 
     overrides = _eval_overrides(args)
-    path = write_report(args.run, args.out, device=args.device, overrides=overrides)
+    path = write_report(args.run, args.out, device=args.device, overrides=overrides,
+                        progress_bar=args.progress_bar)
     print(f"report: {path}")
     return 0
 

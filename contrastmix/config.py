@@ -36,8 +36,10 @@ __all__ = [
     "ModelConfig",
     "EvalConfig",
     "apply_overrides",
+    "check_logger_packages",
     "OPTIMIZERS",
     "SCHEDULERS",
+    "LOGGERS",
     "MAX_YAML_BYTES",
     "load_yaml_file",
 ]
@@ -112,7 +114,11 @@ class TrainerConfig:
     precision: str = "32-true"
     log_every_n_steps: int = 10
     deterministic: bool = False
-    enable_progress_bar: bool = True
+    # true | false | auto: a progress bar when the output is a terminal (sys.stdout is a TTY)
+    enable_progress_bar: Any = "auto"
+    # experiment loggers: csv (always; the run's metrics.csv comes from it), tensorboard,
+    # wandb, mlflow (the last three need their package installed)
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
     limit_train_batches: float = 1.0
     gradient_clip_val: float | None = None
     num_threads: int = 0  # torch.set_num_threads for CPU runs; 0 leaves torch's default
@@ -122,20 +128,26 @@ class TrainerConfig:
     sync_batchnorm: bool = False
 
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "lars")
 SCHEDULERS = ("cosine", "constant")
+#: ``trainer.loggers`` names and the package each needs (``None``: always available).
+LOGGERS: dict[str, tuple[str, ...] | None] = {
+    "csv": None, "tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",),
+    "mlflow": ("mlflow",),
+}
 
 
 @dataclass
 class OptimConfig:
     """Optimizer and learning-rate schedule (linear warm-up, then cosine)."""
 
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adamw | lars (lightly's LARS, for large batches)
     lr: float = 0.06
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: int = 0
     scheduler: str = "cosine"  # cosine | constant
+    trust_coefficient: float = 0.001  # LARS only: the layer-wise rate's trust coefficient
 
 
 @dataclass
@@ -343,6 +355,9 @@ _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.momentum": ((lambda v: 0 <= v < 1), "in [0, 1)"),
     "optim.weight_decay": _at_least(0),
     "optim.warmup_epochs": _at_least(0),
+    "optim.trust_coefficient": _positive(),
+    "trainer.enable_progress_bar": (
+        (lambda v: v is True or v is False or v == "auto"), "true, false or 'auto'"),
     "data.batch_size": _at_least(1),
     "data.eval_batch_size": _at_least(1),
     "data.num_workers": _at_least(0),
@@ -387,6 +402,50 @@ def _check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise RecipeError(f"invalid value for recipe key '{key}': {value!r} (must be {want})")
+    if cfg.optim.name == "lars" and cfg.optim.weight_decay == 0:
+        raise RecipeError(
+            "optim.name=lars needs optim.weight_decay > 0: lightly's LARS rescales only "
+            "parameters with weight decay, so with none it is plain SGD (use optim.name=sgd)"
+        )
+    if cfg.optim.name != "lars" and cfg.optim.trust_coefficient != OptimConfig.trust_coefficient:
+        raise RecipeError(
+            f"optim.trust_coefficient={cfg.optim.trust_coefficient} applies to optim.name=lars "
+            f"only (optim.name is '{cfg.optim.name}'); remove it or set optim.name=lars"
+        )
+    _check_logger_names(list(cfg.trainer.loggers))
+
+
+def _check_logger_names(names: list[str]) -> None:
+    for name in names:
+        if name not in LOGGERS:
+            raise RecipeError(
+                f"invalid value for recipe key 'trainer.loggers': unknown logger {name!r} "
+                f"(choose from {', '.join(LOGGERS)})"
+            )
+    if len(set(names)) != len(names):
+        raise RecipeError(f"recipe key 'trainer.loggers' names a logger twice: {names}")
+    if "csv" not in names:
+        raise RecipeError(
+            f"recipe key 'trainer.loggers' must include 'csv' (got {names}): the run's "
+            "metrics.csv, read by probe and report, is written from it"
+        )
+
+
+def check_logger_packages(names: list[str]) -> None:
+    """Refuse a ``trainer.loggers`` entry whose package is not installed (one line).
+
+    Checked for recipes to train, not when a finished run's ``config.yaml`` is read (probe
+    and report never log).
+    """
+    import importlib.util
+
+    for name in names:
+        need = LOGGERS.get(name)
+        if need and not any(importlib.util.find_spec(p) is not None for p in need):
+            raise RecipeError(
+                f"trainer.loggers names '{name}', but its package is not installed "
+                f"(pip install {need[0]}), or remove it from the list"
+            )
 
 
 def apply_overrides(
@@ -422,5 +481,6 @@ def apply_overrides(
     _check_values(cfg)
     if method_schema is not None:
         _check_method(cfg)
+        check_logger_packages(list(cfg.trainer.loggers))
     OmegaConf.set_struct(cfg, True)
     return cfg

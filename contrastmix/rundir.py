@@ -12,7 +12,7 @@ Layout::
     backbone.pt            encoder state_dict (torch.load(..., weights_only=True))
     artifacts.json         what the method left for evaluation (see RunArtifacts)
     metrics.csv            every logged metric, all resumed segments merged
-    logs/version_*/        raw CSV logs per segment; tb/ TensorBoard logs
+    logs/version_*/        raw CSV logs per segment; tb/ TensorBoard logs (trainer.loggers)
     run.json               summary: method, epochs, wall time, last metrics
 """
 

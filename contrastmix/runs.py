@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
+from contrastmix._progress import progress
 from contrastmix._state import load_state_file, load_strict
 from contrastmix._validation import check_finite
 from contrastmix.config import apply_overrides
@@ -134,9 +135,17 @@ def load_backbone(
 
 def extract_run_features(
     run_dir: str | Path, device: str | torch.device | None = None, *,
-    cfg: DictConfig | None = None, data: Any = None,
+    cfg: DictConfig | None = None, data: Any = None, progress_bar: bool | str | None = "auto",
 ) -> dict[str, Any]:
     """Frozen backbone features of the run's train and test splits (test-time inputs).
+
+    Args:
+        run_dir: A finished run directory.
+        device: Where the backbone runs (default: CUDA when available, else the CPU).
+        cfg: The run's recipe, when already read.
+        data: The run's data bundle, when already built.
+        progress_bar: A ``tqdm`` bar per split on stderr: ``True`` / ``False``, or ``"auto"``
+            (``None``): when stderr is a terminal.
 
     Returns:
         ``{"cfg", "task", "data", "train_x", "train_y", "test_x", "test_y"}``; pass ``cfg``
@@ -147,8 +156,10 @@ def extract_run_features(
     net = load_backbone(run_dir, cfg, data.in_channels)
     dev = resolve_device(device)
     bs = cfg.data.eval_batch_size
-    trx, try_ = extract_features(net, DataLoader(data.train, batch_size=bs), dev)
-    tex, tey = extract_features(net, DataLoader(data.test, batch_size=bs), dev)
+    trx, try_ = extract_features(
+        net, progress(DataLoader(data.train, batch_size=bs), "train features", progress_bar), dev)
+    tex, tey = extract_features(
+        net, progress(DataLoader(data.test, batch_size=bs), "test features", progress_bar), dev)
     check_finite("train features", trx)  # NonFiniteError: probe_run names the run
     check_finite("test features", tex)
     return {"cfg": cfg, "task": data.task, "data": data, "train_x": trx, "train_y": try_,

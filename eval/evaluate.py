@@ -31,6 +31,7 @@ __all__ = ["probe_run"]
 def probe_run(
     run_dir: str | Path, *, knn: bool = False, geometry: bool = False,
     device: str | None = None, overrides: Sequence[str] | None = None,
+    progress_bar: bool | str | None = "auto",
 ) -> dict[str, Any]:
     """The frozen-feature evaluation of a run: linear probe (+ kNN, + geometry).
 
@@ -41,6 +42,8 @@ def probe_run(
         device: ``cpu`` / ``cuda`` (default: CUDA when available).
         overrides: ``data.*`` / ``eval.*`` ``KEY=VALUE`` items for this evaluation (e.g.
             ``data.root=LABELLED_DIR``; see :func:`contrastmix.runs.load_run`).
+        progress_bar: Bars for the feature extraction on stderr (``"auto"``: when it is a
+            terminal).
 
     Returns:
         One JSON-serialisable dict: the metrics plus the exact protocol used.
@@ -48,7 +51,7 @@ def probe_run(
     device = resolve_device(device)  # a bad --device fails before any work
     try:
         return _probe_run(run_dir, knn=knn, geometry=geometry, device=device,
-                          overrides=overrides)
+                          overrides=overrides, progress_bar=progress_bar)
     except NonFiniteError as e:  # a NaN / inf that a metric found in the run's embeddings
         raise EmbeddingError(
             f"{run_dir}: the trained model gives non-finite embeddings ({e}). The run diverged "
@@ -58,7 +61,7 @@ def probe_run(
 
 def _probe_run(
     run_dir: str | Path, *, knn: bool, geometry: bool, device: torch.device,
-    overrides: Sequence[str] | None = None,
+    overrides: Sequence[str] | None = None, progress_bar: bool | str | None = "auto",
 ) -> dict[str, Any]:
     cfg = load_run(run_dir, overrides)
 
@@ -67,7 +70,7 @@ def _probe_run(
         raise DatasetError(f"cannot probe {run_dir}: {bundle.extras['unlabelled']}")
     if bundle.task == "multimodal":  # retrieval, zero-shot, gap, fusion heads
         return probe_multimodal_run(run_dir, cfg, device)
-    f = extract_run_features(run_dir, device, cfg=cfg, data=bundle)
+    f = extract_run_features(run_dir, device, cfg=cfg, data=bundle, progress_bar=progress_bar)
     data = bundle
     out: dict[str, Any] = {"run": str(run_dir), "method": cfg.method.name,
                            "dataset": cfg.data.name}

@@ -1155,6 +1155,7 @@ def write_report(
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = None,
     overrides: Sequence[str] | None = None,
+    progress_bar: bool | str | None = "auto",
 ) -> Path:
     """Write ``report.html`` and its PNG figures for a finished run (see the module docstring).
 
@@ -1168,6 +1169,8 @@ def write_report(
         log: Progress callback (default ``print`` with a ``[report]`` prefix).
         overrides: ``data.*`` / ``eval.*`` ``KEY=VALUE`` items for this evaluation (e.g.
             ``data.root=LABELLED_DIR``; see :func:`contrastmix.runs.load_run`).
+        progress_bar: Bars for the feature extraction on stderr: ``True`` / ``False``, or
+            ``"auto"`` (when stderr is a terminal).
 
     Returns:
         The path of ``report.html``.
@@ -1229,7 +1232,8 @@ def write_report(
     else:
         try:
             with _step(ctx, f"extracting backbone features of the train and test splits on {dev}"):
-                ctx.feats = extract_run_features(run, dev, cfg=cfg, data=data)
+                ctx.feats = extract_run_features(run, dev, cfg=cfg, data=data,
+                                                 progress_bar=progress_bar)
             ctx.log(f"features {tuple(ctx.feats['train_x'].shape)} train, "
                     f"{tuple(ctx.feats['test_x'].shape)} test")
         except Exception as e:

@@ -50,7 +50,7 @@ def test_bad_overrides_name_the_problem(overrides: list[str], needle: str) -> No
     [
         ("optim.momentum=2", "'optim.momentum': 2.0 (must be in [0, 1))"),
         ("optim.lr=0", "'optim.lr': 0.0 (must be > 0)"),
-        ("optim.name=lamb", "'optim.name': 'lamb' (must be one of 'sgd', 'adamw')"),
+        ("optim.name=lamb", "'optim.name': 'lamb' (must be one of 'sgd', 'adamw', 'lars')"),
         ("trainer.max_epochs=0", "'trainer.max_epochs': 0 (must be >= 1)"),
         ("data.batch_size=0", "'data.batch_size': 0 (must be >= 1)"),
         ("model.width=0", "'model.width': 0 (must be >= 1)"),

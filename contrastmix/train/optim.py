@@ -1,4 +1,10 @@
-"""Optimizer and schedule shared by every training module (linear warm-up + cosine decay)."""
+"""Optimizer and schedule shared by every training module.
+
+The schedule is lightly's :class:`~lightly.utils.scheduler.CosineWarmupScheduler` (linear
+warm-up, then cosine decay), stepped once per optimisation step; the optimisers are torch's SGD
+and AdamW and lightly's :class:`~lightly.utils.lars.LARS` (layer-wise adaptive rate scaling for
+large batches, You et al., 2017).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,72 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import nn
 
 from contrastmix.config import OPTIMIZERS, SCHEDULERS
 
-__all__ = ["build_optimizer", "warmup_cosine"]
+__all__ = ["build_optimizer", "build_scheduler", "warmup_cosine"]
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
+    """Closed form of the schedule's learning-rate factor at optimiser step ``step``.
+
+    Linear warm-up ``(step + 1) / warmup`` over the first ``warmup`` steps, then cosine decay
+    ``0.5 * (1 + cos(pi * (step - warmup) / (total - warmup)))``, which reaches 0 at step
+    ``total`` (one past the run's last step, so that the last step still trains).
+    :func:`build_scheduler` gives exactly these values; this function is their reference.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if total <= warmup:
         return 1.0
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+class _RunSchedule(CosineWarmupScheduler):
+    """lightly's scheduler, always sized from the run being trained.
+
+    ``CosineWarmupScheduler`` keeps its length in its state, so a checkpoint would restore the
+    old length when a run resumes with more epochs; here only the step counter is restored.
+    """
+
+    _SIZING = ("warmup_epochs", "max_epochs", "start_value", "end_value", "period",
+               "warmup_start_value", "warmup_end_value")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        kept = {k: getattr(self, k) for k in self._SIZING}
+        super().load_state_dict(state_dict)
+        for k, v in kept.items():
+            setattr(self, k, v)
+
+
+def build_scheduler(
+    opt: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step learning-rate schedule: lightly's ``CosineWarmupScheduler``.
+
+    Args:
+        opt: The optimiser.
+        kind: ``"cosine"`` (warm-up, then cosine decay: factor :func:`warmup_cosine`) or
+            ``"constant"`` (warm-up, then the base rate).
+        total_steps: Optimiser steps of the run (``>= 1``).
+        warmup_steps: Steps of linear warm-up (``>= 0``; may exceed ``total_steps``, then the
+            whole run warms up).
+
+    lightly's cosine reaches its end value at its ``max_epochs - 1``; it is given
+    ``max(total_steps, warmup_steps) + 1`` so that the decay ends at ``total_steps``, one past
+    the last step (as :func:`warmup_cosine`), and a warm-up longer than the run is allowed.
+    """
+    if kind not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {kind!r}; choose one of {SCHEDULERS}")
+    total, warm = max(1, int(total_steps)), max(0, int(warmup_steps))
+    return _RunSchedule(
+        opt, warmup_epochs=warm, max_epochs=max(total, warm) + 1, start_value=1.0,
+        end_value=0.0 if kind == "cosine" else 1.0, warmup_start_value=0.0,
+    )
 
 
 def _param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -42,10 +99,11 @@ def build_optimizer(
 ) -> dict[str, Any]:
     """Build ``configure_optimizers``' return value from a recipe's ``optim`` section.
 
-    Biases and normalisation parameters get no weight decay. The schedule is stepped per
-    optimisation step: ``optim.warmup_epochs`` of linear warm-up (as a share of the run's
-    ``total_steps``, so that it is right on any number of devices), then cosine decay to 0 at
-    ``total_steps`` (or a constant rate).
+    Biases and normalisation parameters get no weight decay (under LARS they are also not
+    rescaled layer-wise: lightly's LARS adapts only parameters with weight decay). The
+    schedule (:func:`build_scheduler`) is stepped per optimisation step: ``optim.warmup_epochs``
+    of linear warm-up (as a share of the run's ``total_steps``, so that it is right on any
+    number of devices), then cosine decay to 0 at ``total_steps`` (or a constant rate).
 
     Args:
         optim: The recipe's ``optim`` section (a mapping).
@@ -60,19 +118,12 @@ def build_optimizer(
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=optim["momentum"])
     elif name == "adamw":
         opt = torch.optim.AdamW(groups, lr=lr)
+    elif name == "lars":
+        opt = LARS(groups, lr=lr, momentum=optim["momentum"],
+                   trust_coefficient=optim.get("trust_coefficient", 0.001))
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
     total = max(1, int(total_steps))
     warm = int(round(total * optim["warmup_epochs"] / max(1, max_epochs)))
-    if optim["scheduler"] == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, warm)
-        )
-    elif optim["scheduler"] == "constant":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, 0, warm) if s < warm else 1.0
-        )
-    else:
-        raise ValueError(
-            f"unknown scheduler {optim['scheduler']!r}; choose one of {SCHEDULERS}")
+    sched = build_scheduler(opt, optim["scheduler"], total, warm)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +21,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from contrastmix._progress import progress_enabled
 from contrastmix.data.registry import DataBundle, build_data
 from contrastmix.errors import CheckpointError, ContrastmixError, RecipeError, RunDirError
 from contrastmix.methods import Method, get_method
 from contrastmix.rundir import run_paths
 from contrastmix.runs import load_state_file
 from contrastmix.train.callbacks import OnlineKNN, SaveOnInterrupt
+from contrastmix.train.loggers import build_loggers
 
 __all__ = ["pretrain", "build_method"]
 
@@ -270,7 +273,6 @@ def pretrain(
 def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
          extra_callbacks: list[pl.Callback]) -> Path:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     paths = run_paths(run_dir)
     is_rank0 = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
@@ -313,12 +315,12 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
             max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
             num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
             log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic,
-            enable_progress_bar=t.enable_progress_bar,
+            # "auto": Lightning's bar writes to stdout; shown when that is a terminal
+            enable_progress_bar=progress_enabled(t.enable_progress_bar, sys.stdout),
             limit_train_batches=_limit(t.limit_train_batches),
             gradient_clip_val=t.gradient_clip_val, sync_batchnorm=t.sync_batchnorm,
             callbacks=callbacks,
-            logger=[CSVLogger(str(run_dir), name="logs"),
-                    TensorBoardLogger(str(run_dir), name="tb")],
+            logger=build_loggers(t.loggers, run_dir, cfg.name),
             enable_model_summary=False, default_root_dir=str(run_dir),
         )
     # only a recipe that built is written down
