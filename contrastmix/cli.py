@@ -200,10 +200,24 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_command(argv: Sequence[str], run_dir: str) -> str:
+    """The command line that continues an interrupted ``pretrain``: the same arguments (recipe,
+    ``--set``, ``--import``), with ``--out`` and ``--resume``."""
+    import shlex
+
+    args = list(argv)
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", run_dir]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "contrastmix " + shlex.join(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``contrastmix`` console script."""
-    from contrastmix.errors import ContrastmixError
+    from contrastmix.errors import ContrastmixError, RunInterrupted
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     handler = {"pretrain": _pretrain, "probe": _probe, "report": _report,
                "list": _list}[args.command]
@@ -212,8 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ContrastmixError as e:
         print(f"contrastmix: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # 130 (SIGINT) / 143 (SIGTERM): `pretrain && probe` stops
+        if e.step is not None and not e.finished:
+            print(f"contrastmix: interrupted at step {e.step}; resume with: "
+                  f"{_resume_command(argv, e.run_dir)}", file=sys.stderr)
+        else:
+            print(f"contrastmix: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("contrastmix: interrupted (resume with --resume)", file=sys.stderr)
+        print("contrastmix: interrupted", file=sys.stderr)
         return 130
 
 

@@ -23,17 +23,16 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from contrastmix._atomic import write_json
 from contrastmix.errors import RunDirError
 from contrastmix.rundir import run_paths
 
@@ -213,10 +212,7 @@ def probe(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
         return hit["result"]  # type: ignore[no-any-return]
     result = probe_run(run_dir, **kwargs)
     probes[key] = {"backbone": stamp, "result": result}
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".probe-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"format": _CACHE_FORMAT, "probes": probes}, fh, indent=1)
-    os.replace(tmp, cache_path)
+    write_json(cache_path, {"format": _CACHE_FORMAT, "probes": probes}, indent=1)
     return result
 
 

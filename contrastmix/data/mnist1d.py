@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contrastmix._atomic import atomic_open
 from contrastmix.data.cache import cache_dir
 
 __all__ = ["load_mnist1d", "load_mnist1d_pool", "MNIST1D_LENGTH", "MNIST1D_CLASSES"]
@@ -54,9 +55,8 @@ def _generate(seed: int) -> dict[str, np.ndarray]:
         "x_test": d["x_test"].astype(np.float32),
         "y_test": d["y_test"].astype(np.int64),
     }
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(path)
+    with atomic_open(path, "wb") as fh:  # concurrent runs may build the same cache
+        np.savez(fh, **out)
     return out
 
 
