@@ -41,8 +41,8 @@ class RunInterrupted(Exception):
     Attributes:
         signum: The signal that stopped the run.
         run_dir: The run directory.
-        step: The global step of the checkpoint the run resumes from, or ``None`` when no
-            checkpoint was written (stopped before training began).
+        step: The global step of the checkpoint the run resumes from, or ``None`` when there
+            is none (a fresh run stopped before it saved one: its directory is left empty).
         finished: The signal came after the last step: the run directory is complete.
     """
 
@@ -55,7 +55,7 @@ class RunInterrupted(Exception):
         if finished:
             what = f"{name} after training finished (step {step}); the run directory is complete"
         elif step is None:
-            what = f"{name} before training began; nothing to resume, start the run again"
+            what = f"{name} before a checkpoint was saved; nothing to resume, start it again"
         else:
             what = f"{name} at step {step}; checkpoints/last.ckpt resumes it"
         super().__init__(f"interrupted by {what}")

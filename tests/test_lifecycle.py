@@ -261,7 +261,72 @@ def test_an_interrupt_before_training_leaves_nothing_behind(tmp_path: Path) -> N
             os.kill(os.getpid(), signal.SIGINT)
 
     run = tmp_path / "run"
-    with pytest.raises(RunInterrupted, match="before training began") as info:
+    with pytest.raises(RunInterrupted, match="before a checkpoint was saved") as info:
         pretrain(load_recipe(RECIPE, SHORT), run, extra_callbacks=[SignalInSetup()])
     assert info.value.exit_code == 130 and info.value.step is None
     assert not run.exists()
+
+
+# ------------------------------------------------------------------- real processes (slow)
+_HOLD_AT_STEP = textwrap.dedent("""
+    import os, sys, time
+    import pytorch_lightning as pl
+    import contrastmix.train.pretrain as pt
+    from contrastmix.cli import main
+
+    class Hold(pl.Callback):
+        # at global step 1: say so, then wait (as a long batch would) until told to go on
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 1:
+                open(sys.argv[1], "w").close()
+                while not os.path.exists(sys.argv[2]):
+                    time.sleep(0.05)
+
+    real = pt.pretrain
+    pt.pretrain = lambda *a, **k: real(*a, **k, extra_callbacks=[Hold()])
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_one_folder_and_a_real_sigterm(tmp_path: Path) -> None:
+    """The issue's report, with real processes: a second ``pretrain`` into the folder of a
+    running one is refused (exit 2, one line naming the owner), and SIGTERM from outside makes
+    the first one finish its batch, save step 1 and exit 143 with the resume line, not 0."""
+    run = tmp_path / "run"
+    held, go = tmp_path / "held", tmp_path / "go"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    log = tmp_path / "first.err"  # a file, not a pipe nobody reads while the test waits
+    with log.open("w") as fh:
+        first = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_AT_STEP, str(held), str(go), "pretrain", RECIPE,
+             "--out", str(run), *SET], stderr=fh, stdin=subprocess.DEVNULL, env=env)
+    try:
+        for _ in range(6000):
+            if held.exists() or first.poll() is not None:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert held.exists(), log.read_text()
+        second = subprocess.run(
+            [sys.executable, "-m", "contrastmix.cli", "pretrain", RECIPE, "--out", str(run),
+             *SET], capture_output=True, text=True, env=env, timeout=600,
+            stdin=subprocess.DEVNULL)
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"contrastmix: error: run folder {run} is in use by another run (pid {first.pid})"]
+        first.send_signal(signal.SIGTERM)
+        go.touch()
+        first.wait(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    err = log.read_text()
+    assert first.returncode == 143, err
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith(f"contrastmix: interrupted at step 1; resume with: contrastmix "
+                                f"pretrain {RECIPE} --out {run}")
+    assert "Traceback" not in err
+    assert _queue(run / "checkpoints" / "last.ckpt") == (1, 32, 32)
+    assert not (run / LOCK_FILE).exists()

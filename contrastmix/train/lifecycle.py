@@ -180,7 +180,7 @@ class SaveOnInterrupt(pl.Callback):
     ) -> None:
         if not self.started or self.in_batch:
             return
-        trainer.save_checkpoint(self.path)  # atomic (AtomicCheckpointIO)
+        trainer.save_checkpoint(self.path, weights_only=False)  # atomic (AtomicCheckpointIO)
         self.saved_step = trainer.global_step
         for logger in trainer.loggers:  # flush buffered metric rows of the stopped segment too
             logger.save()

@@ -412,7 +412,8 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
     if is_rank0:
         write_text(paths["config"], OmegaConf.to_yaml(cfg, resolve=True))
     try:
-        with stop:  # SIGINT / SIGTERM: stop at the next batch boundary, until run.json is written
+        # SIGINT / SIGTERM stop training at the end of a batch (and wait for run.json after it)
+        with stop:
             try:
                 trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path,
                             weights_only=True)
@@ -437,11 +438,15 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
                 }
                 write_json(paths["summary"], summary)
     except BaseException as e:
-        if ckpt_path is None and owner and not saver.started and run_dir.is_dir():
-            _empty_run_dir(run_dir)  # a fresh run stopped before training: nothing to keep
+        # a fresh run that failed before training, or was stopped before any checkpoint: it
+        # has nothing to resume, so its directory is left empty and the run can start again
+        if (ckpt_path is None and owner and run_dir.is_dir() and not paths["last"].is_file()
+                and (not saver.started or stop.signum is not None)):
+            _empty_run_dir(run_dir)
         if isinstance(e, RunInterrupted):
             raise
-        if stop.signum is not None:  # Ctrl-C twice while the run directory was being written
+        if stop.signum is not None and isinstance(e, KeyboardInterrupt):
+            # Ctrl-C twice while the run directory was being written
             raise RunInterrupted(stop.signum, str(run_dir), _checkpoint_step(paths["last"])
                                  ) from None
         raise
