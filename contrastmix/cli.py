@@ -2,6 +2,8 @@
 
 Errors caused by the user's input (unknown recipe key, missing file or run, checkpoint of
 another method, bad values) print one line ``contrastmix: error: ...`` and exit with status 2.
+A ``pretrain`` stopped by Ctrl-C / SIGTERM prints one line with the command that resumes it and
+exits with 130 / 143.
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc only: keep freed heap memory in the process between steps "
                     "(fewer page faults with large queues; changes the whole process)")
-    pt.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
+    pt.add_argument("--out", default=None,
+                    help="run directory (default runs/<recipe name>); a new run needs a new or "
+                    "empty one, and one run at a time writes it")
     pt.add_argument("--resume", action="store_true",
-                    help="continue the run in --out from checkpoints/last.ckpt")
+                    help="continue the run in --out from checkpoints/last.ckpt (after Ctrl-C "
+                    "or SIGTERM, which save it and exit 130 / 143, or to train more epochs)")
     pt.add_argument("--print-config", action="store_true",
                     help="print the resolved recipe (overrides applied, validated) and exit")
 

@@ -177,6 +177,28 @@ def test_a_fresh_run_never_inherits_another_runs_files(tmp_path: Path) -> None:
     assert not (dead / LOCK_FILE).exists()
 
 
+def test_metrics_of_a_resumed_run_keep_only_the_timeline_that_was_kept(tmp_path: Path) -> None:
+    """Rows a segment logged after the checkpoint the next one resumed from, rows of a segment
+    killed before any checkpoint and a row cut short by a kill never reach ``metrics.csv``;
+    the summary's metrics are the last value of each."""
+    from contrastmix.train.pretrain import _merge_metrics
+
+    def seg(name: str, text: str) -> None:
+        (tmp_path / "logs" / name).mkdir(parents=True)
+        (tmp_path / "logs" / name / "metrics.csv").write_text(text)
+
+    seg("version_0", "epoch,step,loss\n0,0,10\n0,1,11\n0,2,99\n0,3,99\n")  # resumed at 2
+    seg("version_1", "epoch,step,loss\n0,1,77\n")  # killed before any checkpoint: not kept
+    seg("version_2", "epoch,step,loss,acc\n0,2,12,0.5\n0,3,13,0.6\n0,4\n")  # last row cut
+    kept = [{"start_step": 0, "csv_dir": "logs/version_0"},
+            {"start_step": 2, "csv_dir": "logs/version_2"}]
+    last = _merge_metrics(tmp_path, kept)
+    with (tmp_path / "metrics.csv").open() as fh:
+        rows = [(r["step"], r["loss"]) for r in csv.DictReader(fh)]
+    assert rows == [("0", "10"), ("1", "11"), ("2", "12"), ("3", "13")]
+    assert last == {"loss": 13.0, "acc": 0.6}
+
+
 # ---------------------------------------------------------------------------------- class 3
 class SignalMidBatch(pl.Callback):
     """Send ``signum`` to this process between a batch's loss and its optimiser step (the
