@@ -97,6 +97,28 @@ def test_a_process_killed_while_writing_never_truncates_the_target(tmp_path: Pat
     assert target.read_bytes() == b"good" * 1000  # a stale temporary may remain beside it
 
 
+def test_a_lightning_checkpoint_that_fails_midway_leaves_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Trainer's checkpoint writer (every ``last.ckpt``) when ``torch.save`` dies halfway."""
+    from contrastmix.train.lifecycle import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, target)
+
+    def half(obj: object, f, *args: object, **kwargs: object) -> None:  # noqa: ANN001
+        f.write(b"PK" * 4096)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half)
+    with pytest.raises(OSError, match="No space left"):
+        io.save_checkpoint({"global_step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["global_step"] == 1
+    assert _leftovers(target.parent) == []
+
+
 def test_every_run_file_is_written_through_the_atomic_helper() -> None:
     """No plain ``torch.save`` / ``write_text`` / ``savefig(path)`` into a run directory."""
     plain = re.compile(r"torch\.save\(|\.write_text\(|\.write_bytes\(|savefig\((?!buf)|np\.savez\("
@@ -206,8 +228,10 @@ class SignalMidBatch(pl.Callback):
 
     def __init__(self, signum: int, at: int) -> None:
         self.signum, self.at = signum, at
+        self.checkpoint_io: object = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+        self.checkpoint_io = trainer.strategy.checkpoint_io
         if trainer.global_step == self.at:
             os.kill(os.getpid(), self.signum)
 
@@ -230,9 +254,12 @@ def test_an_interrupted_run_saves_a_consistent_checkpoint_and_resumes(
     real = pt.pretrain
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
 
+    sent: list[SignalMidBatch] = []
+
     def with_signal(signum: int, at: int):  # noqa: ANN202
         def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            return real(*args, **kwargs, extra_callbacks=[SignalMidBatch(signum, at)])
+            sent.append(SignalMidBatch(signum, at))
+            return real(*args, **kwargs, extra_callbacks=[sent[-1]])
         return call
 
     # Ctrl-C while batch 2 (global step 1 -> 2) is between its loss and its step: the batch
@@ -244,6 +271,9 @@ def test_an_interrupted_run_saves_a_consistent_checkpoint_and_resumes(
                    f"{RECIPE} --out {run} --set {' '.join(SHORT)} --resume"]
     ckpt = run / "checkpoints" / "last.ckpt"
     assert _queue(ckpt) == (2, 2 * 32, 2 * 32)  # the pointer agrees with the step
+    from contrastmix.train.lifecycle import AtomicCheckpointIO
+
+    assert isinstance(sent[0].checkpoint_io, AtomicCheckpointIO)  # every save is atomic
     assert not (run / "backbone.pt").exists() and not (run / "run.json").exists()
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     assert not (run / LOCK_FILE).exists()
