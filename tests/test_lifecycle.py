@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -164,8 +165,6 @@ def test_the_lock_is_held_across_processes_and_dies_with_its_holder(tmp_path: Pa
         for _ in range(600):
             if (tmp_path / "held").exists() or holder.poll() is not None:
                 break
-            import time
-
             time.sleep(0.05)
         assert (tmp_path / "held").exists()
         with pytest.raises(RunDirError, match=rf"in use by another run \(pid {holder.pid}\)"):
@@ -357,8 +356,6 @@ def test_two_processes_one_folder_and_a_real_sigterm(tmp_path: Path) -> None:
         for _ in range(6000):
             if held.exists() or first.poll() is not None:
                 break
-            import time
-
             time.sleep(0.05)
         assert held.exists(), log.read_text()
         second = subprocess.run(
@@ -382,3 +379,21 @@ def test_two_processes_one_folder_and_a_real_sigterm(tmp_path: Path) -> None:
     assert "Traceback" not in err
     assert _queue(run / "checkpoints" / "last.ckpt") == (1, 32, 32)
     assert not (run / LOCK_FILE).exists()
+
+
+def test_ctrl_c_twice_stops_at_once_and_handlers_come_back() -> None:
+    """The first Ctrl-C is only recorded (training stops at the end of the batch); a second
+    one raises at once; the process's handlers are the caller's again afterwards."""
+    from contrastmix.train.lifecycle import StopOnSignal, StopRequested
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stop = StopOnSignal()
+    with stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT
+        with pytest.raises(StopRequested, match="SIGINT"):
+            stop.on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # (Python runs the handler before this line at the latest)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
