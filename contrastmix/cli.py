@@ -2,6 +2,8 @@
 
 Errors caused by the user's input (unknown recipe key, missing file or run, checkpoint of
 another method, bad values) print one line ``contrastmix: error: ...`` and exit with status 2.
+A ``pretrain`` stopped by Ctrl-C / SIGTERM prints one line with the command that resumes it and
+exits with 130 / 143.
 """
 
 from __future__ import annotations
@@ -54,9 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--keep-freed-memory", action="store_true",
                     help="glibc only: keep freed heap memory in the process between steps "
                     "(fewer page faults with large queues; changes the whole process)")
-    pt.add_argument("--out", default=None, help="run directory (default runs/<recipe name>)")
+    pt.add_argument("--out", default=None,
+                    help="run directory (default runs/<recipe name>); a new run needs a new or "
+                    "empty one, and one run at a time writes it")
     pt.add_argument("--resume", action="store_true",
-                    help="continue the run in --out from checkpoints/last.ckpt")
+                    help="continue the run in --out from checkpoints/last.ckpt (after Ctrl-C "
+                    "or SIGTERM, which save it and exit 130 / 143, or to train more epochs)")
     pt.add_argument("--print-config", action="store_true",
                     help="print the resolved recipe (overrides applied, validated) and exit")
 
@@ -255,10 +260,24 @@ def _one_line(e: BaseException) -> str:
     return msg
 
 
+def _resume_command(argv: Sequence[str], run_dir: str) -> str:
+    """The command line that continues an interrupted ``pretrain``: the same arguments (recipe,
+    ``--set``, ``--import``), with ``--out`` and ``--resume``."""
+    import shlex
+
+    args = list(argv)
+    if not any(a == "--out" or a.startswith("--out=") for a in args):
+        args += ["--out", run_dir]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "contrastmix " + shlex.join(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``contrastmix`` console script."""
-    from contrastmix.errors import ContrastmixError
+    from contrastmix.errors import ContrastmixError, RunInterrupted
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     handler = {"pretrain": _pretrain, "probe": _probe, "report": _report,
                "list": _list}[args.command]
@@ -267,8 +286,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ContrastmixError as e:
         print(f"contrastmix: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:  # 130 (SIGINT) / 143 (SIGTERM): `pretrain && probe` stops
+        if e.step is not None and not e.finished:
+            print(f"contrastmix: interrupted at step {e.step}; resume with: "
+                  f"{_resume_command(argv, e.run_dir)}", file=sys.stderr)
+        else:
+            print(f"contrastmix: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("contrastmix: interrupted (resume with --resume)", file=sys.stderr)
+        print("contrastmix: interrupted", file=sys.stderr)
         return 130
 
 

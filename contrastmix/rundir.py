@@ -14,11 +14,18 @@ Layout::
     metrics.csv            every logged metric, all resumed segments merged
     logs/version_*/        raw CSV logs per segment; tb/ TensorBoard logs (trainer.loggers)
     run.json               summary: method, epochs, wall time, last metrics
+    .contrastmix.lock      held (``flock``) by the run that is writing the directory
+
+Every file is written beside its target and renamed into place (:mod:`contrastmix._atomic`):
+at every instant a file is either the previous complete version or the new complete one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +33,17 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from contrastmix._atomic import write_json
 from contrastmix.config import apply_overrides, load_yaml_file
 from contrastmix.errors import RunDirError
 
 __all__ = ["run_paths", "read_run_config", "RunArtifacts", "read_artifacts", "write_artifacts",
-           "ARTIFACTS_FILE"]
+           "ARTIFACTS_FILE", "LOCK_FILE", "hold_run_dir", "check_fresh_run_dir"]
 
 #: The file in which a method lists what it left for evaluation.
 ARTIFACTS_FILE = "artifacts.json"
+#: The lock file of the run that owns a run directory (removed when that run ends).
+LOCK_FILE = ".contrastmix.lock"
 
 
 def run_paths(run_dir: str | Path) -> dict[str, Path]:
@@ -111,11 +121,7 @@ class RunArtifacts:
 
 def write_artifacts(run_dir: str | Path, artifacts: RunArtifacts) -> Path:
     """Write ``artifacts.json`` (atomically: a temporary file renamed over the old one)."""
-    path = run_paths(run_dir)["artifacts"]
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(artifacts), indent=2))
-    tmp.replace(path)
-    return path
+    return write_json(run_paths(run_dir)["artifacts"], asdict(artifacts))
 
 
 def read_artifacts(run_dir: str | Path) -> RunArtifacts:
@@ -143,3 +149,94 @@ def read_artifacts(run_dir: str | Path) -> RunArtifacts:
         if not isinstance(name, str) or not (root / name).resolve().is_relative_to(root):
             raise RunDirError(f"{path} names a file outside the run directory: {name!r}")
     return art
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid the lock's holder wrote into the lock file (``unknown`` while it writes it)."""
+    with contextlib.suppress(OSError, ValueError):
+        return str(int(os.pread(fd, 32, 0).decode().strip()))
+    return "unknown"
+
+
+@contextlib.contextmanager
+def hold_run_dir(run_dir: str | Path) -> Iterator[Path]:
+    """Own ``run_dir`` while the block runs: one run writes a run directory at a time.
+
+    Takes an exclusive ``flock`` on ``run_dir/.contrastmix.lock`` (creating the directory if
+    needed) and writes the holder's pid into it. The operating system drops the lock when the
+    holder dies, however it dies, so a crashed run never leaves the directory stuck. On exit
+    the lock file is removed, and so is the directory if this call created it and nothing was
+    written into it. Where ``fcntl`` does not exist (Windows) nothing is locked.
+
+    Raises:
+        RunDirError: another live process holds the directory, or ``run_dir`` is not a
+            directory.
+    """
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RunDirError(f"run folder {run_dir} is not a directory") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield run_dir
+        return
+    lock = run_dir / LOCK_FILE
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RunDirError(
+                f"run folder {run_dir} is in use by another run (pid {holder})") from None
+        # the previous holder removes the file as it leaves: the lock must be on the file that
+        # is there now, or a third run could lock a new file beside this one
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield run_dir
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still held: a waiting run then sees it gone and retries
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if empty: a recipe that never built leaves nothing
+
+
+def check_fresh_run_dir(run_dir: str | Path) -> None:
+    """A new run (not resumed) starts only in a new or empty directory.
+
+    A fresh run never inherits another run's files (its metrics rows, a backbone of another
+    recipe): a directory with a checkpoint is continued with ``--resume``, any other non-empty
+    directory is left alone.
+
+    Raises:
+        RunDirError: ``run_dir`` holds a checkpoint, or any other file.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    if run_paths(run_dir)["last"].is_file():
+        raise RunDirError(
+            f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue "
+            "it or --out to start a new one"
+        )
+    names = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise RunDirError(
+            f"{run_dir} is not empty ({shown}) and holds no checkpoint to resume; choose "
+            "another --out, or empty the folder first"
+        )

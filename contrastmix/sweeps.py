@@ -23,19 +23,18 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from contrastmix._atomic import write_json
 from contrastmix.errors import RunDirError
-from contrastmix.rundir import run_paths
+from contrastmix.rundir import LOCK_FILE, run_paths
 
 __all__ = [
     "PROBE_CACHE",
@@ -139,7 +138,7 @@ def train_if_missing(
             )
         if paths["backbone"].is_file():
             return out
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         if not paths["config"].is_file():
             raise RunDirError(f"{out} exists and is not a run directory; choose another one")
         shutil.rmtree(out)  # a run that died before its first checkpoint: start over
@@ -159,8 +158,8 @@ def train_if_missing(
 
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The run's ``run.json`` (method, epochs, ``wall_time_s`` of ``Trainer.fit``, last
-    metrics)."""
+    """The run's ``run.json`` (method, epochs, ``wall_time_s``: training time summed over a
+    resumed run's segments, last metrics)."""
     return json.loads(run_paths(run_dir)["summary"].read_text())  # type: ignore[no-any-return]
 
 
@@ -213,10 +212,7 @@ def probe(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
         return hit["result"]  # type: ignore[no-any-return]
     result = probe_run(run_dir, **kwargs)
     probes[key] = {"backbone": stamp, "result": result}
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".probe-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"format": _CACHE_FORMAT, "probes": probes}, fh, indent=1)
-    os.replace(tmp, cache_path)
+    write_json(cache_path, {"format": _CACHE_FORMAT, "probes": probes}, indent=1)
     return result
 
 

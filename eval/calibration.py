@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from contrastmix._atomic import png_bytes, write_bytes
 from contrastmix._validation import check_positive, check_same_length, check_tensor
 
 __all__ = [
@@ -206,7 +207,7 @@ def plot_reliability(
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=100)
+    write_bytes(out, png_bytes(fig, dpi=100))
     return out
 
 

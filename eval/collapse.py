@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._atomic import png_bytes, write_bytes
 from contrastmix._validation import check_same_length, check_tensor
 
 __all__ = ["neural_collapse", "mixup_geometry", "mixed_pair_features", "three_class_projection",
@@ -459,5 +460,5 @@ def plot_mixup_projection(
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=100)
+    write_bytes(out, png_bytes(fig, dpi=100))
     return out

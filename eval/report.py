@@ -86,6 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._atomic import write_bytes, write_text
 from contrastmix._validation import check_same_length, check_tensor
 from contrastmix.data.registry import build_data
 from contrastmix.errors import ContrastmixError, RunDirError
@@ -416,7 +417,7 @@ def _png(fig: Any) -> bytes:
 
 def _add_figure(ctx: _Context, sec: _Section, name: str, caption: str, fig: Any) -> None:
     data = _png(fig)
-    (ctx.out_dir / name).write_bytes(data)
+    write_bytes(ctx.out_dir / name, data)
     sec.figures.append(_Figure(name, caption, data))
 
 
@@ -1264,7 +1265,7 @@ def write_report(
     sections += [metrics, *embedding]
     page = _render(ctx, sections, time.time() - t0)
     path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
+    write_text(path, page)
     n_fig = sum(len(s.figures) for s in sections)
     say(f"wrote {path} ({n_fig} figures, {len(page) / 1e6:.1f} MB) in {time.time() - t0:.1f} s")
     return path

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from contrastmix._atomic import atomic_open
 from contrastmix.data.cache import cache_dir
 
 __all__ = ["load_mnist1d", "load_mnist1d_pool", "MNIST1D_LENGTH", "MNIST1D_CLASSES"]
@@ -55,9 +55,8 @@ def _generate(seed: int) -> dict[str, np.ndarray]:
         "x_test": d["x_test"].astype(np.float32),
         "y_test": d["y_test"].astype(np.int64),
     }
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # unique: processes may race
-    np.savez(tmp, **out)
-    tmp.replace(path)
+    with atomic_open(path, "wb") as fh:  # concurrent runs may build the same cache
+        np.savez(fh, **out)
     return out
 
 

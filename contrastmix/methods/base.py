@@ -31,6 +31,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from contrastmix._atomic import torch_save
 from contrastmix.data.registry import DataBundle
 from contrastmix.models.build import build_backbone, build_projector
 from contrastmix.rundir import RunArtifacts, run_paths, write_artifacts
@@ -223,7 +224,7 @@ class Method(pl.LightningModule):
         """Write ``backbone.pt`` and the method's artefacts (``artifacts.json``)."""
         run_dir = Path(run_dir)
         state = {k: v.detach().cpu() for k, v in self.backbone.state_dict().items()}
-        torch.save(state, run_paths(run_dir)["backbone"])
+        torch_save(state, run_paths(run_dir)["backbone"])
         art = self.export_artifacts(run_dir)
         # what contrastmix.load_backbone needs beyond config.yaml to rebuild backbone.pt's module
         art.backbone = {"in_channels": int(self.hparams["in_channels"])}
@@ -240,5 +241,6 @@ class Method(pl.LightningModule):
 
 
 def save_state(module: nn.Module, path: Path) -> None:
-    """``torch.save`` a module's ``state_dict`` on the CPU (readable with weights only)."""
-    torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)
+    """``torch.save`` a module's ``state_dict`` on the CPU (readable with weights only),
+    atomically (:func:`contrastmix._atomic.torch_save`)."""
+    torch_save({k: v.detach().cpu() for k, v in module.state_dict().items()}, path)

@@ -28,7 +28,6 @@ listed in ``artifacts.json``:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from contrastmix._atomic import torch_save, write_json
 from contrastmix.data.labels import dataset_labels
 from contrastmix.data.registry import DataBundle
 from contrastmix.eval.collapse import (
@@ -194,7 +194,7 @@ class ERM(Method):
         if save_dir is not None:
             sub = self.feature_subset(len(y))
             save_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(
+            torch_save(
                 {"features": h[sub].float().contiguous(), "labels": y[sub].contiguous(),
                  "epoch": int(epoch)},
                 save_dir / f"epoch_{epoch:03d}.pt",
@@ -292,7 +292,7 @@ class ERM(Method):
         if self.config.geometry_pairs > 0:
             png = run_dir / "mixup_projection.png"
             geo = self.mixup_geometry_report(png)
-            (run_dir / "mixup_geometry.json").write_text(json.dumps(geo, indent=2))
+            write_json(run_dir / "mixup_geometry.json", geo)
             art.files["mixup_geometry.json"] = ("geometry of features of mixed train inputs "
                                                 "(contrastmix.eval.collapse.mixup_geometry)")
             if png.is_file():

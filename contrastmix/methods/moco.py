@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._atomic import torch_save
 from contrastmix.banks import BACKENDS, MemoryBank
 from contrastmix.data.registry import DataBundle
 from contrastmix.distributed import shuffled_forward
@@ -162,7 +163,7 @@ class MoCo(Method):
     def export_artifacts(self, run_dir: Path) -> RunArtifacts:
         art = super().export_artifacts(run_dir)
         save_state(self.key_encoder.module, run_dir / "key_encoder.pt")
-        torch.save({"features": self.queue.features.detach().float().cpu().contiguous()},
+        torch_save({"features": self.queue.features.detach().float().cpu().contiguous()},
                    run_dir / "queue.pt")
         art.key_encoder, art.queue = "key_encoder.pt", "queue.pt"
         art.expected_metrics = ["proxy_acc"]

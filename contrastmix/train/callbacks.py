@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytorch_lightning as pl
@@ -92,35 +91,3 @@ class OnlineKNN(pl.Callback):
         acc = (pred.cpu() == yte.cpu()).float().mean().item()
         pl_module.log("knn_acc", acc, on_step=False, on_epoch=True, sync_dist=False)
 
-
-class SaveOnInterrupt(pl.Callback):
-    """Write ``last.ckpt`` when training stops on an exception (Ctrl-C, a crash, a kill).
-
-    Lightning's ``OnExceptionCheckpoint`` deletes its file in ``teardown``, so it cannot share
-    the name ``last.ckpt`` with the epoch checkpoint; this one keeps it, so ``--resume`` continues
-    from the exact step where the run stopped (queue and pointer included).
-
-    Only once training has started (``on_train_start``, after a resumed run's checkpoint is
-    fully restored): an exception before that, e.g. while a checkpoint is being restored,
-    must not replace the run's checkpoint with an untrained model. The file is written next
-    to ``last.ckpt`` and then renamed over it, so a crash while saving leaves the old one.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.started = False
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started = True
-
-    def on_exception(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
-    ) -> None:
-        if not self.started:
-            return
-        tmp = self.path + ".tmp"
-        trainer.save_checkpoint(tmp)
-        if trainer.is_global_zero and os.path.exists(tmp):
-            os.replace(tmp, self.path)
-        for logger in trainer.loggers:  # flush buffered metric rows of the lost segment too
-            logger.save()

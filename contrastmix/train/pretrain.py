@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
+import io
 import logging
 import os
+import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from contrastmix._atomic import write_json, write_text
 from contrastmix._progress import progress_enabled
 from contrastmix.data.registry import DataBundle, build_data
-from contrastmix.errors import CheckpointError, ContrastmixError, RecipeError, RunDirError
+from contrastmix.errors import (
+    CheckpointError,
+    ContrastmixError,
+    RecipeError,
+    RunDirError,
+    RunInterrupted,
+)
 from contrastmix.methods import Method, get_method
-from contrastmix.rundir import run_paths
+from contrastmix.rundir import LOCK_FILE, check_fresh_run_dir, hold_run_dir, run_paths
 from contrastmix.runs import load_state_file
-from contrastmix.train.callbacks import OnlineKNN, SaveOnInterrupt
+from contrastmix.train.callbacks import OnlineKNN
+from contrastmix.train.lifecycle import (
+    AtomicCheckpointIO,
+    RunLedger,
+    SaveOnInterrupt,
+    StopOnSignal,
+)
 from contrastmix.train.loggers import build_loggers
 
 __all__ = ["pretrain", "build_method"]
@@ -94,32 +107,67 @@ def _check_checkpoint(path: Path, cfg: DictConfig) -> None:
         )
 
 
-def _merge_metrics(run_dir: Path) -> None:
-    """Merge ``logs/version_*/metrics.csv`` into ``metrics.csv`` (later segments win)."""
+def _merge_metrics(run_dir: Path, segments: list[dict[str, Any]] | None = None
+                   ) -> dict[str, float]:
+    """Merge the segments' ``logs/version_*/metrics.csv`` into ``metrics.csv`` (atomically).
+
+    ``segments`` (from :class:`~contrastmix.train.lifecycle.RunLedger`) are the kept segments
+    in order, each ``{"start_step", "csv_dir"}``: a segment's rows from the step at which the
+    next one began are dropped (the next one continued from a checkpoint taken before them),
+    and logs of segments that are not listed (killed before any checkpoint) are ignored.
+    Without ``segments`` every ``logs/version_*`` is merged (later segments win). A row cut
+    short by a kill is skipped.
+
+    Returns:
+        The last value of every logged metric, in step order (the summary's ``metrics``).
+    """
+    if segments and all(seg.get("csv_dir") for seg in segments):
+        kept = sorted(segments, key=lambda seg: seg["start_step"])
+        parts = [(run_dir / seg["csv_dir"], nxt["start_step"] if nxt else None)
+                 for seg, nxt in zip(kept, [*kept[1:], None], strict=True)]
+    else:
+        versions = sorted((run_dir / "logs").glob("version_*"),
+                          key=lambda p: int(p.name.split("_")[-1]))
+        parts = [(v, None) for v in versions]
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     keys: list[str] = []
-    versions = sorted(
-        (run_dir / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[-1])
-    )
-    for v in versions:
-        f = v / "metrics.csv"
+    for folder, end in parts:
+        f = folder / "metrics.csv"
         if not f.is_file():
             continue
         with f.open(newline="") as fh:
             for row in csv.DictReader(fh):
+                if None in row or None in row.values():  # a row cut short, or a longer one
+                    continue
+                try:
+                    step = float(row.get("step") or 0)
+                except ValueError:
+                    continue
+                if end is not None and step >= end:
+                    continue
                 for k in row:
                     if k not in keys:
                         keys.append(k)
                 metric_names = ",".join(sorted(k for k, val in row.items() if val != ""))
                 rows[(row.get("epoch", ""), row.get("step", ""), metric_names)] = row
     if not rows:
-        return
+        return {}
     keys = sorted(keys, key=lambda k: (k not in ("epoch", "step"), k))
     ordered = sorted(rows.values(), key=lambda r: (float(r.get("step") or 0)))
-    with (run_dir / "metrics.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(ordered)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(ordered)
+    write_text(run_dir / "metrics.csv", buf.getvalue())
+    last: dict[str, float] = {}
+    for r in ordered:
+        for k, val in r.items():
+            if k not in ("epoch", "step") and val not in ("", None):
+                try:
+                    last[k] = float(val)
+                except ValueError:
+                    pass
+    return last
 
 
 def _limit(value: float) -> float | int | None:
@@ -243,8 +291,15 @@ def pretrain(
         resume: Continue from ``checkpoints/last.ckpt`` (queue, pointer, optimiser, epoch).
         extra_callbacks: More Lightning callbacks (tests use this to interrupt a run).
 
+    The run owns ``out`` while it runs (a lock the operating system drops if the process
+    dies), and every file it writes is renamed into place complete. SIGINT / SIGTERM during
+    training stop it at the next batch boundary with ``checkpoints/last.ckpt`` saved (see
+    :mod:`contrastmix.train.lifecycle`); the process's signal handlers are restored on return.
+
     Raises:
-        RunDirError: resuming without a checkpoint, or starting over an existing run.
+        RunDirError: resuming without a checkpoint; a fresh run into a directory that is not
+            empty; ``out`` in use by another live run.
+        RunInterrupted: SIGINT or SIGTERM stopped the run (its ``step`` is the checkpoint's).
         CheckpointError: resuming a checkpoint of another method.
         RecipeError: trainer settings that cannot work here (``sync_batchnorm`` on CPUs),
             or a value that the data, model, method, optimiser, kNN monitor or Lightning
@@ -254,24 +309,52 @@ def pretrain(
     cfg = _absolute_data_paths(cfg)
     run_dir = Path(out if out is not None else Path("runs") / cfg.name)
     paths = run_paths(run_dir)
-    ckpt_path: str | None = None
-    if resume:
-        if not paths["last"].is_file():
-            raise RunDirError(f"cannot resume: no checkpoint at {paths['last']}")
-        # the checkpoint's own recipe: its method, and the sections that must not change
-        _check_checkpoint(paths["last"], cfg)
-        ckpt_path = str(paths["last"])
-    elif paths["last"].is_file():
-        raise RunDirError(
-            f"{run_dir} already holds a run (checkpoints/last.ckpt); pass --resume to continue "
-            "it or --out to start a new one"
-        )
-    with _process_state(cfg.seed, cfg.trainer.num_threads):
-        return _fit(cfg, run_dir, ckpt_path, extra_callbacks or [])
+    owner = _owns_run_dir()
+    # one run writes a run directory at a time; the ranks Lightning launches join rank 0's run
+    with hold_run_dir(run_dir) if owner else contextlib.nullcontext(run_dir):
+        ckpt_path: str | None = None
+        if resume:
+            if not paths["last"].is_file():
+                raise RunDirError(f"cannot resume: no checkpoint at {paths['last']}")
+            # the checkpoint's own recipe: its method, and the sections that must not change
+            _check_checkpoint(paths["last"], cfg)
+            ckpt_path = str(paths["last"])
+        elif owner:
+            check_fresh_run_dir(run_dir)  # never inherit another run's files
+        with _process_state(cfg.seed, cfg.trainer.num_threads):
+            return _fit(cfg, run_dir, ckpt_path, extra_callbacks or [], owner)
+
+
+def _owns_run_dir() -> bool:
+    """This process is the one a run was started in, not a rank that Lightning (or torchrun)
+    launched for it: only that one locks and checks the run directory."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _empty_run_dir(run_dir: Path) -> None:
+    """Remove what a fresh run wrote before training began (the directory was empty when it
+    started, and is still locked by it): the run can then simply be started again."""
+    for p in run_dir.iterdir():
+        if p.name == LOCK_FILE:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The global step of the checkpoint at ``path``, or ``None`` if there is none."""
+    if not path.is_file():
+        return None
+    try:
+        return int(load_state_file(path, mmap=True).get("global_step", 0))
+    except ContrastmixError:
+        return None
 
 
 def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
-         extra_callbacks: list[pl.Callback]) -> Path:
+         extra_callbacks: list[pl.Callback], owner: bool = True) -> Path:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
     paths = run_paths(run_dir)
@@ -289,12 +372,14 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
     with _recipe_values("method and model"):
         module = build_method(plain, data)  # type: ignore[arg-type]
 
+    # StopOnSignal before SaveOnInterrupt: a stop at a batch's start comes before that batch
+    stop, saver, ledger = StopOnSignal(), SaveOnInterrupt(str(paths["last"])), RunLedger(run_dir)
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
             dirpath=paths["ckpt_dir"], filename="last", save_top_k=1, monitor=None,
             enable_version_counter=False, every_n_epochs=cfg.trainer.checkpoint_every_n_epochs,
         ),
-        SaveOnInterrupt(str(paths["last"])),
+        stop, saver, ledger,
         LearningRateMonitor(logging_interval="epoch"),
     ]
     # num_classes 0: unlabelled classification data (e.g. `arrays` without `y`), no kNN monitor
@@ -322,22 +407,51 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
             callbacks=callbacks,
             logger=build_loggers(t.loggers, run_dir, cfg.name),
             enable_model_summary=False, default_root_dir=str(run_dir),
+            plugins=[AtomicCheckpointIO()],
         )
     # only a recipe that built is written down
     run_dir.mkdir(parents=True, exist_ok=True)
     if is_rank0:
-        paths["config"].write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    start = time.time()
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
-    wall = time.time() - start
-    if trainer.is_global_zero:
-        module.export(run_dir)
-        _merge_metrics(run_dir)
-        last = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        summary = {
-            "method": cfg.method.name, "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step, "wall_time_s": round(wall, 2),
-            "resumed": ckpt_path is not None, "metrics": last,
-        }
-        paths["summary"].write_text(json.dumps(summary, indent=2))
+        write_text(paths["config"], OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        # SIGINT / SIGTERM stop training at the end of a batch (and wait for run.json after it)
+        with stop:
+            try:
+                trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path,
+                            weights_only=True)
+            except BaseException:
+                if stop.signum is None:
+                    raise
+                step = saver.saved_step if saver.saved_step is not None else \
+                    _checkpoint_step(paths["last"])
+                raise RunInterrupted(stop.signum, str(run_dir), step) from None
+            if trainer.is_global_zero:
+                module.export(run_dir)
+                logged = _merge_metrics(run_dir, ledger.segments)
+                last = {k: float(v) for k, v in trainer.callback_metrics.items()
+                        if v.numel() == 1}
+                summary = {
+                    "method": cfg.method.name, "epochs": trainer.current_epoch,
+                    "global_step": trainer.global_step,
+                    # training time of every kept segment (see RunLedger)
+                    "wall_time_s": round(ledger.wall_time_s(), 2),
+                    "resumed": ckpt_path is not None, "segments": len(ledger.segments),
+                    "metrics": {**logged, **last},
+                }
+                write_json(paths["summary"], summary)
+    except BaseException as e:
+        # a fresh run that failed before training, or was stopped before any checkpoint: it
+        # has nothing to resume, so its directory is left empty and the run can start again
+        if (ckpt_path is None and owner and run_dir.is_dir() and not paths["last"].is_file()
+                and (not saver.started or stop.signum is not None)):
+            _empty_run_dir(run_dir)
+        if isinstance(e, RunInterrupted):
+            raise
+        if stop.signum is not None and isinstance(e, KeyboardInterrupt):
+            # Ctrl-C twice while the run directory was being written
+            raise RunInterrupted(stop.signum, str(run_dir), _checkpoint_step(paths["last"])
+                                 ) from None
+        raise
+    if stop.signum is not None:  # the signal came after the last step: nothing was cut short
+        raise RunInterrupted(stop.signum, str(run_dir), trainer.global_step, finished=True)
     return run_dir
