@@ -7,7 +7,6 @@ another method, bad values) print one line ``contrastmix: error: ...`` and exit 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
@@ -128,11 +127,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from contrastmix._json import dumps
     from contrastmix.eval.evaluate import probe_run
 
     res = probe_run(args.run, knn=args.knn, geometry=args.geometry, device=args.device)
     if args.json:
-        print(json.dumps(res))
+        print(dumps(res))  # strict JSON: a non-finite number is null (see contrastmix._json)
         return 0
     for line in _probe_lines(res):
         print(line)

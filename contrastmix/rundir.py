@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from contrastmix._json import dumps
 from contrastmix.config import apply_overrides, load_yaml_file
 from contrastmix.errors import RunDirError
 
@@ -113,7 +114,7 @@ def write_artifacts(run_dir: str | Path, artifacts: RunArtifacts) -> Path:
     """Write ``artifacts.json`` (atomically: a temporary file renamed over the old one)."""
     path = run_paths(run_dir)["artifacts"]
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(asdict(artifacts), indent=2))
+    tmp.write_text(dumps(asdict(artifacts), indent=2))
     tmp.replace(path)
     return path
 

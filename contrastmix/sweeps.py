@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from contrastmix._json import dumps, loads
 from contrastmix.errors import RunDirError
 from contrastmix.rundir import run_paths
 
@@ -161,7 +162,7 @@ def train_if_missing(
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """The run's ``run.json`` (method, epochs, ``wall_time_s`` of ``Trainer.fit``, last
     metrics)."""
-    return json.loads(run_paths(run_dir)["summary"].read_text())  # type: ignore[no-any-return]
+    return loads(run_paths(run_dir)["summary"].read_text())  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------- probing
@@ -176,7 +177,7 @@ def _stamp(path: Path) -> list[int] | None:
 
 def _read_cache(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
@@ -215,7 +216,7 @@ def probe(run_dir: str | Path, **kwargs: Any) -> dict[str, Any]:
     probes[key] = {"backbone": stamp, "result": result}
     fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".probe-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
-        json.dump({"format": _CACHE_FORMAT, "probes": probes}, fh, indent=1)
+        fh.write(dumps({"format": _CACHE_FORMAT, "probes": probes}, indent=1))
     os.replace(tmp, cache_path)
     return result
 

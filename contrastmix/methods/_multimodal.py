@@ -14,7 +14,6 @@ image encoder (``backbone.pt``); ``model.pt`` holds everything else of the netwo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from contrastmix._json import dumps
 from contrastmix._state import load_strict
 from contrastmix.data.registry import DataBundle
 from contrastmix.methods.base import Method, require
@@ -162,7 +162,7 @@ class MultimodalMethod(Method):
         torch.save(state, run_dir / MODEL_FILE)
         meta = {**self.spec, "model_file": MODEL_FILE, "backbone_file": "backbone.pt",
                 "image_encoder_prefix": prefix, "method": self.name}
-        (run_dir / SPEC_FILE).write_text(json.dumps(meta, indent=2))
+        (run_dir / SPEC_FILE).write_text(dumps(meta, indent=2))
         art.files[MODEL_FILE] = ("state_dict of the multimodal network without the image "
                                  f"encoder (keys '{prefix}*', in backbone.pt) and without a "
                                  "frozen MiniLM")

@@ -28,8 +28,6 @@ listed in ``artifacts.json``:
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from contrastmix._json import dumps, to_jsonable
 from contrastmix.data.labels import dataset_labels
 from contrastmix.data.registry import DataBundle
 from contrastmix.eval.collapse import (
@@ -255,7 +254,7 @@ class ERM(Method):
         la, lb = labels[i].repeat(len(lams)), labels[j].repeat(len(lams))
         w, bias = self._classifier_cpu()
         geo = mixup_geometry(feats, lam, la, lb, w, bias, mu_g.float(), bins=bins)
-        out: dict[str, Any] = {k: _jsonable(v) for k, v in geo.items()}
+        out: dict[str, Any] = {k: to_jsonable(v) for k, v in geo.items()}
         out["lam_grid"] = lams.tolist()
         out["num_pairs"] = {"same_class": p, "different_class": p}
         classes = sorted(set(labels.tolist()))[:3]
@@ -292,23 +291,10 @@ class ERM(Method):
         if self.config.geometry_pairs > 0:
             png = run_dir / "mixup_projection.png"
             geo = self.mixup_geometry_report(png)
-            (run_dir / "mixup_geometry.json").write_text(json.dumps(geo, indent=2))
+            (run_dir / "mixup_geometry.json").write_text(dumps(geo, indent=2))
             art.files["mixup_geometry.json"] = ("geometry of features of mixed train inputs "
                                                 "(contrastmix.eval.collapse.mixup_geometry)")
             if png.is_file():
                 art.files["mixup_projection.png"] = ("mixes of three classes on the plane of "
                                                      "their classifier rows, coloured by lambda")
         return art
-
-
-def _jsonable(v: Any) -> Any:
-    """Tensors and arrays as lists; non-finite floats as ``None`` (valid JSON)."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import logging
 import os
 import time
@@ -20,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from contrastmix._json import dumps
 from contrastmix.data.registry import DataBundle, build_data
 from contrastmix.errors import CheckpointError, ContrastmixError, RecipeError, RunDirError
 from contrastmix.methods import Method, get_method
@@ -337,5 +337,5 @@ def _fit(cfg: DictConfig, run_dir: Path, ckpt_path: str | None,
             "global_step": trainer.global_step, "wall_time_s": round(wall, 2),
             "resumed": ckpt_path is not None, "metrics": last,
         }
-        paths["summary"].write_text(json.dumps(summary, indent=2))
+        paths["summary"].write_text(dumps(summary, indent=2))  # strict JSON
     return run_dir
