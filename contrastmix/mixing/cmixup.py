@@ -74,9 +74,12 @@ def _dist(a: Tensor, b: Tensor) -> Tensor:
     exact for ties, no overflow from squaring large labels before subtracting)."""
     if a.shape[1] == 1:
         return (a - b.T).abs()
-    s = torch.maximum(a.abs().amax(), b.abs().amax()) if a.numel() and b.numel() else None
-    if s is None or not s > safe_scale_threshold(a.dtype):
+    if not (a.numel() and b.numel()):
         return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    # divide by the largest |label| only when squares could overflow (exactly 1 otherwise);
+    # branchless: no host synchronisation for labels on a GPU
+    s = torch.maximum(a.abs().amax(), b.abs().amax())
+    s = torch.where(s > safe_scale_threshold(a.dtype), s, torch.ones_like(s))
     return torch.cdist(a / s, b / s, compute_mode="donot_use_mm_for_euclid_dist") * s
 
 
