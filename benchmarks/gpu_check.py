@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -38,6 +37,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from contrastmix._json import dumps
 
 NO_GPU = "gpu_check: no CUDA GPU found; nothing to time (run it on a machine with a GPU)"
 
@@ -305,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bf16 = not a.fp32 and (a.device.startswith("cuda") and torch.cuda.is_bf16_supported())
     res = run_checks(a.device, a.quick, parts, bf16=bf16)
     if a.json:
-        print(json.dumps(res))
+        print(dumps(res))
     else:
         _print(res)
     return 0

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from contrastmix._json import dumps
 
 __all__ = ["atomic_open", "write_bytes", "write_text", "write_json", "torch_save",
            "png_bytes"]
@@ -90,8 +91,9 @@ def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8")
 
 
 def write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically."""
-    return write_text(path, json.dumps(obj, indent=indent))
+    """Write ``obj`` as strict JSON to ``path`` atomically (non-finite numbers as ``null``,
+    listed under ``non_finite``: see :func:`contrastmix._json.dumps`)."""
+    return write_text(path, dumps(obj, indent=indent))
 
 
 def torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:

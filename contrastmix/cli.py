@@ -9,9 +9,8 @@ exits with 130 / 143.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
@@ -123,12 +122,106 @@ def _import_user_modules(names: list[str]) -> None:
                 importlib.import_module(name)
         except ContrastmixError:
             raise
+        except SystemExit as e:  # the module called sys.exit(): not ours to end the process
+            raise ContrastmixError(
+                f"--import {name} called sys.exit({e.code!r}) while being imported") from None
         except ModuleNotFoundError as e:
             raise ContrastmixError(f"--import {name}: {e}") from None
         except Exception as e:  # the user's module failed: say which and why, in one line
             first = (str(e).strip().splitlines() or [""])[0]
             raise ContrastmixError(
                 f"--import {name} failed: {type(e).__name__}: {first}") from None
+
+
+# ------------------------------------------------------------------ input validation layer
+# Inputs that would otherwise fail deep inside training or evaluation (an OSError, an
+# allocation failure) are named here, before any work, in one line.
+def _check_out_dir(path: str | None, flag: str) -> None:
+    """Refuse an output directory that is empty, a file, under a file, or not writable."""
+    import os
+    from pathlib import Path
+
+    from contrastmix.errors import ContrastmixError
+
+    if path is None:
+        return
+    if not path.strip():
+        raise ContrastmixError(f"{flag} is empty: give a directory")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ContrastmixError(f"{flag} {path} is a file, not a directory")
+    existing = p
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ContrastmixError(f"{flag} {path} cannot be created: {existing} is a file, "
+                               "not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ContrastmixError(f"{flag} {path}: permission denied (cannot write in {existing})")
+
+
+#: A queue may take at most this share of the machine's memory (checked before training).
+QUEUE_MEMORY_SHARE = 0.5
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM of this machine (``None`` where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(cfg: object, total: int | None = None) -> None:
+    """Refuse a ``method.queue_size`` whose ``[K, model.proj_output_dim]`` float32 queue (plus
+    int64 sample ids) would take more than :data:`QUEUE_MEMORY_SHARE` of the RAM."""
+    from omegaconf import OmegaConf
+
+    from contrastmix.errors import ContrastmixError
+
+    queue = OmegaConf.select(cfg, "method.queue_size", default=None)  # type: ignore[arg-type]
+    dim = OmegaConf.select(cfg, "model.proj_output_dim", default=None)  # type: ignore[arg-type]
+    if not isinstance(queue, int) or not isinstance(dim, int):
+        return
+    total = _physical_memory() if total is None else total
+    need = queue * (4 * dim + 8)
+    if total and need > QUEUE_MEMORY_SHARE * total:
+        raise ContrastmixError(
+            f"method.queue_size={queue} needs {need / 2**30:.3g} GiB for the queue ([{queue}, "
+            f"{dim}] float32 and ids), more than {QUEUE_MEMORY_SHARE:.0%} of this machine's "
+            f"{total / 2**30:.3g} GiB of memory; lower method.queue_size"
+        )
+
+
+def _environment_errors(handler: Callable[[argparse.Namespace], int],
+                        args: argparse.Namespace) -> int:
+    """Run ``handler``; failures of the machine rather than of the code (a file system
+    refusing a write, memory running out) become one-line :class:`ContrastmixError`s."""
+    from contrastmix.errors import ContrastmixError
+
+    try:
+        return handler(args)
+    except ContrastmixError:
+        raise
+    except MemoryError:
+        raise ContrastmixError("out of memory; lower data.batch_size, method.queue_size or the "
+                               "model's size") from None
+    except RuntimeError as e:  # torch's allocators (torch.OutOfMemoryError is one too)
+        text = str(e)
+        if not any(s in text for s in ("out of memory", "can't allocate memory",
+                                       "Cannot allocate memory")):
+            raise
+        import re
+
+        tried = re.search(r"[Tt]ried to allocate ([0-9.]+ ?[A-Za-z]*)", text)
+        what = f" (tried to allocate {tried.group(1)})" if tried else ""
+        raise ContrastmixError(f"out of memory{what}; lower data.batch_size, "
+                               "method.queue_size or the model's size") from None
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        raise ContrastmixError(f"{e.strerror or type(e).__name__}{where}") from None
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -151,6 +244,8 @@ def _pretrain(args: argparse.Namespace) -> int:
 
         print(OmegaConf.to_yaml(cfg), end="")
         return 0
+    _check_out_dir(args.out, "--out")
+    _check_memory(cfg)
     from contrastmix.train.pretrain import pretrain
 
     if args.keep_freed_memory:
@@ -163,13 +258,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from contrastmix._json import dumps
     from contrastmix.eval.evaluate import probe_run
 
     overrides = _eval_overrides(args)
     res = probe_run(args.run, knn=args.knn, geometry=args.geometry, device=args.device,
                     overrides=overrides, progress_bar=args.progress_bar)
     if args.json:
-        print(json.dumps(res))
+        print(dumps(res))  # strict JSON: a non-finite number is null (see contrastmix._json)
         return 0
     for line in _probe_lines(res):
         print(line)
@@ -231,6 +327,7 @@ def _probe_lines(res: dict) -> list[str]:
 def _report(args: argparse.Namespace) -> int:
     from contrastmix.eval.report import write_report
 
+    _check_out_dir(args.out, "--out")
     overrides = _eval_overrides(args)
     path = write_report(args.run, args.out, device=args.device, overrides=overrides,
                         progress_bar=args.progress_bar)
@@ -282,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"pretrain": _pretrain, "probe": _probe, "report": _report,
                "list": _list}[args.command]
     try:
-        return handler(args)
+        return _environment_errors(handler, args)
     except ContrastmixError as e:
         print(f"contrastmix: error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -280,10 +280,32 @@ def _merge(base: DictConfig, other: Any) -> DictConfig:
         raise _key_error(base, e) from None
     except ValidationError as e:
         key = getattr(e, "full_key", "?")
+        section = _replaced_section(base, other)
+        if not key and section:  # `--set trainer=3`: OmegaConf names no key
+            raise RecipeError(f"recipe key '{section}' is a section, not a value; set its keys "
+                              f"one by one (e.g. --set {section}.KEY=VALUE)") from None
         msg = str(e).splitlines()[0]
         raise RecipeError(f"invalid value for recipe key '{key}': {msg}") from None
     assert isinstance(merged, DictConfig)
     return merged
+
+
+def _replaced_section(base: Any, other: Any, prefix: str = "") -> str | None:
+    """The first key where ``other`` gives a plain value for a section (mapping) of ``base``."""
+    if not isinstance(other, dict) or not isinstance(base, DictConfig):
+        return None
+    for k, v in other.items():
+        if k not in base:
+            continue
+        child = base._get_node(k)
+        key = f"{prefix}.{k}".lstrip(".")
+        if isinstance(child, DictConfig):
+            if not isinstance(v, dict) and v is not None:
+                return key
+            found = _replaced_section(child, v, key)
+            if found:
+                return found
+    return None
 
 
 def _parse_overrides(overrides: list[str]) -> dict[str, Any]:
@@ -324,6 +346,14 @@ def _positive() -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v > 0), "> 0"
 
 
+#: Largest seed: numpy's and Lightning's ``seed_everything`` accept ``[0, 2**32 - 1]``.
+MAX_SEED = 2**32 - 1
+
+
+def _seed() -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: 0 <= v <= MAX_SEED), f"in [0, {MAX_SEED}]"
+
+
 def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), "one of " + ", ".join(repr(c) for c in choices)
 
@@ -342,6 +372,8 @@ def _safe_name() -> tuple[Callable[[Any], bool], str]:
 # by their losses and modules when ``pretrain`` builds them.
 _VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "name": _safe_name(),
+    "seed": _seed(),
+    "data.seed": _seed(),
     "trainer.max_epochs": _at_least(1),
     "trainer.num_nodes": _at_least(1),
     "trainer.log_every_n_steps": _at_least(1),
@@ -402,6 +434,11 @@ def _check_values(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not ok(value):
             raise RecipeError(f"invalid value for recipe key '{key}': {value!r} (must be {want})")
+    pool = OmegaConf.select(cfg, "data.pool_seeds") or []
+    for i, value in enumerate(pool):
+        if not 0 <= value <= MAX_SEED:
+            raise RecipeError(f"invalid value for recipe key 'data.pool_seeds[{i}]': {value!r} "
+                              f"(must be in [0, {MAX_SEED}])")
     if cfg.optim.name == "lars" and cfg.optim.weight_decay == 0:
         raise RecipeError(
             "optim.name=lars needs optim.weight_decay > 0: lightly's LARS rescales only "
@@ -468,6 +505,9 @@ def apply_overrides(
     method = raw.get("method") or {}
     if not isinstance(method, dict):
         raise RecipeError("recipe key 'method' must be a mapping with a `name`")
+    if "method" in ov and not isinstance(ov["method"], dict):
+        raise RecipeError("recipe key 'method' is a section, not a value; set its keys one by "
+                          "one (e.g. --set method.KEY=VALUE)")
     name = (ov.get("method") or {}).get("name", method.get("name"))
     cfg = _merge(_base_for(name, method_schema), raw)
     cfg = _merge(cfg, ov)

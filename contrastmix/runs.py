@@ -39,7 +39,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """The evaluation device: ``device``, or CUDA when available, else the CPU.
 
     Raises:
-        ContrastmixError: ``device`` is not a device name, or asks for CUDA where there is none.
+        ContrastmixError: ``device`` is not a device name, is not a CPU / CUDA / MPS device,
+            or asks for a GPU that this machine does not have.
     """
     if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -50,6 +51,15 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ContrastmixError(f"device {device!r} asked for, but no CUDA GPU is available here")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ContrastmixError(f"device {device!r} asked for, but this machine has "
+                               f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...)")
+    if dev.type == "mps" and not (torch.backends.mps.is_built()
+                                  and torch.backends.mps.is_available()):
+        raise ContrastmixError(f"device {device!r} asked for, but MPS is not available here")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ContrastmixError(
+            f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
     return dev
 
 

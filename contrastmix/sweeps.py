@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from contrastmix._atomic import write_json
+from contrastmix._json import loads
 from contrastmix.errors import RunDirError
 from contrastmix.rundir import LOCK_FILE, run_paths
 
@@ -160,7 +161,7 @@ def train_if_missing(
 def run_summary(run_dir: str | Path) -> dict[str, Any]:
     """The run's ``run.json`` (method, epochs, ``wall_time_s``: training time summed over a
     resumed run's segments, last metrics)."""
-    return json.loads(run_paths(run_dir)["summary"].read_text())  # type: ignore[no-any-return]
+    return loads(run_paths(run_dir)["summary"].read_text())  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------- probing
@@ -175,7 +176,7 @@ def _stamp(path: Path) -> list[int] | None:
 
 def _read_cache(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix._atomic import png_bytes, write_bytes
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import check_same_length, check_tensor
 
 __all__ = ["neural_collapse", "mixup_geometry", "mixed_pair_features", "three_class_projection",
@@ -84,7 +85,7 @@ def _check_classifier(
 
 def _off_diag_cos(v: Tensor) -> Tensor:
     """Cosines of all ordered pairs ``c != c'`` of the rows of ``v`` (``C (C-1)`` values)."""
-    u = F.normalize(v, dim=1)
+    u = unit_rows(v, dim=1)
     g = u @ u.T
     c = g.shape[0]
     mask = ~torch.eye(c, dtype=torch.bool, device=g.device)
@@ -303,7 +304,7 @@ def mixup_geometry(
         cos = F.cosine_similarity(r, wa, dim=1, eps=1e-300)
         margin = ((wa - wb) * h).sum(dim=1) + b[la] - b[lb]
         # Off-plane energy: Gram-Schmidt basis of span{w_a, w_b}.
-        e1 = F.normalize(wa, dim=1, eps=1e-300)
+        e1 = unit_rows(wa, dim=1, eps=1e-300)
         u = wb - (wb * e1).sum(dim=1, keepdim=True) * e1
         u_norm = torch.linalg.vector_norm(u, dim=1, keepdim=True)
         e2 = torch.where(u_norm > 1e-12 * torch.linalg.vector_norm(wb, dim=1, keepdim=True),

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
+from contrastmix._json import to_jsonable
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import NonFiniteError
 from contrastmix.data.registry import build_data
 from contrastmix.errors import DatasetError, EmbeddingError
@@ -82,7 +83,7 @@ def _probe_run(
         seed=cfg.seed, groups=data.test_groups,
         group_names=list(data.group_names) if data.group_names else None,
     )
-    out.update(_jsonable(res))
+    out.update(to_jsonable(res))
     if f["task"] == "regression":
         out["spearman"] = float(distance_spearman(f["test_x"], f["test_y"], seed=cfg.seed))
     out["protocol"] = {
@@ -98,29 +99,12 @@ def _probe_run(
         out["knn"] = {"k": min(k, len(f["train_x"])), "temperature": t,
                       "features": "L2-normalised backbone features"}
     if geometry:
-        z = torch.nn.functional.normalize(f["test_x"].double(), dim=1)
+        z = unit_rows(f["test_x"].double(), dim=1)
         out["geometry"] = {
             "uniformity": float(uniformity(z)),
             "effective_rank": float(effective_rank(f["test_x"])),
         }
         if f["task"] == "classification":
             nc = neural_collapse(f["test_x"], f["test_y"])
-            out["geometry"]["neural_collapse"] = _jsonable(nc)
+            out["geometry"]["neural_collapse"] = to_jsonable(nc)
     return out
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return x.tolist() if x.numel() > 1 else x.item()
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if hasattr(x, "item") and callable(x.item):
-        try:
-            return x.item()
-        except (ValueError, TypeError):
-            pass
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return x

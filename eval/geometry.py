@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import check_positive, check_same_length, check_tensor
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
 def _prep(name: str, x: Tensor, normalize: bool) -> Tensor:
     check_tensor(name, x, ndim=2, floating=True)
     x64 = x.to(torch.float64)
-    return F.normalize(x64, dim=1) if normalize else x64
+    return unit_rows(x64, dim=1) if normalize else x64
 
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0, *, normalize: bool = True) -> Tensor:
@@ -211,7 +211,7 @@ def multimodal_geometry(
     with torch.no_grad():
         gap = float(modality_gap(a, b))  # validates shapes first
         union = torch.cat(
-            [F.normalize(a.to(torch.float64), dim=1), F.normalize(b.to(torch.float64), dim=1)]
+            [unit_rows(a.to(torch.float64), dim=1), unit_rows(b.to(torch.float64), dim=1)]
         )
         out = {
             "uniformity_a": float(uniformity(a, t, max_samples=max_samples, generator=generator)),

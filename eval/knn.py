@@ -37,9 +37,9 @@ is importable, torch otherwise).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import (
     check_features,
     check_positive,
@@ -213,8 +213,8 @@ def knn_scores(
         backend = "faiss" if use_faiss else "torch"
 
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
-        bank = F.normalize(train_x.detach().to(dtype), dim=1)
-        queries = F.normalize(test_x.detach().to(device=device, dtype=dtype), dim=1)
+        bank = unit_rows(train_x.detach().to(dtype), dim=1)
+        queries = unit_rows(test_x.detach().to(device=device, dtype=dtype), dim=1)
         labels = train_y.to(device)
         if backend == "faiss":
             parts = _neighbours_faiss(bank, queries, k, chunk_size)

@@ -23,6 +23,7 @@ import math
 import torch
 from torch import Tensor
 
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import check_positive, check_same_length, check_tensor
 
 __all__ = ["distance_spearman", "average_ranks", "spearman_correlation", "pairwise_distances"]
@@ -131,6 +132,6 @@ def distance_spearman(
         g = torch.Generator().manual_seed(int(seed))
         keep = torch.randperm(n, generator=g)[:max_samples].to(f.device)
         f, y = f[keep], y[keep]
-    z = torch.nn.functional.normalize(f.to(torch.float64), dim=1)
+    z = unit_rows(f.to(torch.float64), dim=1)
     y2 = y.to(torch.float64).reshape(y.shape[0], -1)
     return spearman_correlation(pairwise_distances(z), pairwise_distances(y2))

@@ -83,10 +83,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix._atomic import write_bytes, write_text
+from contrastmix._json import loads
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import check_same_length, check_tensor
 from contrastmix.data.registry import build_data
 from contrastmix.errors import ContrastmixError, RunDirError
@@ -216,13 +217,13 @@ def batch_similarities(
     check_same_length(q=q, k=k)
     dt = torch.promote_types(q.dtype, torch.float32)
     with torch.no_grad(), torch.autocast(device_type=q.device.type, enabled=False):
-        qn = F.normalize(q.detach().to(dt), dim=1)
-        kn = F.normalize(k.detach().to(dt), dim=1)
+        qn = unit_rows(q.detach().to(dt), dim=1)
+        kn = unit_rows(k.detach().to(dt), dim=1)
         b = qn.shape[0]
         out: dict[str, Tensor] = {"positive": (qn * kn).sum(dim=1)}
         if queue is not None:
             check_tensor("queue", queue, ndim=2, dim=q.shape[1], floating=True)
-            nn_ = F.normalize(queue.detach().to(device=qn.device, dtype=dt), dim=1)
+            nn_ = unit_rows(queue.detach().to(device=qn.device, dtype=dt), dim=1)
             rows = max(1, _NEG_CHUNK_ELEMENTS // max(1, nn_.shape[0]))
             negs, hard = [], []
             for s in range(0, b, rows):
@@ -445,7 +446,7 @@ def _section_run(ctx: _Context) -> _Section:
     summary = ctx.run_dir / "run.json"
     if summary.is_file():
         try:
-            s = json.loads(summary.read_text())
+            s = loads(summary.read_text())
             rows += [("epochs", s.get("epochs")), ("optimiser steps", s.get("global_step")),
                      ("wall time (s)", s.get("wall_time_s")), ("resumed", s.get("resumed"))]
         except (OSError, ValueError):
@@ -732,7 +733,7 @@ def _section_umap(ctx: _Context) -> _Section:
     if n > ctx.max_points:
         gen = torch.Generator().manual_seed(ctx.seed)
         idx = torch.randperm(n, generator=gen)[: ctx.max_points].sort().values
-    xs = F.normalize(x[idx].double(), dim=1).numpy()
+    xs = unit_rows(x[idx].double(), dim=1).numpy()
     ys = y[idx].cpu()
     with _step(ctx, f"umap of {len(idx)} test embeddings (the first call compiles numba code)"
                ), warnings.catch_warnings():
@@ -942,8 +943,8 @@ def _section_similarities(ctx: _Context) -> _Section:
             x = torch.stack([test[int(i)][0] for i in c]).to(dev)
             v1 = _call_augment(data.batch_augment, x, aug_gen)
             v2 = _call_augment(data.batch_augment, x, aug_gen)
-            q = F.normalize(query_enc(v1).float().reshape(len(c), -1), dim=1)
-            k = F.normalize(key_enc(v2).float().reshape(len(c), -1), dim=1)
+            q = unit_rows(query_enc(v1).float().reshape(len(c), -1), dim=1)
+            k = unit_rows(key_enc(v2).float().reshape(len(c), -1), dim=1)
             qs.append(q.cpu())
             ks.append(k.cpu())
             sims = batch_similarities(q, k, None if queue is None else queue.to(dev),

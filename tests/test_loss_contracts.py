@@ -208,6 +208,10 @@ QUEUE_CASES: list[Case] = [
     ("queue width", lambda x: [x[0], x[1], F.normalize(x[2][:, :8], dim=-1)], "queue"),
     ("queue 1-D", lambda x: [x[0], x[1], x[2][0]], "queue"),
     ("query NaN", lambda x: [x[0].clone().fill_(float("nan")), x[1], x[2]], "query"),
+    ("empty batch", lambda x: [x[0][:0], x[1][:0], x[2]], "query"),
+    ("query not unit", lambda x: [3 * x[0], x[1], x[2]], "query"),
+    ("key not unit", lambda x: [x[0], 3 * x[1], x[2]], "key"),
+    ("queue not unit", lambda x: [x[0], x[1], 3 * x[2]], "queue"),
 ]
 VIEW_CASES: list[Case] = [
     ("features 2-D", lambda x: [x[0][:, 0], x[1]], "features"),

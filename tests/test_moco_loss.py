@@ -39,7 +39,8 @@ def test_empty_queue_gives_zero_loss_and_fp32_under_autocast() -> None:
     loss = moco_infonce(q, q, torch.empty(0, 8))
     assert loss.item() == pytest.approx(0.0, abs=1e-7)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = moco_logits(q.bfloat16(), q.bfloat16(), torch.randn(5, 8).bfloat16(), 0.2)
+        queue = F.normalize(torch.randn(5, 8), dim=1).bfloat16()  # unit rows: value-checked
+        logits = moco_logits(q.bfloat16(), q.bfloat16(), queue, 0.2)
     assert logits.dtype == torch.float32
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import time
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from contrastmix._json import dumps
 from contrastmix.banks.memory_bank import MemoryBank
 
 
@@ -167,9 +167,9 @@ def main() -> None:
     }
     if a.json_out:
         with open(a.json_out, "w") as f:
-            json.dump(res, f, indent=1)
+            f.write(dumps(res, indent=1))
     if a.json:
-        print(json.dumps(res))
+        print(dumps(res))
         return
     print(f"bank {a.size} x {a.dim}, {a.clusters} clusters (noise {a.noise}), step = add "
           f"{a.batch} + search {a.batch} queries, k={a.k}, {a.steps - a.warmup} timed steps")

@@ -17,7 +17,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
+from contrastmix._json import dumps
 from contrastmix.eval.knn import knn_predict
 
 
@@ -124,7 +124,7 @@ def main() -> None:
         res[f"{b}_mismatches"] = int((preds[b] != preds["sklearn"]).sum())
         res[f"{b}_accuracy"] = float((preds[b] == y).mean())
     if a.json:
-        print(json.dumps(res))
+        print(dumps(res))
         return
     print(f"device={a.device} threads={res['threads']} bank={a.n} queries={a.m} d={a.dim} "
           f"k={a.k} tau={a.tau}")

@@ -26,7 +26,6 @@ pretrain --keep-freed-memory`` does (:func:`contrastmix.train.allocator.keep_fre
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from contrastmix._json import dumps
 from contrastmix.losses.mochi import MoCHiLoss
 from contrastmix.losses.moco import moco_infonce
 from contrastmix.mixing import mochi as mochi_mod
@@ -441,7 +441,7 @@ def main() -> None:
         res["mochi_materialised_ms"] = 1e3 * med(mat)
         res["ratio_materialised"] = med(mat) / med(moco)
     if a.json:
-        print(json.dumps(res))
+        print(dumps(res))
         return
     print(f"device={a.device} threads={res['threads']} malloc_tuned={malloc_tuned} "
           f"B={a.batch} K={a.queue} d={a.dim} "

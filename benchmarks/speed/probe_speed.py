@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 import warnings
@@ -29,6 +28,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
+from contrastmix._json import dumps
 from contrastmix.eval.probe import fit_logistic
 
 
@@ -133,7 +133,7 @@ def main() -> None:
         "goal_speedup": 3.0, "goal_accuracy_gap_points": 0.5,
     }
     if a.json:
-        print(json.dumps(res))
+        print(dumps(res))
         return
     print(f"device={a.device} threads={res['threads']} n={a.n} d={a.dim} C={a.classes} "
           f"penalty={penalty:.3g} (sklearn C={res['sklearn_C']:.3g}) max_iter={a.max_iter} "

@@ -21,13 +21,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from contrastmix._json import dumps, loads
 
 GIB = 1024.0
 
@@ -67,7 +68,7 @@ def _child(args: argparse.Namespace) -> None:
     peak = _maxrss_mib()
     times = [step() for _ in range(args.reps)] or [first]
     print(
-        json.dumps(
+        dumps(
             {
                 "loss": args.loss,
                 "baseline_rss_mib": base,
@@ -87,7 +88,7 @@ def _run(loss: str, args: argparse.Namespace) -> dict:
         "--window", str(args.window), "--reps", str(args.reps), "--threads", str(args.threads),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -127,7 +128,7 @@ def main() -> None:
         "target_met": supremix["peak_rss_mib"] < GIB,
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
         return
     print(f"B={args.batch} V={args.views} d={args.dim} window={args.window} "
           f"threads={args.threads} (forward + backward, fresh process per loss)")

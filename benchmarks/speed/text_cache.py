@@ -19,11 +19,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
+from contrastmix._json import dumps
 from contrastmix.data.digits_captions import load_digits_captions
 from contrastmix.models.text import MiniLMTextEncoder
 
@@ -78,7 +78,7 @@ def main() -> None:
         "steady_epoch_speedup": steady_base / steady_cache if args.epochs > 1 else None,
     }
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
         return
     print(f"{len(captions)} captions ({len(set(captions))} unique), batch {args.batch_size}")
     for e, (b, c) in enumerate(zip(base_t, cache_t, strict=True)):

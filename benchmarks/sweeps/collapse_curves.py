@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
+from contrastmix._json import dumps, loads
 from contrastmix.sweeps import (
     format_mean_std,
     is_trained,
@@ -82,7 +82,7 @@ def train(
     t0 = time.time()
     train_if_missing(f"{method}_mnist1d", run, overrides, seed=seed, force=force)
     wall = time.time() - t0 if fresh else float("nan")
-    geo = json.loads((run / "mixup_geometry.json").read_text())
+    geo = loads((run / "mixup_geometry.json").read_text())
     return {"method": method, "seed": seed, "run": str(run), "wall_s": wall,
             "train_s": run_summary(run)["wall_time_s"],
             "curves": _curves(run), "geometry": geo, "overrides": overrides}
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     command = reproduce_command(__file__, sys.argv[1:] if argv is None else argv)
     md = render(results, command, args.threads)
     if args.json:
-        print(json.dumps(results, indent=2, default=str))
+        print(dumps(results, indent=2, default=str))
     else:
         print(md)
     if not (args.no_write or args.quick):

@@ -22,11 +22,11 @@ in-process.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from typing import Any
 
+from contrastmix._json import dumps
 from contrastmix.sweeps import (
     format_mean_std,
     format_paired_difference,
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     results = collect(args)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(dumps(results, indent=2))
         return
     print("Reproduce: " + reproduce_command(__file__, sys.argv[1:] if argv is None else argv))
     for name, (base, new) in PAIRS.items():

@@ -22,13 +22,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from contrastmix._json import dumps, loads
 from contrastmix.sweeps import (
     format_mean_std,
     markdown_table,
@@ -72,7 +72,7 @@ def raw_reference(dataset: str, runs_dir: Path) -> dict:
 
     cached = runs_dir / dataset / "raw_inputs" / "probe.json"
     if cached.is_file():
-        return json.loads(cached.read_text())
+        return loads(cached.read_text())
     recipe, ov = _recipe_and_overrides("l1", dataset)
     cfg = load_recipe(recipe, ov)
     data = build_data(cfg.data)
@@ -91,7 +91,7 @@ def raw_reference(dataset: str, runs_dir: Path) -> dict:
     out["spearman"] = float(distance_spearman(te[0], te[1], seed=cfg.seed))
     out["train_wall_s"] = 0.0
     cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(out))
+    cached.write_text(dumps(out))
     return out
 
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                  for m, rs in pm.items()}
             for ds, pm in results.items()
         }
-        print(json.dumps(slim))
+        print(dumps(slim))
     else:
         print(f"Reproduce: {command}\n")
         print(text)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 import time
 from pathlib import Path
 
+from contrastmix._json import dumps
 from contrastmix.sweeps import (
     format_mean_std,
     is_trained,
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
                 "train_wall_s": run_summary(out)["wall_time_s"], "proxy": proxy_curve(out),
             })
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(dumps(results, indent=2))
         return
     print("Reproduce: " + reproduce_command(__file__, sys.argv[1:] if argv is None else argv))
     print()

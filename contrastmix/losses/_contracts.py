@@ -27,14 +27,16 @@ __all__ = ["check_queue_inputs", "check_view_inputs", "flatten_views", "check_pa
 # Queue losses (MoCo, MoCHi).
 # --------------------------------------------------------------------------------------------
 def check_queue_inputs(query: object, key: object, queue: object) -> int:
-    """Check ``query [B, d]``, ``key [B, d]`` and ``queue [K, d]`` (floating, finite).
+    """Check ``query [B, d]``, ``key [B, d]`` and ``queue [K, d]`` (floating, finite,
+    ``B >= 1``; ``K`` may be 0).
 
     Returns:
         ``d``, the embedding dimension.
 
     Raises:
         ValueError: a non-tensor, a wrong number of dimensions, an integer dtype, NaN / inf,
-            ``key`` or ``queue`` of another width than ``query``, or ``key`` of another length.
+            ``key`` or ``queue`` of another width than ``query``, ``key`` of another length, or
+            an empty batch.
     """
     check_tensor("query", query, ndim=2, floating=True)
     assert isinstance(query, Tensor)
@@ -43,6 +45,8 @@ def check_queue_inputs(query: object, key: object, queue: object) -> int:
     check_tensor("queue", queue, ndim=2, dim=d, floating=True)
     assert isinstance(key, Tensor)
     check_same_length(query=query, key=key)
+    if query.shape[0] == 0:
+        raise ValueError("`query` must hold at least one row (the batch is empty)")
     return d
 
 

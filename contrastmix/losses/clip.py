@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import check_unit_norm, value_checks
 from contrastmix.distributed import gather_with_grad, is_distributed, rank
 from contrastmix.losses._contracts import check_pair_inputs
@@ -91,7 +92,7 @@ def prepare_pair(
     dtype = torch.promote_types(torch.promote_types(image.dtype, text.dtype), torch.float32)
     image, text = image.to(dtype), text.to(dtype)
     if normalize:
-        return F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        return unit_rows(image, dim=-1), unit_rows(text, dim=-1)
     return image, text
 
 

@@ -125,6 +125,8 @@ def fused_infonce(
         Scalar loss, equal in value and gradient to ``F.cross_entropy`` of the concatenated
         logits with target 0.
     """
+    if pos.ndim != 2 or pos.shape[0] == 0:
+        raise ValueError(f"`pos` must be [B, 1] with B >= 1, got shape {tuple(pos.shape)}")
     if real_max is None:
         real_max = row_max(real)
     if (coef is None) != (q_dot_qbar is None):

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import check_positive, check_same_length, check_tensor
 from contrastmix.distributed import gather_with_grad, is_distributed, rank
 from contrastmix.losses._contracts import check_pair_inputs
@@ -243,8 +244,8 @@ def _m3co(
         bcol = beta.to(device=p32.device, dtype=dtype).unsqueeze(1)
         perm = perm.to(device=p32.device, dtype=torch.long)
         p_mix = bcol * p32 + (1 - bcol) * p32[perm]
-        p_hat = F.normalize(p_mix, dim=-1)
-        q_hat = F.normalize(q32, dim=-1)
+        p_hat = unit_rows(p_mix, dim=-1)
+        q_hat = unit_rows(q32, dim=-1)
         offset = 0
         if gather_distributed and is_distributed():
             p_all, q_all = gather_with_grad(p_hat), gather_with_grad(q_hat)
@@ -300,8 +301,8 @@ def _soft_clip(
     """:func:`soft_clip_loss` on checked inputs."""
     with torch.autocast(device_type=p.device.type, enabled=False):
         dtype = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.float32)
-        p_hat = F.normalize(p.to(dtype), dim=-1)
-        q_hat = F.normalize(q.to(dtype), dim=-1)
+        p_hat = unit_rows(p.to(dtype), dim=-1)
+        q_hat = unit_rows(q.to(dtype), dim=-1)
         if gather_distributed and is_distributed():
             p_all, q_all = gather_with_grad(p_hat), gather_with_grad(q_hat)
         else:
@@ -561,6 +562,8 @@ def _total_terms(
     if labels.is_floating_point():
         raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
     check_same_length(fusion_logits=fusion_logits, labels=labels)
+    if labels.shape[0] == 0:
+        raise ValueError("`fusion_logits` must hold at least one row (the batch is empty)")
     c = fusion_logits.shape[1]
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
         raise ValueError(f"`labels` must lie in [0, {c - 1}], got [{labels.min()}, {labels.max()}]")

@@ -36,13 +36,16 @@ def mixed_cross_entropy(
         Scalar loss.
 
     Raises:
-        ValueError: bad shapes, mismatched lengths, non-finite logits, ``lam`` outside
-            ``[0, 1]`` or ``label_smoothing`` outside ``[0, 1)`` (naming the argument).
+        ValueError: bad shapes, an empty batch, mismatched lengths, non-finite logits,
+            ``lam`` outside ``[0, 1]`` or ``label_smoothing`` outside ``[0, 1)`` (naming the
+            argument).
     """
     check_tensor("logits", logits, ndim=2, floating=True)
     check_tensor("y_a", y_a, ndim=1)
     check_tensor("y_b", y_b, ndim=1)
     check_same_length(logits=logits, y_a=y_a, y_b=y_b)
+    if logits.shape[0] == 0:
+        raise ValueError("`logits` must hold at least one row (the batch is empty)")
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"`lam` must lie in [0, 1], got {lam}")
     if not 0.0 <= label_smoothing < 1.0:

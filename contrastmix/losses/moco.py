@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from contrastmix._validation import check_positive, same_instance_mask
+from contrastmix._validation import check_positive, check_unit_norm, same_instance_mask
 from contrastmix.losses._contracts import check_queue_inputs
 from contrastmix.losses.fused_infonce import fused_infonce
 
@@ -44,8 +44,17 @@ def moco_parts(
 
     Returns:
         ``(pos [B, 1], neg [B, K])`` logits.
+
+    Raises:
+        ValueError: naming the argument: wrong shapes, an empty batch, NaN / inf or rows that
+            are not L2-normalised (value checks: on CPU tensors, or with
+            ``CONTRASTMIX_DEBUG_CHECKS=1``), ``temperature <= 0``.
     """
     check_queue_inputs(query, key, queue)
+    # value checks (CPU, or everywhere with debug checks), each with its own dtype's tolerance
+    check_unit_norm("query", query)
+    check_unit_norm("key", key)
+    check_unit_norm("queue", queue)
     check_positive("temperature", temperature)
     same = same_instance_mask(queue_ids, query_ids, queue.shape[0], query.shape[0], query.device)
     dtype = torch.promote_types(query.dtype, torch.float32)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from contrastmix._numerics import pairwise_distances_expanded
 from contrastmix._validation import check_positive
 from contrastmix.losses._contracts import flatten_views
 
@@ -60,9 +61,8 @@ def rnc_loss(features: Tensor, labels: Tensor, temperature: float = 2.0) -> Tens
         zf = z.to(dtype)
         if n < 2:
             return (zf * 0.0).sum()
-        sq = zf.pow(2).sum(dim=1)
-        d2 = (sq[:, None] + sq[None, :] - 2.0 * (zf @ zf.T)).clamp_min(1e-12)
-        sim = -d2.sqrt() / temperature  # [N, N]
+        # scale-aware expansion: finite for large entries (plain values otherwise)
+        sim = -pairwise_distances_expanded(zf, min_sq=1e-12) / temperature  # [N, N]
         # Drop the diagonal: row i keeps the N - 1 candidates k != i.
         off = ~torch.eye(n, dtype=torch.bool, device=z.device)
         sim = sim[off].view(n, n - 1)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._numerics import unit_rows
 from contrastmix.data.registry import DataBundle
 from contrastmix.distributed import gather_no_grad, gather_with_grad, is_distributed
 from contrastmix.methods.base import Method
@@ -75,7 +75,7 @@ class ContrastiveRegression(Method):
         h = self.backbone(torch.cat([x1, x2], dim=0))
         z = (h if self.projector is None else self.projector(h)).float()
         if self.normalize:
-            z = F.normalize(z, dim=1)
+            z = unit_rows(z, dim=1)
         return torch.stack([z[:b], z[b:]], dim=1)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -83,7 +83,7 @@ class ContrastiveRegression(Method):
         feats = self.project_views(x)
         b = feats.shape[0]
         with torch.no_grad():  # alignment of the two views (monitoring only)
-            zn = F.normalize(feats.detach(), dim=2)
+            zn = unit_rows(feats.detach(), dim=2)
             align = (zn[:, 0] * zn[:, 1]).sum(dim=1).mean()
         labels = self.loss_labels(y)
         if is_distributed():

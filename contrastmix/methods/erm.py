@@ -28,7 +28,6 @@ listed in ``artifacts.json``:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from contrastmix._atomic import torch_save, write_json
+from contrastmix._json import to_jsonable
 from contrastmix.data.labels import dataset_labels
 from contrastmix.data.registry import DataBundle
 from contrastmix.eval.collapse import (
@@ -255,7 +255,7 @@ class ERM(Method):
         la, lb = labels[i].repeat(len(lams)), labels[j].repeat(len(lams))
         w, bias = self._classifier_cpu()
         geo = mixup_geometry(feats, lam, la, lb, w, bias, mu_g.float(), bins=bins)
-        out: dict[str, Any] = {k: _jsonable(v) for k, v in geo.items()}
+        out: dict[str, Any] = {k: to_jsonable(v) for k, v in geo.items()}
         out["lam_grid"] = lams.tolist()
         out["num_pairs"] = {"same_class": p, "different_class": p}
         classes = sorted(set(labels.tolist()))[:3]
@@ -299,16 +299,3 @@ class ERM(Method):
                 art.files["mixup_projection.png"] = ("mixes of three classes on the plane of "
                                                      "their classifier rows, coloured by lambda")
         return art
-
-
-def _jsonable(v: Any) -> Any:
-    """Tensors and arrays as lists; non-finite floats as ``None`` (valid JSON)."""
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if hasattr(v, "tolist"):
-        v = v.tolist()
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v

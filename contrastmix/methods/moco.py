@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from contrastmix._atomic import torch_save
+from contrastmix._numerics import unit_rows
 from contrastmix.banks import BACKENDS, MemoryBank
 from contrastmix.data.registry import DataBundle
 from contrastmix.distributed import shuffled_forward
@@ -174,4 +174,4 @@ def _unit(z: Tensor) -> Tensor:
     """L2-normalised embeddings in fp32 (or wider): under mixed precision the encoders give
     bf16 / fp16 outputs, whose normalisation would be unit only to ~4e-3; the loss maths and the
     fp32 queue get rows normalised in fp32."""
-    return F.normalize(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)
+    return unit_rows(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, dim=1)

@@ -32,6 +32,7 @@ import math
 import torch
 from torch import Tensor
 
+from contrastmix._numerics import safe_scale_threshold
 from contrastmix._validation import check_positive, check_tensor
 
 __all__ = [
@@ -55,10 +56,31 @@ def _check_labels(labels: object) -> Tensor:
     return y if y.ndim == 2 else y[:, None]
 
 
-def _logits_from_sq_dist(sq: Tensor, sigma: float) -> Tensor:
-    """``-(d^2 - min_row d^2) / (2 sigma^2)``: the row maximum is 0, so no row is all ``-inf``."""
-    sq = sq - sq.min(dim=1, keepdim=True).values
-    return -sq / (2.0 * sigma * sigma)
+def _logits_from_dist(d: Tensor, sigma: float) -> Tensor:
+    """``-(d^2 - min_row d^2) / (2 sigma^2)`` from distances ``d`` (``inf``: never drawn).
+
+    The row maximum is 0, so no row is all ``-inf``. Evaluated as
+    ``-((d - m) / sigma) ((d + m) / sigma) / 2`` (``m`` the row minimum), which never squares
+    a label distance: labels far apart (e.g. 1e200 in float64) give ``-inf`` (probability 0),
+    not ``inf - inf = nan``.
+    """
+    m = d.min(dim=1, keepdim=True).values
+    logits = -0.5 * ((d - m) / sigma) * ((d + m) / sigma)
+    return logits.masked_fill(d == m, 0.0)  # exact 0 at the minimum (also for inf * 0)
+
+
+def _dist(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distances ``[n, m]`` between label rows by direct differences (no expansion:
+    exact for ties, no overflow from squaring large labels before subtracting)."""
+    if a.shape[1] == 1:
+        return (a - b.T).abs()
+    if not (a.numel() and b.numel()):
+        return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+    # divide by the largest |label| only when squares could overflow (exactly 1 otherwise);
+    # branchless: no host synchronisation for labels on a GPU
+    s = torch.maximum(a.abs().amax(), b.abs().amax())
+    s = torch.where(s > safe_scale_threshold(a.dtype), s, torch.ones_like(s))
+    return torch.cdist(a / s, b / s, compute_mode="donot_use_mm_for_euclid_dist") * s
 
 
 def cmixup_probabilities(labels: Tensor, sigma: float, *, exclude_self: bool = False) -> Tensor:
@@ -77,10 +99,10 @@ def cmixup_probabilities(labels: Tensor, sigma: float, *, exclude_self: bool = F
     n = y.shape[0]
     if exclude_self and n < 2:
         raise ValueError("`exclude_self=True` needs at least 2 labels")
-    sq = torch.cdist(y, y).pow(2)
+    d = _dist(y, y)
     if exclude_self:
-        sq.fill_diagonal_(math.inf)
-    return torch.softmax(_logits_from_sq_dist(sq, sigma), dim=1)
+        d.fill_diagonal_(math.inf)
+    return torch.softmax(_logits_from_dist(d, sigma), dim=1)
 
 
 class CMixupSampler:
@@ -173,10 +195,10 @@ class CMixupSampler:
             start = torch.zeros_like(idx)
         pos = start[:, None] + torch.arange(k, device=idx.device)[None, :]
         cand = self._order[pos]
-        sq = (ys[pos] - yq[:, None]).pow(2)
+        d = (ys[pos] - yq[:, None]).abs()
         if self.exclude_self:
-            sq = sq.masked_fill(cand == idx[:, None], math.inf)
-        prob = torch.softmax(_logits_from_sq_dist(sq, self.sigma), dim=1)
+            d = d.masked_fill(cand == idx[:, None], math.inf)
+        prob = torch.softmax(_logits_from_dist(d, self.sigma), dim=1)
         return cand, prob
 
     def _check_indices(self, indices: Tensor | None) -> Tensor:
@@ -216,10 +238,10 @@ class CMixupSampler:
         y = self.labels
         for s in range(0, idx.numel(), self.chunk_rows):
             rows = idx[s : s + self.chunk_rows]
-            sq = torch.cdist(y[rows], y).pow(2)
+            d = _dist(y[rows], y)
             if self.exclude_self:
-                sq[torch.arange(rows.numel(), device=rows.device), rows] = math.inf
-            prob = torch.softmax(_logits_from_sq_dist(sq, self.sigma), dim=1)
+                d[torch.arange(rows.numel(), device=rows.device), rows] = math.inf
+            prob = torch.softmax(_logits_from_dist(d, self.sigma), dim=1)
             out[s : s + rows.numel()] = torch.multinomial(prob, 1, generator=generator)[:, 0]
         return out
 

@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contrastmix._numerics import unit_rows
 from contrastmix._validation import check_same_length
 from contrastmix.models.build import build_backbone
 
@@ -142,12 +142,12 @@ class TwoTower(nn.Module):
     def encode_image(self, images: Any) -> Tensor:
         """``[B, proj_dim]`` L2-normalised image embeddings."""
         z = _features("image_encoder", self.image_encoder, images, self.image_dim)
-        return F.normalize(self.image_projection(z), dim=-1)
+        return unit_rows(self.image_projection(z), dim=-1)
 
     def encode_text(self, texts: Any) -> Tensor:
         """``[B, proj_dim]`` L2-normalised text embeddings."""
         z = _features("text_encoder", self.text_encoder, texts, self.text_dim)
-        return F.normalize(self.text_projection(z), dim=-1)
+        return unit_rows(self.text_projection(z), dim=-1)
 
     def forward(self, images: Any, texts: Any) -> tuple[Tensor, Tensor]:
         """Embed a batch of image/text pairs.

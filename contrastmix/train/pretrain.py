@@ -105,6 +105,21 @@ def _check_checkpoint(path: Path, cfg: DictConfig) -> None:
             f"cannot resume {path} with other {' / '.join(_RESUME_FIXED)} settings: "
             f"{'; '.join(changed)}. Resume with the run's values, or start a new run (--out)"
         )
+    done = _epochs_done(ckpt)
+    if done is not None and done > cfg.trainer.max_epochs:  # Lightning would refuse it deep down
+        raise RecipeError(
+            f"cannot resume {path}: the run has already trained {done} epochs, more than "
+            f"trainer.max_epochs={cfg.trainer.max_epochs}; set trainer.max_epochs >= {done}"
+        )
+
+
+def _epochs_done(ckpt: dict[str, Any]) -> int | None:
+    """The epoch a Lightning checkpoint resumes at (``None`` when it does not say)."""
+    try:
+        done = ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"]
+    except (KeyError, TypeError):
+        done = ckpt.get("epoch")
+    return int(done) if isinstance(done, int) and not isinstance(done, bool) else None
 
 
 def _merge_metrics(run_dir: Path, segments: list[dict[str, Any]] | None = None
@@ -268,6 +283,13 @@ def _check_trainer(cfg: DictConfig) -> None:
     """Trainer settings that would only fail deep inside Lightning / DDP, named up front."""
     t = cfg.trainer
     on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    cores = os.cpu_count() or 1
+    if on_cpu and isinstance(t.devices, int) and not isinstance(t.devices, bool) \
+            and t.devices > cores:
+        raise RecipeError(
+            f"trainer.devices={t.devices} on CPUs would start one training process per device; "
+            f"this machine has {cores} CPU cores"
+        )
     if t.sync_batchnorm and on_cpu:
         raise RecipeError(
             "trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs only on CUDA "
