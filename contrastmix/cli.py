@@ -156,8 +156,8 @@ def _probe_lines(res: dict) -> list[str]:
         for group, g in (res.get("groups") or {}).items():
             lines.append(f"  {group:>8s}-shot: MAE {g['mae']:.4f}  MSE {g['mse']:.4f}  "
                          f"GM {g['gmean']:.4f}  (n={g['n']})")
-        if "l1" in res:
-            l1 = res["l1"]
+        if "l1_loss" in res:
+            l1 = res["l1_loss"]
             lines.append(f"linear probe (L1 loss, penalty {l1['penalty']:.3g}) MAE: "
                          f"{l1['mae']:.4f}  MSE: {l1['mse']:.4f}  GM: {l1['gmean']:.4f}")
         if "spearman" in res:

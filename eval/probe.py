@@ -5,8 +5,8 @@ App. C): the backbone is frozen **in eval mode** (BatchNorm statistics untouched
 are extracted once with test-time transforms (:func:`extract_features`), and a linear model is
 fitted on the cached features:
 
-* **classification** — L2-regularised multinomial logistic regression solved with L-BFGS
-  (:func:`fit_logistic`);
+* **classification** — L2-regularised multinomial logistic regression solved with L-BFGS, and
+  Newton's method where L-BFGS is slow to converge (:func:`fit_logistic`);
 * **regression** — ridge regression in closed form (:func:`fit_ridge`), reporting MAE, MSE and
   the geometric mean of the absolute errors (Yang et al., "Delving into Deep Imbalanced
   Regression", ICML 2021).
@@ -26,11 +26,20 @@ Conventions:
   not penalised. scikit-learn's ``LogisticRegression(C=...)`` minimises
   ``C sum_i CE_i + ||W||^2 / 2``, i.e. ``mean CE + ||W||^2 / (2 C n)``, so
   ``penalty = 1 / (C n)`` and ``C = 1 / (penalty n)`` (reported as ``sklearn_C``).
-  The default grid is 8 values ``10^-6 .. 10^1`` on standardised features; ties in validation
-  accuracy go to the *larger* penalty, then the fit warm-starts the next (weaker) one.
+  The default grid is 6 values ``10^-4 .. 10^1`` on standardised features, fitted strongest
+  first, each fit warm-starting the next; solved in float64 to ``max |grad| <= 1e-6`` (see
+  :func:`fit_logistic`; every fit reports ``converged``, unconverged fits are listed in the
+  result's ``warnings``). Penalties within :data:`TIE_SAMPLES` (1) validation sample of the
+  best accuracy count as tied and the *largest* of them is chosen.
 * **Ridge objective**: ``mean_i ||W h_i - (y_i - ybar)||^2 + penalty ||W||_F^2`` (targets
-  centred, intercept ``ybar``); grid ``10^-4 .. 10^3``; selected by validation MAE (ties ->
-  larger penalty).
+  centred, intercept ``ybar``); grid ``10^-4 .. 10^3``; selected by validation MAE (within
+  :data:`TIE_RELATIVE_MAE` (0.1 %) of the best -> larger penalty).
+* **L1-loss probe** (regression, ``l1_loss`` in the result): ``mean |W h_i + b - y_i| +
+  penalty ||W||_F^2`` by IRLS (:func:`fit_lad`), same grid and selection.
+* **Grid extension**: when the chosen penalty sits at an edge of the grid, the grid grows by
+  one decade on that side and the choice is made again, at most :data:`MAX_GRID_EXTENSIONS`
+  (3) times per side; the final grid is returned (a warning says when the choice is still at
+  the edge).
 * ``gmean = exp(mean(log(|err| + GMEAN_EPS)))`` with ``GMEAN_EPS = 1e-8`` so that an exact-zero
   error does not give ``-inf``.
 * **Calibration** (classification): ECE with 15 bins on test before and after temperature
@@ -81,8 +90,11 @@ __all__ = [
     "SHOT_NAMES",
 ]
 
-#: ``10^-6 .. 10^1``, 8 log-spaced values (penalty on standardised features, mean CE).
-DEFAULT_CLASSIFICATION_PENALTIES: tuple[float, ...] = tuple(10.0**e for e in range(-6, 2))
+#: ``10^-4 .. 10^1``, 6 log-spaced values (penalty on standardised features, mean CE); the
+#: probe extends it by a decade (down to ``10^-7`` at most) when the choice sits at its edge.
+#: Weak penalties are the slow fits (near-separable features), so they are fitted only when
+#: the validation scores ask for them.
+DEFAULT_CLASSIFICATION_PENALTIES: tuple[float, ...] = tuple(10.0**e for e in range(-4, 2))
 #: ``10^-4 .. 10^3``, 8 log-spaced values (ridge penalty on standardised features, mean SE).
 DEFAULT_REGRESSION_PENALTIES: tuple[float, ...] = tuple(10.0**e for e in range(-4, 4))
 #: Epsilon inside the log of the geometric-mean error.
@@ -225,6 +237,7 @@ def fit_logistic(
     init: tuple[Tensor, Tensor] | None = None,
     history_size: int = 10,
     solver: str = "auto",
+    precondition: bool = True,
 ) -> LogisticFit:
     """Multinomial logistic regression ``min mean CE + (penalty/2) ||W||^2``.
 
@@ -279,6 +292,12 @@ def fit_logistic(
         init: optional warm start ``(weight [C, d], bias [C])``.
         history_size: L-BFGS memory (10, as scipy's default).
         solver: ``"auto"``, ``"newton"`` or ``"lbfgs"`` (see above).
+        precondition: L-BFGS runs on ``W' = W A^{1/2}`` with ``A = x^T x / n + penalty I``
+            (features ``x A^{-1/2}``): the quadratic part of the objective becomes the
+            identity, so correlated features and weak penalties no longer slow it down; one
+            ``d x d`` eigen-decomposition per fit. The convergence test is always made in the
+            original coordinates (if the preconditioned run stops short of it, plain L-BFGS
+            finishes).
 
     Returns:
         :class:`LogisticFit` ``(weight, bias, loss, n_iter, n_evals, converged, grad_max,
@@ -302,10 +321,6 @@ def fit_logistic(
     if not dt.is_floating_point:
         raise ValueError(f"`dtype` must be a floating dtype, got {dt}")
     dev = x.device
-    finfo = torch.finfo(dt)
-    floor = math.log(finfo.tiny) + 20.0  # e^floor is a normal number
-    rows = max(1, _ROWS_ELEMENTS // max(c, 1))  # samples per chunk of logits
-
     if solver not in ("auto", "newton", "lbfgs"):
         raise ValueError(f"`solver` must be 'auto', 'newton' or 'lbfgs', got {solver!r}")
     if init is not None:
@@ -320,7 +335,7 @@ def fit_logistic(
     if solver == "auto" and c * (d + 1) <= NEWTON_MAX_PARAMS:
         first = fit_logistic(x, y, penalty, min(max_iter, AUTO_LBFGS_ITERS), tol,
                              num_classes=c, dtype=dt, init=init, history_size=history_size,
-                             solver="lbfgs")
+                             solver="lbfgs", precondition=precondition)
         if first.converged or max_iter <= AUTO_LBFGS_ITERS:
             return first
         with torch.no_grad(), torch.autocast(device_type=dev.type, enabled=False):
@@ -330,78 +345,139 @@ def fit_logistic(
                              n_evals=first.n_evals + rest.n_evals)
 
     with torch.no_grad(), torch.autocast(device_type=dev.type, enabled=False):
-        # Augmented, transposed copy [x^T; 1] ([d + 1, n], row-major; the one extra copy of
-        # the features): the bias is the last column of one parameter matrix wb = [W, b], so
-        # the logits (wb @ xa) and the whole gradient (xa @ (P - Y)^T) are one product each.
-        xa = torch.empty(d + 1, n, dtype=dt, device=dev)
-        xa[:d].copy_(x.detach().T)
-        xa[d].fill_(1.0)
-        yy = y.to(dev).long()
-        wb = torch.zeros(c, d + 1, dtype=dt, device=dev)
+        fit = _logistic_lbfgs(x, y, penalty, c, dt, init, max_iter, tol, history_size,
+                              precondition)
+        if not fit.converged and fit.stop != "max_iter" and fit.n_iter < max_iter and precondition:
+            # the preconditioned run stopped on its own (scaled) tolerance: finish plainly
+            rest = _logistic_lbfgs(x, y, penalty, c, dt, (fit.weight, fit.bias),
+                                   max_iter - fit.n_iter, tol, history_size, False)
+            fit = rest._replace(n_iter=fit.n_iter + rest.n_iter,
+                                n_evals=fit.n_evals + rest.n_evals)
+        return fit
+
+
+def _logistic_lbfgs(
+    x: Tensor, y: Tensor, penalty: float, c: int, dt: torch.dtype,
+    init: tuple[Tensor, Tensor] | None, max_iter: int, tol: float, history_size: int,
+    precondition: bool,
+) -> LogisticFit:
+    """L-BFGS for :func:`fit_logistic`, optionally preconditioned by ``(x^T x / n + p I)^-1/2``."""
+    n, d = x.shape
+    dev = x.device
+    finfo = torch.finfo(dt)
+    floor = math.log(finfo.tiny) + 20.0  # e^floor is a normal number
+    rows = max(1, _ROWS_ELEMENTS // max(c, 1))  # samples per chunk of logits
+    x_orig = x
+    pmat = None  # W = W' pmat: L-BFGS runs on W' with features x pmat (well conditioned)
+    inner_tol = tol
+    if precondition:
+        xs = x.detach().to(dt)
+        ev, vec = torch.linalg.eigh(xs.T @ xs / n)
+        a = ev.clamp_min(0) + penalty + 1e-12 * float(ev.abs().max()) + finfo.tiny
+        pmat = (vec * a.rsqrt()) @ vec.T
+        x = xs @ pmat
+        inner_tol = tol / math.sqrt(float(a.max()))
         if init is not None:
-            w0, b0 = init
-            wb[:, :d].copy_(w0.detach())
-            wb[:, d].copy_(b0.detach())
-        # Per chunk: flat positions of the target entries in the [C, m] logits, and -1s.
-        chunks = []
-        for s in range(0, n, rows):
-            yc = yy[s : s + rows]
-            m = yc.shape[0]
-            flat = yc * m + torch.arange(m, device=dev)
-            chunks.append((s, flat, torch.full((m,), -1.0, dtype=dt, device=dev)))
-        max_eval = max_iter * 5 // 4 + 20
-        opt = torch.optim.LBFGS(
-            [wb],
-            lr=1.0,
-            max_iter=max_iter,
-            max_eval=max_eval,
-            tolerance_grad=tol,
-            tolerance_change=float(finfo.eps),
-            history_size=history_size,
-            line_search_fn="strong_wolfe",
-        )
+            init = (init[0].detach().to(dt) @ ((vec * a.sqrt()) @ vec.T), init[1])
+    # Augmented, transposed copy [x^T; 1] ([d + 1, n], row-major; the one extra copy of
+    # the features): the bias is the last column of one parameter matrix wb = [W, b], so
+    # the logits (wb @ xa) and the whole gradient (xa @ (P - Y)^T) are one product each.
+    xa = torch.empty(d + 1, n, dtype=dt, device=dev)
+    xa[:d].copy_(x.detach().T)
+    xa[d].fill_(1.0)
+    yy = y.to(dev).long()
+    wb = torch.zeros(c, d + 1, dtype=dt, device=dev)
+    if init is not None:
+        w0, b0 = init
+        wb[:, :d].copy_(w0.detach())
+        wb[:, d].copy_(b0.detach())
+    # Per chunk: flat positions of the target entries in the [C, m] logits, and -1s.
+    chunks = []
+    for s in range(0, n, rows):
+        yc = yy[s : s + rows]
+        m = yc.shape[0]
+        flat = yc * m + torch.arange(m, device=dev)
+        chunks.append((s, flat, torch.full((m,), -1.0, dtype=dt, device=dev)))
+    max_eval = max_iter * 5 // 4 + 20
+    opt = torch.optim.LBFGS(
+        [wb],
+        lr=1.0,
+        max_iter=max_iter,
+        max_eval=max_eval,
+        tolerance_grad=inner_tol,
+        tolerance_change=float(finfo.eps),
+        history_size=history_size,
+        line_search_fn="strong_wolfe",
+    )
 
-        def objective(grad: bool) -> Tensor:
-            # Classes-by-samples layout: logits are [C, m], so the softmax reductions run
-            # across C rows of length m (vectorised); few, large kernels per evaluation.
-            total = torch.zeros((), dtype=torch.float64, device=dev)
-            g = torch.zeros(d + 1, c, dtype=dt, device=dev) if grad else None
-            for s, flat, neg_ones in chunks:
-                xc = xa[:, s : s + flat.shape[0]]
-                logp = torch.log_softmax(wb @ xc, dim=0)
-                total -= logp.take(flat).sum(dtype=torch.float64)
-                if g is not None:
-                    p = logp.clamp_(min=floor).exp_()  # no sub-normal numbers (see docstring)
-                    p.view(-1).index_add_(0, flat, neg_ones)  # P - Y
-                    g.addmm_(xc, p.T)  # [x^T; 1] (P - Y)^T: [d + 1, C]
-            w = wb[:, :d]
+    def objective(grad: bool) -> Tensor:
+        # Classes-by-samples layout: logits are [C, m], so the softmax reductions run
+        # across C rows of length m (vectorised); few, large kernels per evaluation.
+        total = torch.zeros((), dtype=torch.float64, device=dev)
+        g = torch.zeros(d + 1, c, dtype=dt, device=dev) if grad else None
+        for s, flat, neg_ones in chunks:
+            xc = xa[:, s : s + flat.shape[0]]
+            logp = torch.log_softmax(wb @ xc, dim=0)
+            total -= logp.take(flat).sum(dtype=torch.float64)
             if g is not None:
-                grad_wb = g.T.contiguous().div_(n)
-                grad_wb[:, :d].add_(w, alpha=penalty)  # the bias is not penalised
-                wb.grad = grad_wb
-            loss = total / n + 0.5 * penalty * w.double().pow(2).sum()
-            return loss.to(dt)
+                p = logp.clamp_(min=floor).exp_()  # no sub-normal numbers (see docstring)
+                p.view(-1).index_add_(0, flat, neg_ones)  # P - Y
+                g.addmm_(xc, p.T)  # [x^T; 1] (P - Y)^T: [d + 1, C]
+        w = wb[:, :d]
+        wo = w if pmat is None else w @ pmat  # the weights in the original coordinates
+        if g is not None:
+            grad_wb = g.T.contiguous().div_(n)
+            # the bias is not penalised; d/dW' of ||W' pmat||^2 / 2 is W' pmat^2
+            grad_wb[:, :d].add_(wo if pmat is None else wo @ pmat, alpha=penalty)
+            wb.grad = grad_wb
+        loss = total / n + 0.5 * penalty * wo.double().pow(2).sum()
+        return loss.to(dt)
 
-        opt.step(lambda: objective(True))
-        state = opt.state[wb]
-        loss = float(objective(True))  # the one extra evaluation: value and gradient at wb
-        assert wb.grad is not None
-        grad_max = float(wb.grad.abs().max())
-        wb.grad = None
-        n_iter = int(state.get("n_iter", 0))
-        converged = grad_max <= tol
-        out_of_budget = n_iter >= max_iter or int(state.get("func_evals", 0)) >= max_eval
-        stop = "gradient" if converged else ("max_iter" if out_of_budget else "stalled")
-        return LogisticFit(
-            weight=wb[:, :d].clone(),
-            bias=wb[:, d].clone(),
-            loss=loss,
-            n_iter=n_iter,
-            n_evals=int(state.get("func_evals", 0)) + 1,
-            converged=converged,
-            grad_max=grad_max,
-            stop=stop,
-        )
+    opt.step(lambda: objective(True))
+    state = opt.state[wb]
+    weight = wb[:, :d].clone() if pmat is None else wb[:, :d] @ pmat
+    bias = wb[:, d].clone()
+    # the one extra evaluation: value and gradient in the original coordinates
+    loss, grad_max = _logistic_value_grad_max(x_orig, y, weight, bias, penalty, dt)
+    wb.grad = None
+    n_iter = int(state.get("n_iter", 0))
+    converged = grad_max <= tol
+    out_of_budget = n_iter >= max_iter or int(state.get("func_evals", 0)) >= max_eval
+    stop = "gradient" if converged else ("max_iter" if out_of_budget else "stalled")
+    return LogisticFit(
+        weight=weight,
+        bias=bias,
+        loss=loss,
+        n_iter=n_iter,
+        n_evals=int(state.get("func_evals", 0)) + 1,
+        converged=converged,
+        grad_max=grad_max,
+        stop=stop,
+    )
+
+
+def _logistic_value_grad_max(
+    x: Tensor, y: Tensor, w: Tensor, b: Tensor, penalty: float, dt: torch.dtype,
+) -> tuple[float, float]:
+    """Objective value and ``max |grad|`` of :func:`fit_logistic`'s objective at ``(w, b)``."""
+    n, d = x.shape
+    c = w.shape[0]
+    rows = max(1, _ROWS_ELEMENTS // max(c, 1))
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    g = torch.zeros(c, d + 1, dtype=dt, device=x.device)
+    yy = y.to(x.device).long()
+    for s in range(0, n, rows):
+        xc = x[s : s + rows].to(dt)
+        logp = torch.log_softmax(torch.addmm(b, xc, w.T), dim=1)
+        total -= logp.gather(1, yy[s : s + rows, None]).sum(dtype=torch.float64)
+        p = logp.exp_()
+        p[torch.arange(p.shape[0], device=x.device), yy[s : s + rows]] -= 1.0
+        g[:, :d].addmm_(p.T, xc)
+        g[:, d] += p.sum(0)
+    g.div_(n)
+    g[:, :d].add_(w, alpha=penalty)
+    loss = total / n + 0.5 * penalty * w.double().pow(2).sum()
+    return float(loss), float(g.abs().max())
 
 
 def _logistic_newton(
@@ -548,7 +624,7 @@ class LADFit(NamedTuple):
 
 
 def fit_lad(
-    x: Tensor, y: Tensor, penalty: float, max_iter: int = 500, tol: float = 1e-10,
+    x: Tensor, y: Tensor, penalty: float, max_iter: int = 300, tol: float = 1e-8,
     *, init: tuple[Tensor, Tensor] | None = None,
 ) -> LADFit:
     """L1-loss (least absolute deviations) linear regression with a ridge penalty.
@@ -794,7 +870,7 @@ def linear_probe(
     group_names: Sequence[str] | None = None,
     reliability_plot: str | Path | None = None,
     extend_grid: int = MAX_GRID_EXTENSIONS,
-    l1: bool = True,
+    l1_loss: bool = True,
     solver: str = "auto",
 ) -> dict[str, Any]:
     """Linear probe with validation-selected penalty and refit on train + validation.
@@ -831,15 +907,15 @@ def linear_probe(
         reliability_plot: optional PNG path for the test reliability diagram
             (classification, before temperature scaling).
         extend_grid: one-decade extensions allowed per side of the grid (0: never extend).
-        l1: regression only: also fit the L1-loss probe (:func:`fit_lad`), reported under
-            ``"l1"`` with its own validation-selected penalty.
+        l1_loss: regression only: also fit the L1-loss probe (:func:`fit_lad`), reported under
+            ``"l1_loss"`` with its own validation-selected penalty.
         solver: logistic solver of :func:`fit_logistic` (``"auto"``, ``"newton"``,
             ``"lbfgs"``).
 
     Returns:
         Classification: ``accuracy``, ``top5`` (``C >= 5``), ``ece``,
         ``ece_temperature_scaled``, ``temperature``, ``nll``; regression: ``mae``, ``mse``,
-        ``gmean`` (ridge) and ``l1`` (the L1-loss probe's metrics and selection);
+        ``gmean`` (ridge) and ``l1_loss`` (the L1-loss probe's metrics and selection);
         ``reliability`` (classification: per-bin ``confidence``, ``accuracy``, ``counts``
         lists on test, ``None`` for empty bins, before temperature scaling).
         Both: ``task``, ``penalty``, ``penalty_grid`` (final, ascending, extensions
@@ -904,7 +980,7 @@ def linear_probe(
         check_same_length(test_x=test_x, test_y=test_y)
         return _regression_probe(
             x_all, train_y, x_test, test_y, grid, val_fraction, standardize, gen, extend_grid,
-            l1, groups, group_names, common,
+            l1_loss, groups, group_names, common,
         )
 
     # ---------------------------------------------------------------- classification
@@ -1028,7 +1104,7 @@ def linear_probe(
 
 def _regression_probe(
     x_all: Tensor, train_y: Tensor, x_test: Tensor, test_y: Tensor, grid: list[float],
-    val_fraction: float, standardize: bool, gen: torch.Generator, extend_grid: int, l1: bool,
+    val_fraction: float, standardize: bool, gen: torch.Generator, extend_grid: int, l1_loss: bool,
     groups: Tensor | None, group_names: Sequence[str] | None, common: dict[str, Any],
 ) -> dict[str, Any]:
     """Ridge (and L1-loss) probes: the regression branch of :func:`linear_probe`."""
@@ -1084,7 +1160,7 @@ def _regression_probe(
     }
     if groups is not None:
         out["groups"] = _per_group(_regression_metrics, pred, y_test, groups, group_names)
-    if not l1:
+    if not l1_loss:
         return out
 
     lad_fits: dict[float, LADFit] = {}
@@ -1104,15 +1180,15 @@ def _regression_probe(
     fit = fit_lad(x_fit, y_all, l1_lam, init=(l1_recs[l1_best].extra.weight,
                                                l1_recs[l1_best].extra.bias))
     pred1 = (x_te @ fit.weight.T + fit.bias).reshape(y_test.shape)
-    l1_warn = [f"l1: {t}" for t in l1_notes]
+    l1_warn = [f"l1-loss probe: {t}" for t in l1_notes]
     for p, r in zip(l1_grid, l1_recs, strict=True):
         if not r.extra.converged:
-            l1_warn.append(f"l1: fit at penalty {p:.3g} stopped unconverged "
+            l1_warn.append(f"l1-loss probe: fit at penalty {p:.3g} stopped unconverged "
                            f"({r.extra.n_iter} IRLS iterations)")
     if not fit.converged:
-        l1_warn.append(f"l1: the refit at penalty {l1_lam:.3g} stopped unconverged")
+        l1_warn.append(f"l1-loss probe: the refit at penalty {l1_lam:.3g} stopped unconverged")
     out["warnings"] += l1_warn
-    out["l1"] = {
+    out["l1_loss"] = {
         **_regression_metrics(pred1, y_test),
         "penalty": l1_lam,
         "penalty_grid": l1_grid,
@@ -1126,5 +1202,7 @@ def _regression_probe(
         "solver": "IRLS (float64)",
     }
     if groups is not None:
-        out["l1"]["groups"] = _per_group(_regression_metrics, pred1, y_test, groups, group_names)
+        out["l1_loss"]["groups"] = _per_group(
+            _regression_metrics, pred1, y_test, groups, group_names
+        )
     return out
