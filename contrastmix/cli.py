@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--geometry", action="store_true",
                     help="also report uniformity, effective rank and neural collapse")
     pr.add_argument("--device", default=None, help="cpu / cuda (default: cuda if available)")
+    pr.add_argument("--features", default="backbone",
+                    choices=["backbone", "projector", "projector-normalised"],
+                    help="where the probed features come from: the backbone (default), the "
+                    "run's projection head, or its L2-normalised output (the space the "
+                    "contrastive loss acts on); recorded in the result")
     _progress_flag(pr)
 
     rp = sub.add_parser("report", help="write report.html with figures for a run")
@@ -263,7 +268,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     overrides = _eval_overrides(args)
     res = probe_run(args.run, knn=args.knn, geometry=args.geometry, device=args.device,
-                    overrides=overrides, progress_bar=args.progress_bar)
+                    overrides=overrides, progress_bar=args.progress_bar, features=args.features)
     if args.json:
         print(dumps(res))  # strict JSON: a non-finite number is null (see contrastmix._json)
         return 0
@@ -283,6 +288,10 @@ def _probe_lines(res: dict) -> list[str]:
         for group, g in (res.get("groups") or {}).items():
             lines.append(f"  {group:>8s}-shot: MAE {g['mae']:.4f}  MSE {g['mse']:.4f}  "
                          f"GM {g['gmean']:.4f}  (n={g['n']})")
+        if "l1_loss" in res:
+            l1 = res["l1_loss"]
+            lines.append(f"linear probe (L1 loss, penalty {l1['penalty']:.3g}) MAE: "
+                         f"{l1['mae']:.4f}  MSE: {l1['mse']:.4f}  GM: {l1['gmean']:.4f}")
         if "spearman" in res:
             lines.append("ordering (Spearman, embedding vs label distances): "
                          f"{res['spearman']:.4f}")
@@ -318,6 +327,9 @@ def _probe_lines(res: dict) -> list[str]:
         extra = f", ECE {res['ece']:.4f}" if "ece" in res else ""
         lines.append(f"linear probe accuracy: {res['accuracy']:.4f}  (penalty {res['penalty']:.3g}"
                      f"{extra}, n_train={res['n_train']}, n_test={res['n_test']})")
+    if res.get("features", "backbone") != "backbone":
+        lines.append(f"features: {res['features']}")
+    lines.extend(f"warning: {w}" for w in res.get("warnings") or [])
     if "knn_accuracy" in res:
         lines.append(f"kNN accuracy (k={res['knn']['k']}, tau={res['knn']['temperature']}): "
                      f"{res['knn_accuracy']:.4f}")

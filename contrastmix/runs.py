@@ -22,17 +22,25 @@ from contrastmix.config import apply_overrides
 from contrastmix.data.registry import build_data
 from contrastmix.errors import ContrastmixError, RecipeError, RunDirError
 from contrastmix.eval.probe import extract_features
-from contrastmix.models.build import build_backbone
+from contrastmix.models.build import build_backbone, build_projector
 from contrastmix.rundir import read_artifacts, read_run_config, run_paths
 
 __all__ = [
-    "load_run", "load_backbone", "extract_run_features", "resolve_device", "load_state_file",
-    "EVAL_OVERRIDABLE",
+    "load_run", "load_backbone", "load_projector", "extract_run_features", "resolve_device",
+    "load_state_file", "FEATURE_SPACES", "EVAL_OVERRIDABLE",
 ]
 
 #: Recipe sections that evaluation may change (``probe`` / ``report --set``): the data it
 #: evaluates on and the protocol; the trained model and how it was trained stay as recorded.
 EVAL_OVERRIDABLE: tuple[str, ...] = ("data", "eval")
+
+#: Where ``extract_run_features`` (and ``contrastmix probe --features``) reads the features.
+FEATURE_SPACES: dict[str, str] = {
+    "backbone": "backbone output (projector removed)",
+    "projector": "projector output (backbone + the run's projection head)",
+    "projector-normalised": "L2-normalised projector output (the space the contrastive loss "
+    "acts on)",
+}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -143,27 +151,78 @@ def load_backbone(
     return net.eval()
 
 
+class _Normalise(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(x, dim=1)
+
+
+def load_projector(run_dir: str | Path, cfg: DictConfig, backbone: nn.Module) -> nn.Module:
+    """The run's projection head (``artifacts.json``'s ``projector``), in eval mode.
+
+    Built from the recipe's ``model`` section by :func:`contrastmix.models.build_projector`
+    and loaded strictly, weights only.
+
+    Raises:
+        RunDirError: the run lists no projector (its method trains none) or the file is
+            missing.
+        CheckpointError: the file cannot be read or does not match the recipe's projector.
+    """
+    art = read_artifacts(run_dir)
+    if art.projector is None:
+        raise RunDirError(
+            f"{run_dir} has no projector (its artifacts.json lists none: the method trains no "
+            "projection head); probe --features backbone"
+        )
+    path = Path(run_dir) / art.projector
+    if not path.is_file():
+        raise RunDirError(f"{run_dir}: artifacts.json lists the projector {art.projector}, "
+                          "but the file is missing")
+    out_dim = getattr(backbone, "output_dim", None)
+    if not isinstance(out_dim, int):
+        raise RunDirError(f"{run_dir}: the backbone does not say its output_dim; cannot build "
+                          "the projector")
+    m = cfg.model
+    proj = build_projector(out_dim, int(m.proj_hidden_dim), int(m.proj_output_dim),
+                           batch_norm=bool(m.get("proj_batch_norm", False)))
+    load_strict(proj, path, f"recipe's projector ({m.proj_hidden_dim} -> {m.proj_output_dim})")
+    return proj.eval()
+
+
 def extract_run_features(
     run_dir: str | Path, device: str | torch.device | None = None, *,
     cfg: DictConfig | None = None, data: Any = None, progress_bar: bool | str | None = "auto",
+    features: str = "backbone",
 ) -> dict[str, Any]:
-    """Frozen backbone features of the run's train and test splits (test-time inputs).
+    """Frozen features of the run's train and test splits (test-time inputs).
 
     Args:
         run_dir: A finished run directory.
-        device: Where the backbone runs (default: CUDA when available, else the CPU).
+        device: Where the network runs (default: CUDA when available, else the CPU).
         cfg: The run's recipe, when already read.
         data: The run's data bundle, when already built.
+        features: One of :data:`FEATURE_SPACES`: ``"backbone"`` (default), ``"projector"``
+            or ``"projector-normalised"`` (the last two need a run that saved a projector).
         progress_bar: A ``tqdm`` bar per split on stderr: ``True`` / ``False``, or ``"auto"``
             (``None``): when stderr is a terminal.
 
     Returns:
-        ``{"cfg", "task", "data", "train_x", "train_y", "test_x", "test_y"}``; pass ``cfg``
-        and ``data`` to reuse an already built recipe and data bundle.
+        ``{"cfg", "task", "data", "train_x", "train_y", "test_x", "test_y", "features"}``.
+
+    Raises:
+        ContrastmixError: unknown ``features``; RunDirError / CheckpointError: see
+            :func:`load_projector`.
     """
+    if features not in FEATURE_SPACES:
+        raise ContrastmixError(
+            f"unknown feature space {features!r}; use one of {', '.join(FEATURE_SPACES)}")
     cfg = load_run(run_dir) if cfg is None else cfg
     data = build_data(cfg.data) if data is None else data  # reuse the caller's bundle
-    net = load_backbone(run_dir, cfg, data.in_channels)
+    net: nn.Module = load_backbone(run_dir, cfg, data.in_channels)
+    if features != "backbone":
+        parts = [net, load_projector(run_dir, cfg, net)]
+        if features == "projector-normalised":
+            parts.append(_Normalise())
+        net = nn.Sequential(*parts).eval()
     dev = resolve_device(device)
     bs = cfg.data.eval_batch_size
     trx, try_ = extract_features(
@@ -173,4 +232,4 @@ def extract_run_features(
     check_finite("train features", trx)  # NonFiniteError: probe_run names the run
     check_finite("test features", tex)
     return {"cfg": cfg, "task": data.task, "data": data, "train_x": trx, "train_y": try_,
-            "test_x": tex, "test_y": tey}
+            "test_x": tex, "test_y": tey, "features": features}

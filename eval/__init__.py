@@ -31,8 +31,10 @@ from contrastmix.eval.geometry import (
 )
 from contrastmix.eval.knn import knn_accuracy, knn_predict, knn_scores
 from contrastmix.eval.probe import (
+    LADFit,
     LogisticFit,
     extract_features,
+    fit_lad,
     fit_logistic,
     fit_ridge,
     linear_probe,
@@ -40,11 +42,13 @@ from contrastmix.eval.probe import (
 )
 
 __all__ = [
+    "LADFit",
     "LogisticFit",
     "alignment",
     "effective_rank",
     "expected_calibration_error",
     "extract_features",
+    "fit_lad",
     "fit_logistic",
     "fit_ridge",
     "fit_temperature",

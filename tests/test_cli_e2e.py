@@ -211,3 +211,28 @@ def test_nan_embeddings_are_named(moco_run: Path, tmp_path: Path) -> None:
     # the report is still written (its design), and says why its embedding sections are empty
     page = write_report(diverged, tmp_path / "report", log=lambda msg: None).read_text()
     assert "feature extraction: NonFiniteError: `train features` contains" in page
+
+
+def test_probe_features_option(moco_run: Path, tmp_path: Path, capsys) -> None:
+    """`probe --features` (in-process): the projector's normalised output, recorded."""
+    import shutil
+
+    from contrastmix.cli import main
+
+    assert main(["probe", str(moco_run), "--json", "--device", "cpu",
+                 "--features", "projector-normalised"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["features"] == "projector-normalised" and out["num_features"] == 128
+    assert out["protocol"]["features"].startswith("L2-normalised projector output")
+    assert out["converged"] and out["warnings"] == []
+    # a run without a projector: one line naming the problem, before any probing
+    other = tmp_path / "noproj"
+    shutil.copytree(moco_run, other)
+    art = json.loads((other / "artifacts.json").read_text())
+    art["projector"] = None
+    (other / "artifacts.json").write_text(json.dumps(art))
+    assert main(["probe", str(other), "--device", "cpu", "--features", "projector"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no projector" in err[0]
+    with pytest.raises(SystemExit):  # argparse refuses an unknown space
+        main(["probe", str(moco_run), "--features", "head"])
