@@ -42,6 +42,8 @@ from contrastmix.sweeps import (
 PAIRS = {
     "retrieval": ("clip_digits", "m2mix_digits"),
     "fusion": ("concat_digits_tri", "m3col_digits_tri"),
+    # modalities that also share per-instance information (data.options.instance_shared)
+    "fusion, instance-level": ("concat_digits_tri_instance", "m3col_digits_tri_instance"),
 }
 #: ``--quick``: one epoch of two batches per run.
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
