@@ -23,13 +23,20 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     """The ``--set`` items of ``probe`` / ``report``; a greedy ``--set`` gives back the RUN."""
     from contrastmix.errors import ContrastmixError
 
-    overrides = [o for group in args.overrides for o in group]
-    stray = [o for o in overrides if "=" not in o]
-    if args.run is None and len(stray) == 1:
-        args.run = stray[0]
-        overrides.remove(stray[0])
+    overrides = _set_items(args, "run")
     if args.run is None:
         raise ContrastmixError(f"{args.command} needs a RUN directory")
+    return overrides
+
+
+def _set_items(args: argparse.Namespace, positional: str) -> list[str]:
+    """The ``--set`` items; a greedy ``--set a=1 RECIPE`` took the positional argument (the
+    one item without ``=``): give it back to ``args.<positional>``."""
+    overrides = [o for group in args.overrides for o in group]
+    stray = [o for o in overrides if "=" not in o]
+    if getattr(args, positional) is None and len(stray) == 1:
+        setattr(args, positional, stray[0])
+        overrides.remove(stray[0])
     return overrides
 
 
@@ -233,12 +240,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from contrastmix.recipe import load_recipe
 
     _import_user_modules(args.imports)
-    overrides = [o for group in args.overrides for o in group]
-    # `--set a=1 RECIPE`: the greedy --set took the recipe; give it back
-    stray = [o for o in overrides if "=" not in o]
-    if args.recipe is None and len(stray) == 1:
-        args.recipe = stray[0]
-        overrides.remove(stray[0])
+    overrides = _set_items(args, "recipe")
     if args.recipe is None:
         from contrastmix.errors import ContrastmixError
 

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
-    "is_distributed", "world_size", "rank", "gather_no_grad", "gather_with_grad",
+    "is_distributed", "world_size", "rank", "gather_sizes", "gather_no_grad", "gather_with_grad",
     "broadcast_buffers", "shuffle_bn_plan", "shuffled_forward",
 ]
 
@@ -33,7 +33,15 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def gather_no_grad(x: Tensor) -> Tensor:
+def gather_sizes(n: int, device: torch.device | str) -> list[int]:
+    """Every rank's ``n`` (rank order): one small ``all_gather`` and one host read."""
+    mine = torch.tensor([n], device=device, dtype=torch.long)
+    sizes = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, mine)
+    return [int(s) for s in torch.cat(sizes).tolist()]
+
+
+def gather_no_grad(x: Tensor, counts: list[int] | None = None) -> Tensor:
     """Concatenate ``x`` from all ranks along dim 0 (rank order), without gradient.
 
     Ranks may hold different numbers of rows (a last, smaller batch): sizes are exchanged
@@ -41,6 +49,8 @@ def gather_no_grad(x: Tensor) -> Tensor:
 
     Args:
         x: ``[n_r, ...]`` on each rank.
+        counts: Every rank's ``n_r`` when the caller already has them (from
+            :func:`gather_sizes`); exchanged here otherwise.
 
     Returns:
         ``[sum_r n_r, ...]``, identical on every rank; ``x.detach()`` when not distributed.
@@ -48,21 +58,17 @@ def gather_no_grad(x: Tensor) -> Tensor:
     x = x.detach()
     if not is_distributed():
         return x
-    ws = dist.get_world_size()
-    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(sizes, n)
-    counts = [int(s.item()) for s in sizes]
+    if counts is None:
+        counts = gather_sizes(x.shape[0], x.device)
     n_max = max(counts)
     if x.shape[0] < n_max:
         pad = x.new_zeros((n_max - x.shape[0], *x.shape[1:]))
         x = torch.cat([x, pad], dim=0)
-    out = [torch.empty_like(x) for _ in range(ws)]
+    out = [torch.empty_like(x) for _ in range(len(counts))]
     dist.all_gather(out, x.contiguous())
     return torch.cat([o[:c] for o, c in zip(out, counts, strict=True)], dim=0)
 
 
-@torch.no_grad()
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy every buffer of ``module`` (e.g. BatchNorm running statistics) from rank ``src``.
 
@@ -148,14 +154,10 @@ def shuffled_forward(module: torch.nn.Module, x: Tensor, generator: torch.Genera
     """
     if not is_distributed():
         return module(x)
-    ws, r = dist.get_world_size(), dist.get_rank()
-    n_local = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
-    sizes = [torch.zeros_like(n_local) for _ in range(ws)]
-    dist.all_gather(sizes, n_local)
-    counts = [int(s.item()) for s in sizes]
-    xg = gather_no_grad(x)
+    counts = gather_sizes(x.shape[0], x.device)  # once: rank r encodes counts[r] rows too
+    xg = gather_no_grad(x, counts)
     perm = torch.randperm(xg.shape[0], generator=generator, device=generator.device)
     perm = perm.to(x.device)
     dist.broadcast(perm, 0)
-    mine, keep = shuffle_bn_plan(perm, counts, r)
-    return gather_no_grad(module(xg[mine]))[keep]
+    mine, keep = shuffle_bn_plan(perm, counts, dist.get_rank())
+    return gather_no_grad(module(xg[mine]), counts)[keep]

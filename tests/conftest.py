@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,3 +21,12 @@ else:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """Every test gets the thread count back that it started with (pretrain() restores its own
+    `trainer.num_threads`; this also covers tests that set threads themselves)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

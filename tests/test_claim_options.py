@@ -7,8 +7,6 @@ their bundled recipes: each builds, and one training step's loss acts on what th
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -33,12 +31,6 @@ REGRESSION_RECIPES = {
     "supremix_nomix_nodw_rotated_digits": (True, True),
 }
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _plain(cfg: object) -> dict:
@@ -321,63 +313,8 @@ def _mnist1d_like_bundle(n: int = 64) -> DataBundle:
 
 
 # ------------------------------------------------------------------------------ Shuffle-BN
-def _bn_encoder() -> torch.nn.Module:
-    torch.manual_seed(5)
-    return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.BatchNorm1d(5),
-                               torch.nn.ReLU(), torch.nn.Linear(5, 4)).train()
-
-
-def _rank_inputs(counts: list[int]) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(11)
-    return [torch.randn(c, 6, generator=g) + 3.0 * r for r, c in enumerate(counts)]
-
-
-def _shuffle_bn_reference(module: torch.nn.Module, xs: list[torch.Tensor], perm: torch.Tensor
-                          ) -> list[torch.Tensor]:
-    """Each rank's keys under Shuffle-BN, by definition: rank r's slice of the shuffled global
-    batch is encoded with that slice's BatchNorm statistics; row perm[p] of the global batch
-    gets the encoding at shuffled position p."""
-    counts = [len(x) for x in xs]
-    xg = torch.cat(xs)
-    shuffled = xg[perm]
-    enc = torch.empty(len(xg), 4)
-    start = 0
-    with torch.no_grad():
-        for c in counts:
-            enc[perm[start:start + c]] = module(shuffled[start:start + c])
-            start += c
-    return list(torch.split(enc, counts))
-
-
-def test_shuffle_bn_plan_simulated_ranks_match_the_definition() -> None:
-    """Fast twin of the 2-process test: the plan that shuffled_forward follows, with the
-    collectives done by hand, gives the keys of the definition (unequal batches too), and the
-    keys differ from per-rank BatchNorm (so the shuffle matters)."""
-    from contrastmix.distributed import shuffle_bn_plan
-
-    module = _bn_encoder()
-    for counts in ([5, 5], [4, 7], [3, 2, 6]):
-        xs = _rank_inputs(counts)
-        perm = torch.randperm(sum(counts), generator=torch.Generator().manual_seed(2))
-        xg = torch.cat(xs)
-        with torch.no_grad():
-            plans = [shuffle_bn_plan(perm, counts, r) for r in range(len(counts))]
-            gathered = torch.cat([module(xg[mine]) for mine, _ in plans])  # the all_gather
-            ref = _shuffle_bn_reference(module, xs, perm)
-            for r, (_, keep) in enumerate(plans):
-                torch.testing.assert_close(gathered[keep], ref[r])
-                assert not torch.allclose(gathered[keep], module(xs[r]), atol=1e-3)
-    with pytest.raises(ValueError, match="`perm` must have 10 entries"):
-        shuffle_bn_plan(torch.arange(9), [5, 5], 0)
-
-
-def test_shuffle_bn_is_plain_forward_on_one_process_and_a_moco_option() -> None:
-    from contrastmix.distributed import shuffled_forward
-
-    module, x = _bn_encoder(), _rank_inputs([8])[0]
-    with torch.no_grad():
-        want = module(x)
-    assert torch.equal(shuffled_forward(module, x, torch.Generator().manual_seed(0)), want)
+# (the definition and the plan are tested in tests/test_shuffle_bn_ddp.py)
+def test_shuffle_bn_is_a_moco_option() -> None:
     cfg = _plain(load_recipe("moco_mnist1d", [*PAIRED, "method.shuffle_bn=true"]))
     m = build_method(cfg, _mnist1d_like_bundle())
     x1 = _mnist1d_like_bundle().pretrain.x[:16]  # type: ignore[attr-defined]

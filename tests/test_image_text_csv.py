@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -28,13 +27,9 @@ TINY = [
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """One thread here (tiny tensors; the MiniLM forward is slower with contended threads);
-    pretrain() applies trainer.num_threads globally: give other test files theirs back."""
-    n = torch.get_num_threads()
+def _one_thread() -> None:
+    """One thread here (small tensors on 2 shared cores); conftest restores the count."""
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def write_pairs(folder: Path, n: int = 20, *, labels: bool = True, bom: bool = True,

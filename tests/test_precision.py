@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,12 +47,6 @@ EXTRA = {
                       "method.num_query_mix=8", "method.warmup_epochs=0"],
 }
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _unit(n: int, d: int, seed: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

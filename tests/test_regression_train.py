@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,13 +34,6 @@ DATASETS = {"rotated_digits": "rotated-digits", "mnist1d_reg": "mnist1d-reg",
 METHODS = {"supremix": "supremix", "rnc": "rnc", "supcon": "supcon", "l1": "l1",
            "l1_cmixup": "l1"}
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """pretrain() applies trainer.num_threads globally; give other test files theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _plain(cfg: object) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,9 @@ NC_KEYS = ("nc1", "nc2_equinorm", "nc2_equiangular", "nc2_max_angle", "nc3", "nc
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """pretrain() applies trainer.num_threads globally; give other test files theirs back."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: one thread is much faster here
-    yield
-    torch.set_num_threads(n)
+def _one_thread() -> None:
+    """One thread here (small tensors on 2 shared cores); conftest restores the count."""
+    torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------------------ the loss

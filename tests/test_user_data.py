@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -27,13 +26,6 @@ TINY = [
 ]
 FEATURES = ["a", "b", "c", "d", "e"]
 
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """pretrain() applies trainer.num_threads globally; give other test files theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _write_csv(path: Path, n: int = 300, *, bom: bool = False, seed: int = 0) -> Path:

@@ -24,8 +24,10 @@ relative to the working directory (of ``pretrain`` and, later, of ``probe``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,20 @@ USER_DATASETS: tuple[str, ...] = ("table", "arrays")
 
 #: Field values read as "missing" (compared case-insensitively, after stripping blanks).
 _MISSING = {"", "na", "n/a", "nan", "null", "none", "-"}
+
+
+@contextlib.contextmanager
+def text_file_errors(path: Path) -> Iterator[None]:
+    """Reading a user's text file: a non-UTF-8 byte, a malformed CSV or an OS error becomes one
+    :class:`DatasetError` line naming the file."""
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DatasetError(f"{path} is not a readable CSV file: {e}") from None
+    except OSError as e:
+        raise DatasetError(f"{path} cannot be read: {e.strerror or e}") from None
 
 
 def _require_file(cfg: Any, kind: str) -> Path:
@@ -94,24 +110,17 @@ def load_table(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, list[st
         DatasetError: unreadable or empty file, no such target column, a row of the wrong
             length, a missing / non-numeric / non-finite value (naming column and row).
     """
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = next(reader, None)
-            if header is None:
-                raise DatasetError(f"{path} is empty (expected a header row of column names)")
-            names = [h.strip() for h in header]
-            rows: list[tuple[int, list[str]]] = []
-            for fields in reader:
-                if not fields or all(f.strip() == "" for f in fields):
-                    continue  # blank line
-                rows.append((reader.line_num, fields))
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise DatasetError(f"{path} is not a readable CSV file: {e}") from None
-    except OSError as e:
-        raise DatasetError(f"{path} cannot be read: {e.strerror or e}") from None
+    with text_file_errors(path), path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"{path} is empty (expected a header row of column names)")
+        names = [h.strip() for h in header]
+        rows: list[tuple[int, list[str]]] = []
+        for fields in reader:
+            if not fields or all(f.strip() == "" for f in fields):
+                continue  # blank line
+            rows.append((reader.line_num, fields))
 
     if len(names) == 1 and any(sep in names[0] for sep in (";", "\t", "|")):
         raise DatasetError(

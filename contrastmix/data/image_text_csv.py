@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from contrastmix.data.bundle import DataBundle, dataset_options, image_augment
 from contrastmix.data.bundles_multimodal import collate_multimodal
-from contrastmix.data.bundles_user import _require_file, split_indices
+from contrastmix.data.bundles_user import _require_file, split_indices, text_file_errors
 from contrastmix.errors import DatasetError
 
 __all__ = [
@@ -68,7 +68,7 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """``[(where, record)]`` from a CSV/TSV (header row) or JSONL file (UTF-8, optional BOM)."""
     suffix = path.suffix.lower()
     rows: list[tuple[str, dict[str, Any]]] = []
-    try:
+    with text_file_errors(path):
         if suffix in (".csv", ".tsv"):
             with path.open(newline="", encoding="utf-8-sig") as f:
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
@@ -123,12 +123,6 @@ def _read_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
                                 rec["image"] = rec.pop(alias)
                     rows.append((where, rec))
             return rows
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except csv.Error as e:
-        raise DatasetError(f"{path} is not a readable CSV file: {e}") from None
-    except OSError as e:
-        raise DatasetError(f"{path} cannot be read: {e.strerror or e}") from None
     raise DatasetError(
         f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl with the fields "
         f"{list(REQUIRED_COLUMNS)} (and optionally 'label')"
