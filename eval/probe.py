@@ -624,7 +624,7 @@ class LADFit(NamedTuple):
 
 
 def fit_lad(
-    x: Tensor, y: Tensor, penalty: float, max_iter: int = 300, tol: float = 1e-8,
+    x: Tensor, y: Tensor, penalty: float, max_iter: int = 3000, tol: float = 1e-8,
     *, init: tuple[Tensor, Tensor] | None = None,
 ) -> LADFit:
     """L1-loss (least absolute deviations) linear regression with a ridge penalty.
@@ -636,7 +636,10 @@ def fit_lad(
     per output (batched; ``m`` outputs) and the objective never increases. Residuals are
     floored at ``1e-9`` x the mean absolute deviation of the targets (the weights stay finite
     when a residual reaches 0), which moves the optimum by at most that amount per sample.
-    Stops when the objective changes by ``<= tol`` (relative) between iterations.
+    Stops when the objective changes by ``<= tol`` (relative) between iterations. IRLS
+    converges slowly at weak penalties: on 64-d features of 1347 rotated digits, penalty 1e-4
+    took 1907 iterations (~6 s on a CPU core); stopping at 300 there left the objective 1.5e-7
+    (relative) above its optimum and moved the test MAE by 0.002 degrees.
 
     Args:
         x: ``[n, d]`` features; y: ``[n]`` or ``[n, k]`` targets; penalty: ``>= 0``.

@@ -13,6 +13,12 @@ Usage::
     python benchmarks/sweeps/multimodal_results.py --seeds 0 1 2 --runs-dir runs/multimodal
     python benchmarks/sweeps/multimodal_results.py --json      # machine-readable
     python benchmarks/sweeps/multimodal_results.py --quick     # smoke run
+    python benchmarks/sweeps/multimodal_results.py --seeds 0 1 2 --contrast-weights 0 0.01 0.1
+
+``--contrast-weights W ...`` also trains ``m3col_digits_tri`` with ``method.contrast_weight=W``
+for each W (in ``RUNS_DIR/contrast_weight_W``) and prints its fusion accuracy against
+``concat_digits_tri`` (added to the recipes), paired by seed. Weight 0 is M3CoL without its
+contrast term, i.e. concat: its difference must be exactly 0, a check of the pairing.
 
 ``--cli`` trains through ``python -m contrastmix.cli pretrain`` in a subprocess (the command a
 user types; adds the interpreter start-up and imports to the measured wall time) instead of
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from contrastmix._json import dumps
@@ -45,6 +52,8 @@ PAIRS = {
     # modalities that also share per-instance information (data.options.instance_shared)
     "fusion, instance-level": ("concat_digits_tri_instance", "m3col_digits_tri_instance"),
 }
+#: The recipe whose contrast weight ``--contrast-weights`` sweeps, and its baseline.
+SWEPT, SWEPT_BASE = "m3col_digits_tri", "concat_digits_tri"
 #: ``--quick``: one epoch of two batches per run.
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2"]
 TWO_TOWER_ROWS = [
@@ -81,28 +90,56 @@ def _get(d: dict[str, Any], key: str) -> float:
     return float(d)  # type: ignore[arg-type]
 
 
+def _weight_key(w: float) -> str:
+    return f"{SWEPT} contrast_weight={w:g}"
+
+
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     overrides = [*(QUICK if args.quick else []), *args.set]
     seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    runs_dir = args.runs_dir or ("runs/multimodal-quick" if args.quick else "runs/multimodal")
+    runs_dir = Path(args.runs_dir or ("runs/multimodal-quick" if args.quick
+                                      else "runs/multimodal"))
+    # (result key, recipe, extra overrides, runs folder)
+    entries: list[tuple[str, str, list[str], Path]] = [
+        (r, r, [], runs_dir) for r in args.recipes]
+    if args.contrast_weights:
+        if SWEPT_BASE not in args.recipes:
+            entries.append((SWEPT_BASE, SWEPT_BASE, [], runs_dir))
+        entries += [(_weight_key(w), SWEPT, [f"method.contrast_weight={w!r}"],
+                     runs_dir / f"contrast_weight_{w:g}") for w in args.contrast_weights]
     results: dict[str, Any] = {}
-    for recipe in args.recipes:
+    for key, recipe, extra, folder in entries:
         rows = []
         for seed in seeds:
-            out = run_dir_for(runs_dir, recipe, seed)
+            out = run_dir_for(folder, recipe, seed)
             fresh = args.force or not is_trained(out)
             start = time.perf_counter()
-            train_if_missing(recipe, out, overrides, seed=seed, force=args.force, cli=args.cli)
+            train_if_missing(recipe, out, [*overrides, *extra], seed=seed, force=args.force,
+                             cli=args.cli)
             wall = time.perf_counter() - start if fresh else None
             summary = run_summary(out)
             rows.append({"seed": seed, "run": str(out), "wall_s": wall,
                          "fit_s": summary["wall_time_s"], "epochs": summary["epochs"],
                          "probe": probe(out)})
-            print(f"[{recipe} seed {seed}] fit {summary['wall_time_s']:.1f}s"
+            print(f"[{key} seed {seed}] fit {summary['wall_time_s']:.1f}s"
                   + (f", command {wall:.1f}s" if wall is not None else " (existing run)"),
                   file=sys.stderr, flush=True)
-        results[recipe] = rows
+        results[key] = rows
     return results
+
+
+def weight_table(results: dict[str, Any], weights: list[float]) -> str:
+    """Fusion accuracy of M3CoL at each contrast weight against concat, paired by seed."""
+    base = {r["seed"]: _get(r["probe"], "fusion_accuracy") for r in results[SWEPT_BASE]}
+    rows = [[f"{SWEPT_BASE} (baseline)", format_mean_std(list(base.values()), 4), "-"]]
+    for w in weights:
+        new = {r["seed"]: _get(r["probe"], "fusion_accuracy") for r in results[_weight_key(w)]}
+        seeds = sorted(set(base) & set(new))
+        rows.append([f"contrast_weight={w:g}", format_mean_std([new[s] for s in seeds], 4),
+                     format_paired_difference([new[s] for s in seeds],
+                                              [base[s] for s in seeds], 4)])
+    return markdown_table(rows, ["M3CoL on digits-tri", "fusion accuracy",
+                                 "Δ vs concat, paired [95% t-interval]"])
 
 
 def table(results: dict[str, Any], base: str, new: str, spec: list[tuple[str, str, str]]) -> str:
@@ -143,8 +180,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="train through `python -m contrastmix.cli pretrain` in a subprocess")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: seeds 0 1, one epoch of 2 batches (" + " ".join(QUICK) + ")")
+    p.add_argument("--contrast-weights", type=float, nargs="+", default=None, metavar="W",
+                   help=f"also sweep {SWEPT}'s method.contrast_weight against {SWEPT_BASE}")
     p.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = p.parse_args(argv)
+    if any(w < 0 for w in args.contrast_weights or []):
+        p.error("--contrast-weights: a weight is >= 0")
     results = collect(args)
     if args.json:
         print(dumps(results, indent=2))
@@ -155,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
             spec = TWO_TOWER_ROWS if name == "retrieval" else FUSION_ROWS
             print(f"\n### {name}: {base} vs {new}\n")
             print(table(results, base, new, spec))
+    if args.contrast_weights:
+        print(f"\n### contrast-weight sweep: {SWEPT} vs {SWEPT_BASE}\n")
+        print(weight_table(results, args.contrast_weights))
     print("\n### wall time\n")
     print(timing(results))
 

@@ -41,9 +41,13 @@ from contrastmix.sweeps import (
 )
 
 METHODS = ("l1", "l1_cmixup", "supcon", "rnc", "supremix")
+#: Protocol and ablation variants (issue 16), bundled for rotated digits only.
+VARIANTS = ("rnc_paper", "supremix_noproj", "supremix_nomix", "supremix_nomix_nodw")
 DATASETS = ("rotated_digits", "rotated_digits_lt", "mnist1d_reg", "diabetes")
 LABELS = {"l1": "L1", "l1_cmixup": "L1 + C-Mixup", "supcon": "SupCon (binned)", "rnc": "RnC",
-          "supremix": "SupReMix", "raw_inputs": "(ridge on raw inputs, no training)"}
+          "supremix": "SupReMix", "rnc_paper": "RnC (paper protocol)",
+          "supremix_noproj": "SupReMix, no projector", "supremix_nomix": "SupReMix, no mixtures",
+          "supremix_nomix_nodw": "SupReMix, no mixtures, no distance weights", "raw_inputs": "(ridge on raw inputs, no training)"}
 
 
 def _recipe_and_overrides(method: str, dataset: str) -> tuple[str, list[str]]:
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=None, choices=DATASETS,
                    help="default rotated_digits rotated_digits_lt (--quick: diabetes)")
-    p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS + VARIANTS,
                    help="default all (--quick: l1 rnc)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2")
     p.add_argument("--runs-dir", default=None, type=Path,
