@@ -35,7 +35,7 @@ from typing import Any
 from contrastmix._atomic import write_json
 from contrastmix._json import loads
 from contrastmix.errors import RunDirError
-from contrastmix.rundir import LOCK_FILE, run_paths
+from contrastmix.rundir import LOCK_FILE, hold_run_dir, run_paths
 
 __all__ = [
     "PROBE_CACHE",
@@ -77,6 +77,20 @@ def _config_diff(saved: str, wanted: str, lines: int = 6) -> str:
     return "; ".join(diff[:lines]) + more
 
 
+def _clear(out: Path) -> None:
+    """Delete everything in the run directory ``out``, holding its lock while doing so: a run
+    that is still training there (e.g. another sweep process on the same seed) is never
+    deleted under it (:class:`~contrastmix.errors.RunDirError` "in use" instead)."""
+    with hold_run_dir(out):
+        for child in out.iterdir():
+            if child.name == LOCK_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
 def train_if_missing(
     recipe: str | Path,
     out_dir: str | Path,
@@ -113,7 +127,8 @@ def train_if_missing(
     Raises:
         RunDirError: ``out_dir`` holds a run whose ``config.yaml`` is not this recipe with
             these overrides (pass ``force``, or use another directory), or a directory that
-            is not a run directory.
+            is not a run directory, or a run that another process is training (nothing is
+            deleted under it).
         RecipeError: the recipe or an override does not validate.
         RuntimeError: the ``cli`` subprocess failed (the message ends with its stderr).
     """
@@ -126,7 +141,7 @@ def train_if_missing(
     ovs = ["trainer.enable_progress_bar=false", *overrides, f"seed={seed}"]
     cfg = load_recipe(recipe, ovs)  # validates before anything is deleted or trained
     if force and out.exists():
-        shutil.rmtree(out)
+        _clear(out)
     started = paths["backbone"].is_file() or paths["last"].is_file()
     if started:
         wanted = OmegaConf.to_yaml(cfg)
@@ -142,7 +157,7 @@ def train_if_missing(
     elif out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()):
         if not paths["config"].is_file():
             raise RunDirError(f"{out} exists and is not a run directory; choose another one")
-        shutil.rmtree(out)  # a run that died before its first checkpoint: start over
+        _clear(out)  # a run that died before its first checkpoint: start over
     resume = paths["last"].is_file()
     if cli:
         cmd = [sys.executable, "-m", "contrastmix.cli", "pretrain", str(recipe), "--out",

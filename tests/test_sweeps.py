@@ -22,6 +22,7 @@ import contrastmix.train.pretrain as pretrain_mod
 from contrastmix import sweeps
 from contrastmix.errors import RecipeError, RunDirError
 from contrastmix.recipe import load_recipe
+from contrastmix.rundir import hold_run_dir
 
 RECIPE = "l1_diabetes"  # any bundled recipe: nothing is trained
 
@@ -118,6 +119,24 @@ def test_a_run_that_died_before_its_checkpoint_starts_over(
     sweeps.train_if_missing(RECIPE, out, [], seed=0)
     assert fake_pretrain.calls[0]["resume"] is False
     assert not (out / "logs").exists()  # the stale segment is not merged into metrics.csv
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_run_another_process_trains_is_never_deleted(
+    tmp_path: Path, fake_pretrain: FakePretrain, force: bool
+) -> None:
+    # another sweep process is training this run (it holds the run folder's lock) and has not
+    # reached its first checkpoint yet: neither "start over" nor --force may delete its files
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("old: true\n")
+    with hold_run_dir(out):
+        with pytest.raises(RunDirError, match="in use by another run"):
+            sweeps.train_if_missing(RECIPE, out, [], seed=0, force=force)
+        assert (out / "config.yaml").read_text() == "old: true\n"
+    assert fake_pretrain.calls == []
+    sweeps.train_if_missing(RECIPE, out, [], seed=0, force=force)  # released: it starts over
+    assert len(fake_pretrain.calls) == 1
 
 
 def test_a_directory_that_is_not_a_run_is_left_alone(
