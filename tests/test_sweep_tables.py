@@ -46,7 +46,7 @@ def test_regression_claims_pairs_by_seed_and_probe() -> None:
     # loses by 0.3; seed 2 of RnC is missing (a run still training) and must drop out of pairs.
     l1 = [2.30, 2.20, 2.40, 2.35]
     sup_bb = [x + 0.3 for x in l1]
-    sup_pn = [x - d for x, d in zip(l1, (0.5, 0.5, 0.5, 0.7))]
+    sup_pn = [x - d for x, d in zip(l1, (0.5, 0.5, 0.5, 0.7), strict=True)]
 
     def run(bb: float, pn: float | None, few: float = 7.0) -> dict[str, Any]:
         r: dict[str, Any] = {"backbone/ridge": {"all": bb, "many": 1.0, "few": few},
@@ -57,7 +57,7 @@ def test_regression_claims_pairs_by_seed_and_probe() -> None:
 
     results = {"rotated_digits_lt": {
         "l1": [run(x, None) for x in l1],
-        "supremix": [run(b, p) for b, p in zip(sup_bb, sup_pn)],
+        "supremix": [run(b, p) for b, p in zip(sup_bb, sup_pn, strict=True)],
         "rnc": [run(2.8, 2.0), run(2.7, 2.1), None, run(2.9, 2.2)],
     }}
     text = rc.report(results)

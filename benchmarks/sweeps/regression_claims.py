@@ -138,7 +138,7 @@ def report(results: dict[str, dict[str, list[dict | None]]]) -> str:
         groups = ["all", *(["many", "few"] if lt else [])]
         title = ("rotated digits, long-tailed train (test uniform)" if lt
                  else "rotated digits, balanced")
-        rows = []
+        rows: list[list[Any]] = []
         for m, runs in per_method.items():
             done = sum(r is not None for r in runs)
             for name in PROBES:
@@ -153,11 +153,12 @@ def report(results: dict[str, dict[str, list[dict | None]]]) -> str:
         for label, (ma, pa), (mb, pb) in COMPARISONS:
             if ma not in per_method or mb not in per_method:
                 continue
-            row = [label]
+            row: list[Any] = [label]
             for g in groups:
                 a = _values(per_method[ma], pa, g)
                 b = _values(per_method[mb], pb, g)
-                pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
+                pairs = [(x, y) for x, y in zip(a, b, strict=True)
+                         if x is not None and y is not None]
                 row.append(format_paired_difference([x for x, _ in pairs],
                                                     [y for _, y in pairs], 2)
                            if len(pairs) >= 2 else "-")

@@ -47,7 +47,8 @@ DATASETS = ("rotated_digits", "rotated_digits_lt", "mnist1d_reg", "diabetes")
 LABELS = {"l1": "L1", "l1_cmixup": "L1 + C-Mixup", "supcon": "SupCon (binned)", "rnc": "RnC",
           "supremix": "SupReMix", "rnc_paper": "RnC (paper protocol)",
           "supremix_noproj": "SupReMix, no projector", "supremix_nomix": "SupReMix, no mixtures",
-          "supremix_nomix_nodw": "SupReMix, no mixtures, no distance weights", "raw_inputs": "(ridge on raw inputs, no training)"}
+          "supremix_nomix_nodw": "SupReMix, no mixtures, no distance weights",
+          "raw_inputs": "(ridge on raw inputs, no training)"}
 
 
 def _recipe_and_overrides(method: str, dataset: str) -> tuple[str, list[str]]:
@@ -57,13 +58,21 @@ def _recipe_and_overrides(method: str, dataset: str) -> tuple[str, list[str]]:
 
 
 def run_one(method: str, dataset: str, seed: int, runs_dir: Path, extra: list[str],
-            force: bool = False) -> dict:
+            force: bool = False, features: str = "backbone") -> dict:
     """Train (unless done) and probe one run; returns the probe dict plus the seed and the
-    ``Trainer.fit`` wall time."""
+    ``Trainer.fit`` wall time.
+
+    ``features`` is ``contrastmix probe --features``; a run without a projector (the L1
+    baselines, ``method.projector: false``) is probed on its backbone, and the result says so
+    (``"features"``)."""
     recipe, ov = _recipe_and_overrides(method, dataset)
     out = train_if_missing(recipe, run_dir_for(runs_dir / dataset, method, seed), [*ov, *extra],
                            seed=seed, force=force)
-    return {**probe(out), "seed": seed, "recipe": recipe,
+    if features != "backbone" and (out / "projector.pt").is_file():
+        res = probe(out, features=features)
+    else:
+        res = probe(out)
+    return {**res, "seed": seed, "recipe": recipe,
             "train_wall_s": run_summary(out)["wall_time_s"]}
 
 
@@ -127,7 +136,10 @@ def table(results: dict[str, dict[str, list[dict]]]) -> str:
         rows = []
         for m, rs in per_method.items():
             raw = m == "raw_inputs"
-            row = [LABELS.get(m, m), "-" if raw else len(rs),
+            spaces = sorted({r.get("features", "backbone") for r in rs}) if not raw else []
+            label = LABELS.get(m, m) + (f" ({', '.join(spaces)})" if spaces != ["backbone"]
+                                        and spaces else "")
+            row = [label, "-" if raw else len(rs),
                    _ms([r["mae"] for r in rs], d, raw), _ms([r["gmean"] for r in rs], d, raw),
                    _ms([r["spearman"] for r in rs], 3, raw)]
             if has_groups:
@@ -158,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], dest="extra",
                    help="extra recipe overrides for every run (key=value)")
     p.add_argument("--force", action="store_true", help="retrain existing runs")
+    p.add_argument("--features", default="backbone",
+                   choices=["backbone", "projector", "projector-normalised"],
+                   help="the probed features (contrastmix probe --features); runs without a "
+                   "projector are probed on the backbone, and their rows say so")
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
     p.add_argument("--json", action="store_true", help="print all probe results as JSON")
     p.add_argument("--no-raw", action="store_true",
@@ -187,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(ds, {})["raw_inputs"] = [raw_reference(ds, runs_dir)]
         for m in methods:
             for s in seeds:
-                r = run_one(m, ds, s, runs_dir, extra, args.force)
+                r = run_one(m, ds, s, runs_dir, extra, args.force, args.features)
                 results.setdefault(ds, {}).setdefault(m, []).append(r)
                 print(f"[{time.time() - start:7.0f}s] {ds:18s} {m:10s} seed {s}: "
                       f"MAE {r['mae']:.3f}  GM {r['gmean']:.3f}  "
@@ -197,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     command = reproduce_command(__file__, sys.argv[1:] if argv is None else argv)
     if args.json:
         slim: dict[str, Any] = {
-            ds: {m: [{k: r[k] for k in ("seed", "mae", "mse", "gmean", "spearman", "groups",
-                                        "train_wall_s") if k in r} for r in rs]
+            ds: {m: [{k: r[k] for k in ("seed", "features", "mae", "mse", "gmean", "spearman",
+                                        "groups", "train_wall_s") if k in r} for r in rs]
                  for m, rs in pm.items()}
             for ds, pm in results.items()
         }
