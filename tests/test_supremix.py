@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from contrastmix.losses import supremix as supremix_module
 from contrastmix.losses.supcon import supcon_loss
 from contrastmix.losses.supremix import (
     SupReMixLoss,
@@ -18,6 +19,13 @@ from contrastmix.losses.supremix import (
     supremix_loss,
 )
 from contrastmix.mixing.beta import sample_beta
+
+
+@pytest.fixture(params=[True, False], ids=["host-chunks", "device-chunks"])
+def chunking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both hard-positive chunkings: label-sorted windows (CPU default) and the fixed masked
+    blocks an accelerator runs (no host read of chunk bounds)."""
+    monkeypatch.setattr(supremix_module, "HOST_CHUNKS", request.param)
 
 
 def _feats(b: int, v: int, d: int, seed: int = 0, dtype: torch.dtype = torch.float64):
@@ -88,6 +96,7 @@ LABEL_SETS = [
 @pytest.mark.parametrize("labels", LABEL_SETS)
 @pytest.mark.parametrize("window", [math.inf, 1.6])
 @pytest.mark.parametrize("switches", list(itertools.product([False, True], repeat=3)))
+@pytest.mark.usefixtures("chunking")
 def test_matches_brute_force_value_and_gradient(labels, window, switches):
     hn, hp, w = switches
     feats = _feats(4, 2, 5, seed=11).requires_grad_(True)
@@ -146,6 +155,7 @@ def test_hard_positive_labels_equal_the_anchor():
 
 
 @pytest.mark.parametrize("chunk", [1, 37, 2**30])
+@pytest.mark.usefixtures("chunking")
 def test_chunked_statistics_match_explicit_pairs(chunk):
     gen = torch.Generator().manual_seed(3)
     y = torch.randint(0, 6, (20,), generator=gen).double() * 0.5
@@ -172,6 +182,7 @@ def test_chunked_statistics_match_explicit_pairs(chunk):
             torch.testing.assert_close(jac[r], gr)
 
 
+@pytest.mark.usefixtures("chunking")
 def test_chunk_budget_does_not_change_loss_or_gradient():
     feats = _feats(24, 2, 8, seed=14, dtype=torch.float32)
     y = torch.randint(0, 8, (24,), generator=torch.Generator().manual_seed(1)).float()

@@ -63,10 +63,12 @@ def rnc_loss(features: Tensor, labels: Tensor, temperature: float = 2.0) -> Tens
             return (zf * 0.0).sum()
         # scale-aware expansion: finite for large entries (plain values otherwise)
         sim = -pairwise_distances_expanded(zf, min_sq=1e-12) / temperature  # [N, N]
-        # Drop the diagonal: row i keeps the N - 1 candidates k != i.
-        off = ~torch.eye(n, dtype=torch.bool, device=z.device)
-        sim = sim[off].view(n, n - 1)
-        dist = (y[:, None] - y[None, :]).abs()[off].view(n, n - 1)
+        # Drop the diagonal: row i keeps the N - 1 candidates k != i, in order (a gather of
+        # column c + [c >= i], not a bool mask: no host synchronisation on a GPU).
+        c = torch.arange(n - 1, device=z.device)
+        off = c[None, :] + (c[None, :] >= torch.arange(n, device=z.device)[:, None]).long()
+        sim = sim.gather(1, off)
+        dist = (y[:, None] - y[None, :]).abs().gather(1, off)
         # Sort candidates by label distance (ascending) and build suffix log-sum-exps:
         # suffix[i, r] = log sum_{r' >= r} exp(sim_sorted[i, r']).
         dist_sorted, order = torch.sort(dist, dim=1, stable=True)

@@ -32,10 +32,11 @@ the anchor side only), a mixture's logit is ``z_i.m/tau = (a Gd[i, j] + (1 - a) 
 whose gradient w.r.t. ``z_i`` is ``m/tau`` with ``m`` constant, exactly as with materialised,
 detached mixtures. Hard negatives need ``[N, N]`` tensors. Hard positives are ``O(N^3)`` scalars;
 they are processed for chunks of anchors in sorted-label order (only labels inside the window
-are touched), in ``O(chunk_elements)`` memory, and enter the loss through two per-anchor
-quantities: their log-sum-exp (an autograd function whose ``N x N`` Jacobian w.r.t. ``Gd`` is
-accumulated in the same pass) and the linear sum of their logits (``sum_j Gd[i, j] C[i, j]``).
-Peak memory is ``O(N^2 + N d + chunk_elements)``.
+are touched; on an accelerator fixed chunks with masks, :data:`HOST_CHUNKS`, so that no chunk
+bound is read back to the host), in ``O(chunk_elements)`` memory, and enter the loss through two
+per-anchor quantities: their log-sum-exp (an autograd function whose ``N x N`` Jacobian w.r.t.
+``Gd`` is accumulated in the same pass) and the linear sum of their logits
+(``sum_j Gd[i, j] C[i, j]``). Peak memory is ``O(N^2 + N d + chunk_elements)``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from contrastmix._validation import check_positive, check_tensor
+from contrastmix._validation import check_positive, check_tensor, value_checks
 from contrastmix.losses._contracts import flatten_views
 from contrastmix.losses.supcon import _NEG
 from contrastmix.mixing.beta import sample_beta
@@ -81,10 +82,18 @@ def hard_positive_pairs(labels: Tensor, window: float = math.inf) -> tuple[Tenso
     return i, j, k, a
 
 
+#: Hard-positive chunks of CPU tensors follow the sorted labels (only the labels inside each
+#: anchor's window are touched; the chunk bounds are read on the host, free on the CPU). On an
+#: accelerator, or with this set to False, chunks are fixed blocks of anchors with every view a
+#: masked candidate: ``O(N^3)`` work instead of ``O(sum of window sizes)``, but no host
+#: synchronisation. Both give the same statistics (up to summation order).
+HOST_CHUNKS = True
+
+
 def _hard_positive_stats(
     gd: Tensor, y: Tensor, window: float, temperature: float, chunk_elements: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-anchor hard-positive statistics, chunked over anchors in sorted-label order.
+    """Per-anchor hard-positive statistics, chunked over anchors (see :data:`HOST_CHUNKS`).
 
     Args:
         gd: ``[N, N]`` detached Gram matrix ``z @ z.T`` (compute dtype).
@@ -100,10 +109,15 @@ def _hard_positive_stats(
     """
     n = y.shape[0]
     dev, dt = gd.device, gd.dtype
-    lse = torch.full((n,), -math.inf, dtype=dt, device=dev)
-    jac = torch.zeros(n, n, dtype=dt, device=dev)
-    coef = torch.zeros(n, n, dtype=dt, device=dev)
-    count = torch.zeros(n, dtype=torch.long, device=dev)
+    out = (torch.full((n,), -math.inf, dtype=dt, device=dev),
+           torch.zeros(n, n, dtype=dt, device=dev), torch.zeros(n, n, dtype=dt, device=dev),
+           torch.zeros(n, dtype=torch.long, device=dev))
+    if not (HOST_CHUNKS and dev.type == "cpu"):
+        every = torch.arange(n, device=dev)
+        c = max(1, chunk_elements // max(1, n * n))
+        for r in range(0, n, c):
+            _chunk_stats(gd, y, every[r : r + c], every, every, window, temperature, out)
+        return out
     order = torch.argsort(y, stable=True)
     ys = y[order]
     # Sorted index ranges: lower candidates of sorted anchor r are [lo_r, eq_lo_r) (labels in
@@ -126,59 +140,68 @@ def _hard_positive_stats(
             if size > chunk_elements:
                 break
             r1 += 1
-        anchors = order[r:r1]
-        low = order[lo[r] : eq_lo[r1 - 1]]
-        up = order[eq_hi[r] : hi[r1 - 1]]
-        yi = y[anchors]
-        dl = yi[:, None] - y[low][None, :]  # [C, Rl]  y_i - y_j
-        du = y[up][None, :] - yi[:, None]  # [C, Ru]  y_k - y_i
-        ml = (dl > 0) & (dl < window)
-        mu = (du > 0) & (du < window)
-        mlf, muf = ml.to(dt), mu.to(dt)
-        # a = (y_k - y_i) / (y_k - y_j) on valid pairs; invalid entries get a finite dummy a
-        # and a -inf logit through the additive row / column masks below.
-        dl_s = torch.where(ml, dl, 1.0).to(dt)
-        du_s = torch.where(mu, du, 1.0).to(dt)
-        a = (dl_s[:, :, None] + du_s[:, None, :]).reciprocal_().mul_(du_s[:, None, :])
-        g_rows = gd.index_select(0, anchors)
-        gl = g_rows.index_select(1, low) / temperature  # [C, Rl]
-        gu = g_rows.index_select(1, up) / temperature  # [C, Ru]
-        # t = a gl + (1 - a) gu = gu + a (gl - gu), -inf outside the window.
-        base = gu.masked_fill(~mu, -math.inf)[:, None, :]
-        t = torch.addcmul(base, a, gl[:, :, None] - gu[:, None, :])
-        t.add_(torch.where(ml, 0.0, -math.inf).to(dt)[:, :, None])
-        m = t.flatten(1).amax(dim=1)
-        m = torch.where(torch.isfinite(m), m, 0.0)
-        e = t.sub_(m[:, None, None]).exp_()  # unnormalised pair weights, 0 outside
-        del t
-        s_e = e.flatten(1).sum(dim=1)
-        lse_c = m + torch.log(s_e)
-        inv = (1.0 / s_e)[:, None]  # every anchor of a chunk has >= 1 pair, so s_e > 0
-        # With p = e / s_e: d lse / d gd_ij = sum_k p a / tau (j lower),
-        # d lse / d gd_ik = sum_j p (1 - a) / tau (k upper).
-        e_sum_j = e.sum(dim=1)
-        ea = e.mul_(a)
-        del e
-        jl = ea.sum(dim=2) * inv / temperature
-        ju = (e_sum_j - ea.sum(dim=1)) * inv / temperature
-        del ea
-        # Linear part: sum over pairs of t = sum_j gd_ij C_ij with C = sum_k a (lower) and
-        # sum_j (1 - a) (upper), restricted to valid pairs.
-        cl = torch.bmm(a, muf[:, :, None])[:, :, 0] * mlf
-        cu = (mlf.sum(dim=1, keepdim=True) - torch.bmm(mlf[:, None, :], a)[:, 0, :]) * muf
-        rows_l = anchors[:, None].expand_as(jl)
-        rows_u = anchors[:, None].expand_as(ju)
-        cols_l = low[None, :].expand_as(jl)
-        cols_u = up[None, :].expand_as(ju)
-        jac.index_put_((rows_l, cols_l), jl, accumulate=True)
-        jac.index_put_((rows_u, cols_u), ju, accumulate=True)
-        coef.index_put_((rows_l, cols_l), cl, accumulate=True)
-        coef.index_put_((rows_u, cols_u), cu, accumulate=True)
-        lse[anchors] = lse_c
-        count[anchors] = ml.sum(dim=1) * mu.sum(dim=1)
-        del a
+        _chunk_stats(gd, y, order[r:r1], order[lo[r] : eq_lo[r1 - 1]],
+                     order[eq_hi[r] : hi[r1 - 1]], window, temperature, out)
         r = r1
-    return lse, jac, coef, count
+    return out
+
+
+def _chunk_stats(gd: Tensor, y: Tensor, anchors: Tensor, low: Tensor, up: Tensor,
+                 window: float, temperature: float,
+                 out: tuple[Tensor, Tensor, Tensor, Tensor]) -> None:
+    """Add the hard-positive statistics of ``anchors [C]`` with lower candidates ``low [Rl]``
+    and upper candidates ``up [Ru]`` (views outside an anchor's window are masked) to
+    ``out = (lse, jac, coef, count)`` of :func:`_hard_positive_stats`."""
+    lse, jac, coef, count = out
+    dt = gd.dtype
+    yi = y[anchors]
+    dl = yi[:, None] - y[low][None, :]  # [C, Rl]  y_i - y_j
+    du = y[up][None, :] - yi[:, None]  # [C, Ru]  y_k - y_i
+    ml = (dl > 0) & (dl < window)
+    mu = (du > 0) & (du < window)
+    mlf, muf = ml.to(dt), mu.to(dt)
+    # a = (y_k - y_i) / (y_k - y_j) on valid pairs; invalid entries get a finite dummy a
+    # and a -inf logit through the additive row / column masks below.
+    dl_s = torch.where(ml, dl, 1.0).to(dt)
+    du_s = torch.where(mu, du, 1.0).to(dt)
+    a = (dl_s[:, :, None] + du_s[:, None, :]).reciprocal_().mul_(du_s[:, None, :])
+    g_rows = gd.index_select(0, anchors)
+    gl = g_rows.index_select(1, low) / temperature  # [C, Rl]
+    gu = g_rows.index_select(1, up) / temperature  # [C, Ru]
+    # t = a gl + (1 - a) gu = gu + a (gl - gu), -inf outside the window.
+    base = gu.masked_fill(~mu, -math.inf)[:, None, :]
+    t = torch.addcmul(base, a, gl[:, :, None] - gu[:, None, :])
+    t.add_(torch.where(ml, 0.0, -math.inf).to(dt)[:, :, None])
+    m = t.flatten(1).amax(dim=1)
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    e = t.sub_(m[:, None, None]).exp_()  # unnormalised pair weights, 0 outside
+    del t
+    s_e = e.flatten(1).sum(dim=1)
+    lse_c = m + torch.log(s_e)
+    # anchors without a pair (dense chunks only): no weight, lse stays -inf
+    inv = torch.where(s_e > 0, 1.0 / s_e, 0.0)[:, None]
+    # With p = e / s_e: d lse / d gd_ij = sum_k p a / tau (j lower),
+    # d lse / d gd_ik = sum_j p (1 - a) / tau (k upper).
+    e_sum_j = e.sum(dim=1)
+    ea = e.mul_(a)
+    del e
+    jl = ea.sum(dim=2) * inv / temperature
+    ju = (e_sum_j - ea.sum(dim=1)) * inv / temperature
+    del ea
+    # Linear part: sum over pairs of t = sum_j gd_ij C_ij with C = sum_k a (lower) and
+    # sum_j (1 - a) (upper), restricted to valid pairs.
+    cl = torch.bmm(a, muf[:, :, None])[:, :, 0] * mlf
+    cu = (mlf.sum(dim=1, keepdim=True) - torch.bmm(mlf[:, None, :], a)[:, 0, :]) * muf
+    rows_l = anchors[:, None].expand_as(jl)
+    rows_u = anchors[:, None].expand_as(ju)
+    cols_l = low[None, :].expand_as(jl)
+    cols_u = up[None, :].expand_as(ju)
+    jac.index_put_((rows_l, cols_l), jl, accumulate=True)
+    jac.index_put_((rows_u, cols_u), ju, accumulate=True)
+    coef.index_put_((rows_l, cols_l), cl, accumulate=True)
+    coef.index_put_((rows_u, cols_u), cu, accumulate=True)
+    lse[anchors] = lse_c
+    count[anchors] = ml.sum(dim=1) * mu.sum(dim=1)
 
 
 class _LinearisedLogSumExp(torch.autograd.Function):
@@ -278,7 +301,9 @@ def supremix_loss(
                 f"`negative_coefficients` must have shape ({n}, {n}) (V*B views), "
                 f"got {tuple(negative_coefficients.shape)}"
             )
-        if bool(((negative_coefficients < 0) | (negative_coefficients > 1)).any()):
+        if value_checks(negative_coefficients) and bool(
+            ((negative_coefficients < 0) | (negative_coefficients > 1)).any()
+        ):
             raise ValueError("`negative_coefficients` must lie in [0, 1]")
 
     with torch.autocast(device_type=dev.type, enabled=False):
