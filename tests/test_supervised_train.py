@@ -140,6 +140,41 @@ def test_sample_pairs_respects_classes_and_covers_partners() -> None:
         sample_pairs(y, 0, same_class=True)
 
 
+def _sample_pairs_loop(y: torch.Tensor, num_pairs: int, same_class: bool,
+                       g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-sample loop sample_pairs replaced (same draws: multinomial, then rand)."""
+    n = len(y)
+    count = {c: int((y == c).sum()) for c in y.tolist()}
+    partners = torch.tensor([count[c] - 1 if same_class else n - count[c] for c in y.tolist()],
+                            dtype=torch.float64)
+    i = torch.multinomial((partners > 0).double(), num_pairs, replacement=True, generator=g)
+    u = torch.rand(num_pairs, generator=g, dtype=torch.float64)
+    order = sorted(range(n), key=lambda s: (int(y[s]), s))
+    j = []
+    for ii, uu in zip(i.tolist(), u.tolist(), strict=True):
+        r = min(int(uu * partners[ii]), int(partners[ii]) - 1)
+        cands = [s for s in order if (y[s] == y[ii] and s != ii) == same_class
+                 and (same_class or y[s] != y[ii])]
+        j.append(cands[r])
+    return i, torch.tensor(j)
+
+
+def test_sample_pairs_vectorised_draws_equal_the_loop() -> None:
+    """Same pairs as the per-sample loop for a fixed generator (the random stream is kept)."""
+    g0 = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        y = torch.randint(0, 4, (int(torch.randint(3, 30, (1,), generator=g0)),),
+                          generator=g0) * 3 - 2
+        for same in (True, False):
+            if (same and len(set(y.tolist())) == len(y)) or (not same and len(set(y.tolist())) < 2):
+                continue
+            seed = int(torch.randint(0, 10**6, (1,), generator=g0))
+            gen = torch.Generator().manual_seed(seed)
+            got = sample_pairs(y, 40, same_class=same, generator=gen)
+            want = _sample_pairs_loop(y, 40, same, torch.Generator().manual_seed(seed))
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_mixed_pair_features_mixes_inputs_and_restores_train_mode() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     net.train()

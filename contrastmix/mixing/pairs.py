@@ -43,33 +43,29 @@ def sample_pairs(
     if not isinstance(num_pairs, int) or num_pairs < 1:
         raise ValueError(f"`num_pairs` must be a positive int, got {num_pairs!r}")
     y = labels.detach().cpu().long()
-    classes, counts = torch.unique(y, return_counts=True)
-    count_of = dict(zip(classes.tolist(), counts.tolist(), strict=True))
     n = y.numel()
-    partners = torch.tensor(
-        [count_of[c] - 1 if same_class else n - count_of[c] for c in y.tolist()],
-        dtype=torch.float64,
-    )
+    # per sample: where its class starts in the class-sorted order, and the class size
+    # (tensor ops only: no per-sample Python loop, no unique)
+    order = torch.argsort(y, stable=True)  # sample ids grouped by class
+    ys = y[order]
+    start = torch.searchsorted(ys, y, side="left")
+    count = torch.searchsorted(ys, y, side="right") - start
+    partners = (count - 1 if same_class else n - count).to(torch.float64)
     if n == 0 or float(partners.sum()) == 0:
         kind = "same-class" if same_class else "different-class"
         raise ValueError(f"`labels` admit no {kind} pair")
     i = torch.multinomial((partners > 0).double(), num_pairs, replacement=True,
                           generator=generator)
-    order = torch.argsort(y, stable=True)  # sample ids grouped by class
-    starts = {c: int(s) for c, s in zip(classes.tolist(),
-                                        (torch.cumsum(counts, 0) - counts).tolist(),
-                                        strict=True)}
     u = torch.rand(num_pairs, generator=generator, dtype=torch.float64)
-    j = torch.empty(num_pairs, dtype=torch.long)
-    for k, (ii, uu) in enumerate(zip(i.tolist(), u.tolist(), strict=True)):
-        c = int(y[ii])
-        r = min(int(uu * partners[ii]), int(partners[ii]) - 1)  # rank among the partners
-        if same_class:
-            block = order[starts[c]: starts[c] + count_of[c]]
-            block = block[block != ii]
-            j[k] = block[r]
-        else:
-            # skip class c's block in the class-sorted order
-            s = starts[c]
-            j[k] = order[r] if r < s else order[r + count_of[c]]
-    return i, j
+    p_i = partners[i]
+    # rank among the partners of i (u * p >= 0: floor is int()'s truncation)
+    r = torch.minimum(torch.floor(u * p_i).long(), p_i.long() - 1)
+    s_i, c_i = start[i], count[i]
+    if same_class:
+        # class block order[s : s + c] without i itself (at position rank_i of the block)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n)
+        pos = s_i + r + (r >= rank[i] - s_i).long()
+    else:
+        pos = torch.where(r < s_i, r, r + c_i)  # skip the block of i's class
+    return i, order[pos]
