@@ -194,7 +194,7 @@ def unimodal_mix_loss(
             c_all = c
         logits = mixed @ c_all.T / mix_temperature
         lam_col = (
-            lam.to(device=a.device, dtype=a.dtype).reshape(-1, 1)
+            lam.to(device=a.device, dtype=a.dtype, non_blocking=True).reshape(-1, 1)
             if isinstance(lam, Tensor)
             else torch.full((b, 1), float(lam), dtype=a.dtype, device=a.device)
         )

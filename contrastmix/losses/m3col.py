@@ -99,7 +99,7 @@ def random_derangement(
             break
     else:  # pragma: no cover - probability ~ (1 - 1/e)^1000
         raise RuntimeError("failed to draw a derangement")
-    return perm.to(device if device is not None else gen_device)
+    return perm.to(device if device is not None else gen_device, non_blocking=True)
 
 
 def sample_m3co_mixing(
@@ -136,7 +136,7 @@ def sample_m3co_mixing(
     select = torch.rand(batch_size, generator=generator, device=gen_device) < mix_prob
     beta = torch.where(select, beta, torch.ones_like(beta)).float()
     out_device = device if device is not None else gen_device
-    return beta.to(out_device), perm.to(out_device)
+    return beta.to(out_device, non_blocking=True), perm.to(out_device, non_blocking=True)
 
 
 def _check_mixing(beta: Tensor, perm: Tensor, b: int) -> None:
@@ -185,8 +185,8 @@ def _targets(beta: Tensor, perm: Tensor, n_cols: int, offset: int, device: torch
     """Rows of ``T`` for local samples against ``n_cols`` global columns (local cols at offset)."""
     b = beta.shape[0]
     dtype = torch.promote_types(beta.dtype, torch.float32)
-    beta = beta.to(device=device, dtype=dtype)
-    perm = perm.to(device=device, dtype=torch.long)
+    beta = beta.to(device=device, dtype=dtype, non_blocking=True)
+    perm = perm.to(device=device, dtype=torch.long, non_blocking=True)
     rows = torch.arange(b, device=device)
     t = torch.zeros(b, n_cols, dtype=dtype, device=device)
     t.index_put_((rows, rows + offset), beta, accumulate=True)
@@ -241,8 +241,9 @@ def _m3co(
         dtype = torch.promote_types(torch.promote_types(p.dtype, q.dtype), torch.float32)
         p32, q32 = p.to(dtype), q.to(dtype)
         b = p32.shape[0]
-        bcol = beta.to(device=p32.device, dtype=dtype).unsqueeze(1)
-        perm = perm.to(device=p32.device, dtype=torch.long)
+        # host draws to the device: copies that do not wait for it
+        bcol = beta.to(device=p32.device, dtype=dtype, non_blocking=True).unsqueeze(1)
+        perm = perm.to(device=p32.device, dtype=torch.long, non_blocking=True)
         p_mix = bcol * p32 + (1 - bcol) * p32[perm]
         p_hat = unit_rows(p_mix, dim=-1)
         q_hat = unit_rows(q32, dim=-1)

@@ -127,6 +127,7 @@ class L1Regression(Method):
             # Not buffers: kept out of the checkpoint; rows are moved to the device when drawn.
             self.train_inputs = x
             self._train_labels = train_labels
+        self._host_labels: tuple[Tensor, Tensor] | None = None
 
     def learnable_modules(self) -> list[nn.Module]:
         return [self.backbone, self.head]
@@ -140,8 +141,18 @@ class L1Regression(Method):
         ``x``."""
         return self.augment(x) if self.use_augment else x
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With C-Mixup, keep the loader's labels and indices while they are still on the host:
+        the partners are drawn there (the seeded CPU stream), and reading them back from the
+        device would synchronise every step."""
+        if self.config.cmixup and isinstance(batch, (list, tuple)) and len(batch) == 3:
+            _, y, idx = batch
+            if isinstance(y, Tensor) and isinstance(idx, Tensor):
+                self._host_labels = (y, idx)
+        return batch
+
     def mixed_batch(
-        self, x: Tensor, y: Tensor, idx: Tensor
+        self, x: Tensor, y: Tensor, idx: Tensor, host: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """C-Mixup of a batch.
 
@@ -149,6 +160,9 @@ class L1Regression(Method):
             x: ``[B, ...]`` raw inputs.
             y: ``[B]`` labels.
             idx: ``[B]`` dataset indices.
+            host: ``(y, idx)`` of the batch on the host (what the loader gave, before the move
+                to the device); ``None``: copied from ``y`` and ``idx`` (a device-to-host
+                read when they live on an accelerator).
 
         Returns:
             ``(x_mix [B, ...], y_mix [B], lam [B], y_partner [B])`` with
@@ -157,21 +171,25 @@ class L1Regression(Method):
         """
         c = self.config
         b = x.shape[0]
+        if host is None or host[0].shape != y.shape or host[1].shape != idx.shape:
+            host = (y.detach().cpu(), idx.detach().cpu())
+        y_host, idx_host = host
         g_cpu = self.generator("cmixup", "cpu", per_rank=False)
         lam = sample_lambda(b, c.mixup_alpha, per_sample=c.mixup_per_sample, generator=g_cpu)
-        lam = lam.to(x.device)
+        # host-to-device copies that do not wait for the device (the draws stay on the host)
+        lam = lam.to(x.device, non_blocking=True)
         yf = y.float()
         if self.sampler is not None:  # partners from the whole training set
             assert self.train_inputs is not None
-            j = self.sampler.sample(idx.detach().cpu().long(), generator=g_cpu)
-            xp = self.train_inputs[j].to(x.device, x.dtype)
-            yp = self._train_labels[j].to(y.device)
+            j = self.sampler.sample(idx_host.long(), generator=g_cpu)
+            xp = self.train_inputs[j].to(x.device, x.dtype, non_blocking=True)
+            yp = self._train_labels[j].to(y.device, non_blocking=True)
             x_all = self.maybe_augment(torch.cat([x, xp], dim=0))  # independent draws
             xa, xp = x_all[:b], x_all[b:]
         else:  # partners from the batch
             xa = self.maybe_augment(x)
-            j = cmixup_partners(yf.detach().cpu(), c.cmixup_sigma, window=self.window,
-                                generator=g_cpu).to(x.device)
+            j = cmixup_partners(y_host.float(), c.cmixup_sigma, window=self.window,
+                                generator=g_cpu).to(x.device, non_blocking=True)
             xp, yp = xa[j], yf[j]
         lx = lam.to(xa.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         return lx * xa + (1 - lx) * xp, lam * yf + (1 - lam) * yp, lam, yp
@@ -181,7 +199,8 @@ class L1Regression(Method):
         x = self.first_view(x)
         b = x.shape[0]
         if self.config.cmixup:
-            x_in, y_in, _, y_partner = self.mixed_batch(x, y, idx)
+            host, self._host_labels = self._host_labels, None  # this batch's, used once
+            x_in, y_in, _, y_partner = self.mixed_batch(x, y, idx, host)
             gap = (y.float() - y_partner).abs().mean()
             self.log("cmixup_label_gap", gap, on_step=False, on_epoch=True, batch_size=b)
         else:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from contrastmix._numerics import safe_scale_threshold
-from contrastmix._validation import check_positive, check_tensor
+from contrastmix._validation import check_positive, check_tensor, value_checks
 
 __all__ = [
     "cmixup_probabilities",
@@ -208,11 +208,12 @@ class CMixupSampler:
         check_tensor("indices", indices, ndim=1)
         if indices.is_floating_point():
             raise ValueError(f"`indices` must be an integer tensor, got {indices.dtype}")
-        if indices.numel() and (
+        if indices.numel() and value_checks(indices) and (
             int(indices.min()) < 0 or int(indices.max()) >= self.num_samples
         ):
             raise ValueError(f"`indices` must lie in [0, {self.num_samples}), got out-of-range")
-        return indices.to(device=dev, dtype=torch.long)
+        # indices from the host to the labels' device: a copy that does not wait for it
+        return indices.to(device=dev, dtype=torch.long, non_blocking=True)
 
     # ---------------------------------------------------------------- sampling
     def sample(
@@ -301,13 +302,13 @@ def mix(
     if partners.is_floating_point():
         raise ValueError(f"`partners` must be an integer tensor, got {partners.dtype}")
     n = x.shape[0]
-    if n and (int(partners.min()) < 0 or int(partners.max()) >= n):
+    if n and value_checks(partners) and (int(partners.min()) < 0 or int(partners.max()) >= n):
         raise ValueError(f"`partners` must index rows of `x` (0..{n - 1})")
     lam_t = torch.as_tensor(lam, device=x.device)
     check_tensor("lam", lam_t, ndim=(0, 1))
     if lam_t.ndim == 1 and lam_t.shape[0] != n:
         raise ValueError(f"`lam` must be a scalar or have {n} entries, got {lam_t.shape[0]}")
-    if bool(((lam_t < 0) | (lam_t > 1)).any()):
+    if value_checks(lam_t) and bool(((lam_t < 0) | (lam_t > 1)).any()):
         raise ValueError("`lam` must lie in [0, 1]")
     yf = y if y.is_floating_point() else y.to(torch.float32)
     lx = lam_t.to(x.dtype) if x.is_floating_point() else lam_t.float()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contrastmix._validation import check_tensor, check_unit_norm
+from contrastmix._validation import check_tensor, check_unit_norm, value_checks
 
 __all__ = ["slerp", "slerp_unit", "ANTIPODAL_TOL"]
 
@@ -42,8 +42,10 @@ def _lam_tensor(lam: float | Tensor, n: int, a: Tensor, dtype: torch.dtype) -> T
                 raise ValueError(
                     f"`lam` must have one value per row ({n}), got shape {tuple(lam.shape)}"
                 )
-        lo, hi = float(lam.detach().min()), float(lam.detach().max())
-        t = lam.to(device=a.device, dtype=dtype)
+        # a value check (off on accelerators by default): reading lam would synchronise
+        lo, hi = ((float(lam.detach().min()), float(lam.detach().max()))
+                  if value_checks(lam) and lam.numel() else (0.0, 1.0))
+        t = lam.to(device=a.device, dtype=dtype, non_blocking=True)
     else:
         if not isinstance(lam, (int, float)):
             raise ValueError(f"`lam` must be a float or a tensor, got {type(lam).__name__}")
@@ -85,7 +87,9 @@ def slerp(a: Tensor, b: Tensor, lam: float | Tensor, *, eps: float = 1e-6) -> Te
         ValueError: on mismatched shapes, non-unit-norm inputs (unnormalised embeddings are an
             error, not silently normalised: call ``F.normalize`` first), NaN/inf, ``lam`` outside
             ``[0, 1]``, or antipodal rows (``a . b < -1 + 1e-6``, where slerp is undefined); the
-            message names the offending rows.
+            message names the offending rows. The NaN, unit-norm, ``lam`` range and antipodal
+            checks are value checks (by default skipped for accelerator tensors,
+            :func:`contrastmix._validation.value_checks`).
     """
     check_tensor("a", a, ndim=(1, 2), floating=True)
     check_tensor("b", b, ndim=(1, 2), floating=True)
@@ -102,7 +106,8 @@ def slerp_unit(a: Tensor, b: Tensor, lam: float | Tensor, *, eps: float = 1e-6) 
     """:func:`slerp` for callers that already checked ``a`` and ``b`` (same shape, unit rows,
     finite) at their own precision, e.g. fp32 copies of bf16 rows checked before the upcast
     (which carry bf16 rounding that the fp32 unit-norm tolerance would reject). Re-normalises
-    in fp32 or wider as :func:`slerp` does; ``lam`` and antipodal rows are still checked.
+    in fp32 or wider as :func:`slerp` does; ``lam`` and antipodal rows are still checked
+    (value checks: skipped where :func:`contrastmix._validation.value_checks` is False).
 
     Args:
         a: ``[B, d]`` or ``[d]`` unit vectors (weighted by ``lam``).
@@ -121,7 +126,9 @@ def slerp_unit(a: Tensor, b: Tensor, lam: float | Tensor, *, eps: float = 1e-6) 
         t = _lam_tensor(lam, n, a32, dtype)
         dot = (a32 * b32).sum(dim=-1, keepdim=True)
         bad = dot.detach() < -1.0 + ANTIPODAL_TOL
-        if bool(bad.any()):
+        # a value check (off on accelerators by default: there an antipodal row is not
+        # rejected and gets the finite result of the clamped formula, on an arbitrary circle)
+        if value_checks(dot) and bool(bad.any()):
             rows = torch.nonzero(bad.reshape(-1)).reshape(-1)[:10].tolist()
             raise ValueError(
                 f"`a` and `b` are antipodal (a.b ~ -1) at row(s) {rows}: slerp between opposite "
@@ -135,7 +142,6 @@ def slerp_unit(a: Tensor, b: Tensor, lam: float | Tensor, *, eps: float = 1e-6) 
         w_a = torch.sin(t * theta) / safe_sin
         w_b = torch.sin((1 - t) * theta) / safe_sin
         out = w_a * a32 + w_b * b32
-        if bool(small.any()):
-            lin = F.normalize(t * a32 + (1 - t) * b32, dim=-1)
-            out = torch.where(small, lin, out)
-        return out
+        # branchless (no host read of `small`): rows with sin(theta) >= eps keep `out`
+        lin = F.normalize(t * a32 + (1 - t) * b32, dim=-1)
+        return torch.where(small, lin, out)

@@ -241,7 +241,8 @@ class MiniLMTextEncoder(nn.Module):
             emb = self._encode_frozen(missing).cpu()
             for t, e in zip(missing, emb, strict=True):
                 self._cache[t] = e
-        return torch.stack([self._cache[t] for t in texts]).to(device)
+        # a host-to-device copy that does not wait for the device (cache hits: every step)
+        return torch.stack([self._cache[t] for t in texts]).to(device, non_blocking=True)
 
     def forward(self, captions: Sequence[str]) -> Tensor:
         """Project the sentence embeddings of ``captions``: ``[B, output_dim]``."""
