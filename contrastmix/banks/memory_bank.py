@@ -349,6 +349,9 @@ class MemoryBank(nn.Module):
                 else _to_bank(indices, dev, torch.long)
             )
         if self.gather_distributed and is_distributed():
+            # Under DDP only: one exchange of the ranks' batch sizes, a host read every step.
+            # Kept: ranks may enqueue different numbers of rows (any batch size), and the ring's
+            # pointer and fill count live on the host (so that nothing else here reads back).
             feats, lab, idx = _gather_rows(feats, lab, idx)
             n = feats.shape[0]
         if n == 0:

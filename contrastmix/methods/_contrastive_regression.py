@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from contrastmix._numerics import unit_rows
 from contrastmix.data.registry import DataBundle
-from contrastmix.distributed import gather_no_grad, gather_with_grad, is_distributed
+from contrastmix.distributed import gather_no_grad, gather_with_grad, is_distributed, world_size
 from contrastmix.methods.base import Method
 
 __all__ = ["ContrastiveRegression"]
@@ -88,7 +88,9 @@ class ContrastiveRegression(Method):
         labels = self.loss_labels(y)
         if is_distributed():
             feats = gather_with_grad(feats)
-            labels = gather_no_grad(labels)
+            # gather_with_grad needs the same batch size on every rank, so the label counts are
+            # known: no size exchange (a host read every step)
+            labels = gather_no_grad(labels, [labels.shape[0]] * world_size())
         loss = self.compute_loss(feats, labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
         self.log("view_cosine", align, on_step=False, on_epoch=True, batch_size=b)
