@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -209,6 +210,30 @@ def test_cmixup_partners_are_label_close_and_mixing_is_consistent() -> None:
     assert torch.equal(ty[idx][jb], ypb) and float((ty[idx] - ypb).abs().max()) < 6.0
     torch.testing.assert_close(xb, lamb.view(-1, 1, 1, 1) * tx[idx]
                                + (1 - lamb.view(-1, 1, 1, 1)) * tx[idx][jb])
+
+
+@pytest.mark.parametrize("scope", ["dataset", "batch"])
+def test_cmixup_step_uses_the_host_copy_of_labels_and_indices(scope: str) -> None:
+    """A training step draws the partners from the loader's host labels and indices (kept by
+    ``on_before_batch_transfer``; no read back from the device): the same draws and mixes as
+    from the batch itself, and the copy is used once."""
+    cfg = _plain(load_recipe("l1_cmixup_diabetes", [*TINY, "method.augment=false",
+                                                    f"method.cmixup_scope={scope}"]))
+    data = build_data(load_recipe("l1_cmixup_diabetes").data)
+    tx, ty = data.pretrain.x, data.pretrain.y  # type: ignore[attr-defined]
+    idx = torch.arange(3, 19)
+    a, b = build_method(cfg, data), build_method(cfg, data)
+    want = a.mixed_batch(tx[idx], ty[idx], idx)  # type: ignore[operator]
+    host = (ty[idx].clone(), idx.clone())
+    assert b.on_before_batch_transfer((tx[idx], *host), 0)[2] is host[1]
+    assert b._host_labels[1] is host[1]  # type: ignore[index]
+    got = b.mixed_batch(tx[idx], ty[idx], idx, b._host_labels)  # type: ignore[operator]
+    for w, g in zip(want, got, strict=True):
+        assert torch.equal(w, g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a trainer
+        b.training_step((tx[idx], ty[idx], idx), 0)
+    assert b._host_labels is None
 
 
 def test_cmixup_draws_follow_the_seeded_generator() -> None:
