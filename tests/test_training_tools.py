@@ -122,6 +122,48 @@ def test_lars_trains_a_step_and_differs_from_sgd() -> None:
     torch.testing.assert_close(after["lars"][1], after["sgd"][1])
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sync_free_lars_equals_lightly_lars_and_reads_nothing(nesterov: bool) -> None:
+    """Bit for bit lightly's LARS over several steps (a zero weight and a zero gradient take
+    its unscaled branch), with no read of a device value in ``step``."""
+    from contrastmix import _validation
+    from contrastmix.train.optim import SyncFreeLARS
+    from tests._host_reads import forbid_host_reads
+
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for net in nets:
+        with torch.no_grad():
+            net[1].weight.zero_()  # zero weight: lightly skips the rescaling
+    kw = {"lr": 0.3, "momentum": 0.9, "weight_decay": 1e-2, "nesterov": nesterov}
+    opts = [LARS(nets[0].parameters(), **kw), SyncFreeLARS(nets[1].parameters(), **kw)]
+    before = _validation.debug_checks()
+    _validation.set_debug_checks(False)
+    try:
+        for step in range(4):
+            x = torch.randn(7, 6)
+            for net, opt in zip(nets, opts, strict=True):
+                opt.zero_grad()
+                net(x).square().mean().backward()
+                if step == 1:
+                    net[0].bias.grad.zero_()  # zero gradient: unscaled too
+                if isinstance(opt, SyncFreeLARS):
+                    with forbid_host_reads(device_side=[net]) as guard:
+                        guard.mark_device([p.grad for p in net.parameters()])
+                        opt.step()
+                else:
+                    opt.step()
+            for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+                assert torch.equal(a, b)
+    finally:
+        _validation.set_debug_checks(before)
+    with pytest.raises(AssertionError, match="host read"):  # lightly's step reads the norms
+        with forbid_host_reads(device_side=[nets[0]]) as guard:
+            guard.mark_device([p.grad for p in nets[0].parameters()])
+            opts[0].step()
+
+
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
@@ -228,7 +270,7 @@ def test_recipe_loggers_lars_and_the_progress_bar_in_a_run(
     pytest.importorskip("tensorboard")
     run, seen, printed = lars_tb_run
     assert seen.loggers == ["CSVLogger", "TensorBoardLogger"]
-    assert seen.optimizer == "LARS"
+    assert seen.optimizer == "SyncFreeLARS"  # lightly's LARS, stepped without host reads
     assert seen.bar is not None and "Epoch 0" in printed  # "auto" on a terminal: a bar
     assert list((run / "tb").rglob("events.out.tfevents.*"))
     with (run / "metrics.csv").open() as fh:

@@ -3,7 +3,7 @@
 The schedule is lightly's :class:`~lightly.utils.scheduler.CosineWarmupScheduler` (linear
 warm-up, then cosine decay), stepped once per optimisation step; the optimisers are torch's SGD
 and AdamW and lightly's :class:`~lightly.utils.lars.LARS` (layer-wise adaptive rate scaling for
-large batches, You et al., 2017).
+large batches, You et al., 2017), stepped without host synchronisation (:class:`SyncFreeLARS`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,48 @@ from torch import nn
 
 from contrastmix.config import OPTIMIZERS, SCHEDULERS
 
-__all__ = ["build_optimizer", "build_scheduler", "warmup_cosine"]
+__all__ = ["build_optimizer", "build_scheduler", "warmup_cosine", "SyncFreeLARS"]
+
+
+class SyncFreeLARS(LARS):
+    """lightly's :class:`~lightly.utils.lars.LARS` with the same update, computed branchlessly.
+
+    lightly's ``step`` tests ``p_norm != 0 and g_norm != 0`` in Python for every decayed
+    parameter: two reads of device values, i.e. two host synchronisations per parameter and
+    step on a GPU. Here the test selects with ``torch.where`` (the rescaled, decayed gradient
+    where both norms are non-zero, the plain gradient elsewhere), which gives the same values.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            weight_decay, momentum = group["weight_decay"], group["momentum"]
+            dampening, nesterov = group["dampening"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if weight_decay != 0:
+                    p_norm, g_norm = torch.norm(p.data), torch.norm(p.grad.data)
+                    lars_lr = p_norm / (g_norm + p_norm * weight_decay + group["eps"])
+                    lars_lr *= group["trust_coefficient"]
+                    scaled = d_p.add(p, alpha=weight_decay)
+                    scaled *= lars_lr
+                    d_p = torch.where((p_norm != 0) & (g_norm != 0), scaled, d_p)
+                if momentum != 0:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        buf = state["momentum_buffer"] = torch.clone(d_p).detach()
+                    else:
+                        buf = state["momentum_buffer"]
+                        buf.mul_(momentum).add_(d_p, alpha=1 - dampening)
+                    d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
+                p.add_(d_p, alpha=-group["lr"])
+        return loss
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -119,8 +160,8 @@ def build_optimizer(
     elif name == "adamw":
         opt = torch.optim.AdamW(groups, lr=lr)
     elif name == "lars":
-        opt = LARS(groups, lr=lr, momentum=optim["momentum"],
-                   trust_coefficient=optim.get("trust_coefficient", 0.001))
+        opt = SyncFreeLARS(groups, lr=lr, momentum=optim["momentum"],
+                           trust_coefficient=optim.get("trust_coefficient", 0.001))
     else:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
     total = max(1, int(total_steps))
