@@ -57,6 +57,7 @@ CASES: dict[str, tuple[str, list[str], int]] = {
     "mixup": ("mixup_mnist1d", [], 0),
     "mixup-cutmix": ("mixup_mnist1d", ["method.cutmix_prob=1.0"], 0),
     "clip": ("clip_digits", MULTIMODAL, 0),
+    "clip-learned-temperature": ("clip_digits", [*MULTIMODAL, "method.learn_temperature=true"], 0),
     "m2mix": ("m2mix_digits", MULTIMODAL, 0),
     "concat": ("concat_digits_tri", FUSION, 0),
     "m3col-m3co": ("m3col_digits_tri", FUSION, 0),  # M3Co phase: epoch < 0.33 * 60
