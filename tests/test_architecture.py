@@ -135,3 +135,25 @@ def test_top_level_files_refer_inside_the_repository() -> None:
     for name in ("README.md", "CITATION.cff", "pyproject.toml"):
         text = (ROOT / name).read_text()
         assert not _OUTSIDE.search(text), name
+
+
+def test_epoch_metrics_of_methods_are_reduced_over_ranks() -> None:
+    # An epoch-level metric logged without sync_dist is rank 0's share of the data under DDP:
+    # a silently partial number in metrics.csv. (Step-level values stay unsynchronised: a
+    # reduction every step would cost a collective per step.)
+    import ast
+
+    missing = []
+    for path in sorted((ROOT / "contrastmix" / "methods").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "log"):
+                continue
+            kw = {k.arg: k.value for k in node.keywords}
+            epoch_only = (isinstance(kw.get("on_step"), ast.Constant)
+                          and kw["on_step"].value is False
+                          and isinstance(kw.get("on_epoch"), ast.Constant)
+                          and kw["on_epoch"].value is True)
+            if epoch_only and "sync_dist" not in kw:
+                missing.append(f"{path.name}:{node.lineno}")
+    assert not missing, f"epoch-level self.log without sync_dist: {missing}"

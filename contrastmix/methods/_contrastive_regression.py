@@ -93,5 +93,5 @@ class ContrastiveRegression(Method):
             labels = gather_no_grad(labels, [labels.shape[0]] * world_size())
         loss = self.compute_loss(feats, labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
-        self.log("view_cosine", align, on_step=False, on_epoch=True, batch_size=b)
+        self.log("view_cosine", align, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
         return loss

@@ -112,8 +112,9 @@ class CLIP(MultimodalMethod):
         bs = y.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
         for k, v in logs.items():
-            self.log(k, v, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("temperature", tau.detach(), on_step=False, on_epoch=True, batch_size=bs)
+            self.log(k, v, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("temperature", tau.detach(), on_step=False, on_epoch=True,
+                 sync_dist=True, batch_size=bs)
         return loss
 
     # ------------------------------------------------------------------ monitor

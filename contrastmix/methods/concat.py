@@ -131,10 +131,12 @@ class Concat(MultimodalMethod):
         acc = (out.fusion_logits.argmax(dim=1) == y).float().mean()
         bs = y.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
-        self.log("fusion_ce", fusion_ce, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("unimodal_ce", uni_ce, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("contrast", contrast.detach(), on_step=False, on_epoch=True, batch_size=bs)
-        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=bs)
+        self.log("fusion_ce", fusion_ce, on_step=False, on_epoch=True,
+                 sync_dist=True, batch_size=bs)
+        self.log("unimodal_ce", uni_ce, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("contrast", contrast.detach(), on_step=False, on_epoch=True,
+                 sync_dist=True, batch_size=bs)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         return loss
 
     # ------------------------------------------------------------------ monitor

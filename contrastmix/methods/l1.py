@@ -202,7 +202,8 @@ class L1Regression(Method):
             host, self._host_labels = self._host_labels, None  # this batch's, used once
             x_in, y_in, _, y_partner = self.mixed_batch(x, y, idx, host)
             gap = (y.float() - y_partner).abs().mean()
-            self.log("cmixup_label_gap", gap, on_step=False, on_epoch=True, batch_size=b)
+            self.log("cmixup_label_gap", gap, on_step=False, on_epoch=True,
+                     sync_dist=True, batch_size=b)
         else:
             x_in, y_in = self.maybe_augment(x), y.float()
         out = self.head(self.backbone(x_in))[:, 0].float()
@@ -210,7 +211,7 @@ class L1Regression(Method):
         loss = F.l1_loss(out, target)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
         self.log("train_mae", loss.detach() * self.y_std, on_step=False, on_epoch=True,
-                 batch_size=b)
+                 sync_dist=True, batch_size=b)
         return loss
 
     def export_artifacts(self, run_dir: Path) -> RunArtifacts:

@@ -156,7 +156,7 @@ class MoCo(Method):
         )
         bs = y.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
-        self.log("proxy_acc", proxy, on_step=False, on_epoch=True, batch_size=bs)
+        self.log("proxy_acc", proxy, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         return loss
 
     # ------------------------------------------------------------------ export
