@@ -11,7 +11,7 @@ against MoCHi at the same N) with its 95 % Student-t interval.
 Example (results/claims.md; ~50 s per run on 2 cores with one thread per run, so two seed
 halves can run side by side against the same RUNS_DIR)::
 
-    python benchmarks/sweeps/mochi_claims.py --seeds 0 1 2 3 4 5 6 7 8 9 --num-hard 1024 64
+    python benchmarks/sweeps/mochi_claims.py --seeds 0 1 2 3 4 5 6 7 8 9 --num-hard 1024 256 64
 """
 
 from __future__ import annotations
