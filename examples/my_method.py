@@ -47,5 +47,5 @@ class MySimCLR(Method):
         logits = (z @ z.T / self.config.temperature).fill_diagonal_(float("-inf"))
         target = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
         loss = F.cross_entropy(logits, target)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log_train_loss(loss, b)  # per-step value, and the epoch mean over all ranks
         return loss

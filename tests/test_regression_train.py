@@ -312,7 +312,7 @@ def test_contrastive_step_trains(method: str) -> None:
     trainer = pl.Trainer(fast_dev_run=1, accelerator="cpu", enable_progress_bar=False,
                          enable_model_summary=False, logger=False)
     trainer.fit(module, DataLoader(data.pretrain, batch_size=32, shuffle=True, drop_last=True))
-    loss = float(trainer.callback_metrics["train_loss"])
+    loss = float(trainer.callback_metrics["train_loss_epoch"])
     assert math.isfinite(loss) and loss > 0
     after = module.backbone.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))

@@ -92,6 +92,6 @@ class ContrastiveRegression(Method):
             # known: no size exchange (a host read every step)
             labels = gather_no_grad(labels, [labels.shape[0]] * world_size())
         loss = self.compute_loss(feats, labels)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log_train_loss(loss, b)
         self.log("view_cosine", align, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
         return loss

@@ -204,6 +204,15 @@ class Method(pl.LightningModule):
             return x[0], x[1]
         return self.augment(x), self.augment(x)
 
+    def log_train_loss(self, loss: Tensor, batch_size: int) -> None:
+        """Log the training loss: ``train_loss_step`` every step (this rank's value, on the
+        progress bar; no collective per step) and ``train_loss_epoch``, the epoch mean over
+        all ranks (reduced once, at the end of the epoch)."""
+        self.log("train_loss_step", loss, on_step=True, on_epoch=False, prog_bar=True,
+                 batch_size=batch_size)
+        self.log("train_loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=batch_size)
+
     def total_steps(self) -> int:
         """Optimiser steps of the whole run, from Lightning (any number of devices)."""
         return max(1, int(self.trainer.estimated_stepping_batches))

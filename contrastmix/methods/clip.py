@@ -110,7 +110,7 @@ class CLIP(MultimodalMethod):
         tau = self.model.temperature
         loss, logs = self.objective(img, txt, tau)
         bs = y.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_train_loss(loss, bs)
         for k, v in logs.items():
             self.log(k, v, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         self.log("temperature", tau.detach(), on_step=False, on_epoch=True,

@@ -130,7 +130,7 @@ class Concat(MultimodalMethod):
         loss = fusion_ce + uni_ce + term
         acc = (out.fusion_logits.argmax(dim=1) == y).float().mean()
         bs = y.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_train_loss(loss, bs)
         self.log("fusion_ce", fusion_ce, on_step=False, on_epoch=True,
                  sync_dist=True, batch_size=bs)
         self.log("unimodal_ce", uni_ce, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)

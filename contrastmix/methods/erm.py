@@ -153,7 +153,7 @@ class ERM(Method):
             pred = logits.argmax(dim=1)
             acc = lam * (pred == y_a).float().mean() + (1 - lam) * (pred == y_b).float().mean()
         b = y.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log_train_loss(loss, b)
         self.log("train_batch_acc", acc, on_step=False, on_epoch=True, sync_dist=True, batch_size=b)
         return loss
 

@@ -209,7 +209,7 @@ class L1Regression(Method):
         out = self.head(self.backbone(x_in))[:, 0].float()
         target = (y_in.float() - self.y_mean) / self.y_std
         loss = F.l1_loss(out, target)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b)
+        self.log_train_loss(loss, b)
         self.log("train_mae", loss.detach() * self.y_std, on_step=False, on_epoch=True,
                  sync_dist=True, batch_size=b)
         return loss

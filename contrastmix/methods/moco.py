@@ -155,7 +155,7 @@ class MoCo(Method):
             epoch=self.current_epoch,
         )
         bs = y.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs)
+        self.log_train_loss(loss, bs)
         self.log("proxy_acc", proxy, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         return loss
 
