@@ -39,27 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from contrastmix._json import dumps
+from contrastmix._timing import synchronize, time_calls
 
 NO_GPU = "gpu_check: no CUDA GPU found; nothing to time (run it on a machine with a GPU)"
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) -> list[float]:
-    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _autocast(device: str, bf16: bool) -> contextlib.AbstractContextManager[Any]:
@@ -138,7 +120,7 @@ def time_train_steps(device: str, *, batch: int, queue: int, rounds: int, repeat
             step = make_train_step(method, device, batch=batch, queue=queue,
                                    image_size=image_size, mix=mix, bf16=bf16,
                                    overrides=overrides)
-            t[method] += _time(step, device, repeats)
+            t[method] += time_calls(step, device, repeats)
             losses[method] = step()
             del step
     moco, mochi = statistics.median(t["moco"]), statistics.median(t["mochi"])
@@ -183,7 +165,7 @@ def time_bank_search(device: str, *, size: int, dim: int, batch: int, k: int, re
             _, pos = bank.search(queries[i], k=k)
             found.append(pos)
 
-        return _time(step, device, repeats), found
+        return time_calls(step, device, repeats), found
 
     exact_t, exact_pos = run("torch")
     out["torch_s"] = statistics.median(exact_t)
@@ -228,10 +210,10 @@ def time_probe(device: str, *, n: int, dim: int, classes: int, rounds: int,
     sides = [("device", (xd, yd), t_dev), ("cpu", (x, y), t_cpu)]
     for r in range(rounds):
         for where, (xx, yy), times in (sides if r % 2 == 0 else sides[::-1]):
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             fit = fit_logistic(xx, yy, 1.0 / n, max_iter, num_classes=classes)
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - t0)
             iters[where] = int(fit.n_iter)
     dev, cpu = statistics.median(t_dev), statistics.median(t_cpu)

@@ -20,6 +20,7 @@ stays light). The core and evaluation never import it.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import json
 import math
@@ -42,6 +43,9 @@ __all__ = [
     "run_dir_for",
     "is_trained",
     "train_if_missing",
+    "finished_run",
+    "add_sweep_arguments",
+    "sweep_settings",
     "probe",
     "run_summary",
     "mean_std",
@@ -171,6 +175,59 @@ def train_if_missing(
 
         pretrain(cfg, out, resume=resume)
     return out
+
+
+def finished_run(
+    recipe: str | Path, out_dir: str | Path, overrides: Sequence[str] = (), *, seed: int,
+    train: bool = True, cli: bool = False,
+) -> Path | None:
+    """:func:`train_if_missing` when ``train``; otherwise only read: ``out_dir`` when its run
+    finished, ``None`` when it did not (e.g. ``--no-train`` while another process still
+    trains that seed)."""
+    if train:
+        return train_if_missing(recipe, out_dir, overrides, seed=seed, cli=cli)
+    return Path(out_dir) if is_trained(out_dir) else None
+
+
+def add_sweep_arguments(
+    parser: argparse.ArgumentParser, *, runs_dir: str, quick: Sequence[str],
+    overrides: Sequence[str] = (), no_train: bool = True,
+) -> None:
+    """The options every claim sweep shares: ``--seeds``, ``--runs-dir``, ``--set``,
+    ``--no-train`` (when ``no_train``), ``--quick`` and ``--json``; read them back with
+    :func:`sweep_settings`.
+
+    Args:
+        parser: The script's parser.
+        runs_dir: Default runs folder (``--quick`` uses ``<runs_dir>-quick``).
+        quick: The overrides ``--quick`` puts before ``--set``'s.
+        overrides: ``--set``'s default.
+        no_train: Add ``--no-train``.
+    """
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
+    parser.add_argument("--runs-dir", default=None,
+                        help=f"default {runs_dir} ({runs_dir}-quick with --quick)")
+    default = (f" (default: {' '.join(overrides)})" if overrides else "")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=list(overrides),
+                        help="recipe overrides key=value for every run" + default)
+    if no_train:
+        parser.add_argument("--no-train", action="store_true",
+                            help="only read the runs that exist (e.g. while other seeds "
+                            "still train)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: seeds 0 1, " + " ".join(quick))
+    parser.add_argument("--json", action="store_true", help="print the raw results as JSON")
+
+
+def sweep_settings(args: argparse.Namespace, *, runs_dir: str, quick: Sequence[str]
+                   ) -> tuple[list[int], list[str], Path]:
+    """``(seeds, overrides, runs folder)`` from the options of :func:`add_sweep_arguments`:
+    seeds 0 1 2 by default (0 1 with ``--quick``), and ``--quick``'s overrides before
+    ``--set``'s."""
+    seeds = list(args.seeds or ([0, 1] if args.quick else [0, 1, 2]))
+    overrides = [*(quick if args.quick else []), *args.overrides]
+    root = Path(args.runs_dir or (f"{runs_dir}-quick" if args.quick else runs_dir))
+    return seeds, overrides, root
 
 
 def run_summary(run_dir: str | Path) -> dict[str, Any]:

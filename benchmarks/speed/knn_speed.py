@@ -25,6 +25,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from contrastmix._json import dumps
+from contrastmix._timing import synchronize
 from contrastmix.eval.knn import knn_predict
 
 
@@ -39,17 +40,12 @@ def make_data(
     return x[:n].contiguous(), y[:n], x[n:].contiguous(), y[n:]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_ours(xtr, ytr, xte, k, tau, backend, device) -> tuple[float, np.ndarray]:
     xd, yd, qd = xtr.to(device), ytr.to(device), xte.to(device)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     pred = knn_predict(xd, yd, qd, k, tau, backend=backend)
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0, pred.cpu().numpy()
 
 

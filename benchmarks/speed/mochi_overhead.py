@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastmix._json import dumps
+from contrastmix._timing import time_calls
 from contrastmix.losses.mochi import MoCHiLoss
 from contrastmix.losses.moco import moco_infonce
 from contrastmix.mixing import mochi as mochi_mod
@@ -65,24 +66,6 @@ def make_setup(
     return Setup(unit(b), unit(b), unit(k), n, s, s2)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _time(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def time_moco_loss(st: Setup, device: str, repeats: int) -> list[float]:
     """Baseline: ``moco_infonce`` forward + backward (gradient w.r.t. the query)."""
 
@@ -90,7 +73,7 @@ def time_moco_loss(st: Setup, device: str, repeats: int) -> list[float]:
         q = st.query.detach().requires_grad_()
         moco_infonce(q, st.key, st.queue, st.temperature).backward()
 
-    return _time(step, device, repeats)
+    return time_calls(step, device, repeats)
 
 
 def time_mochi_loss(st: Setup, device: str, repeats: int) -> list[float]:
@@ -102,7 +85,7 @@ def time_mochi_loss(st: Setup, device: str, repeats: int) -> list[float]:
         q = st.query.detach().requires_grad_()
         loss(q, st.key, st.queue, generator=gen).backward()
 
-    return _time(step, device, repeats)
+    return time_calls(step, device, repeats)
 
 
 def time_mochi_materialised_loss(st: Setup, device: str, repeats: int) -> list[float]:
@@ -120,7 +103,7 @@ def time_mochi_materialised_loss(st: Setup, device: str, repeats: int) -> list[f
         target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
         F.cross_entropy(logits, target).backward()
 
-    return _time(step, device, repeats)
+    return time_calls(step, device, repeats)
 
 
 def time_mochi_parts(st: Setup, device: str, repeats: int) -> dict[str, float]:
@@ -137,13 +120,13 @@ def time_mochi_parts(st: Setup, device: str, repeats: int) -> dict[str, float]:
     floor = time_pair_dots_floor(st.queue, dr.pos_i, dr.pos_j, repeats)
     return {
         **({"pair_dots_floor": floor} if floor is not None else {}),
-        "topk_and_draws": statistics.median(_time(draws, device, repeats)),
+        "topk_and_draws": statistics.median(time_calls(draws, device, repeats)),
         "type1_norms": statistics.median(
-            _time(lambda: mochi_mod._pair_norms(st.queue, dr.pos_i, dr.pos_j, dr.alpha,
+            time_calls(lambda: mochi_mod._pair_norms(st.queue, dr.pos_i, dr.pos_j, dr.alpha,
                                                 1 - dr.alpha), device, repeats)
         ),
         "plain_topk": statistics.median(
-            _time(lambda: torch.topk(sims, min(st.num_hard, sims.shape[1]), dim=1),
+            time_calls(lambda: torch.topk(sims, min(st.num_hard, sims.shape[1]), dim=1),
                   device, repeats)
         ),
     }
@@ -186,7 +169,7 @@ def time_pair_dots_floor(queue: torch.Tensor, pos_i: torch.Tensor, pos_j: torch.
     q = queue.detach().float().contiguous().numpy()
     pi, pj = pos_i.contiguous().numpy(), pos_j.contiguous().numpy()
     out = np.empty(pi.shape, np.float32)
-    return statistics.median(_time(lambda: run_parallel(kern, q, pi, pj, out), "cpu", repeats))
+    return statistics.median(time_calls(lambda: run_parallel(kern, q, pi, pj, out), "cpu", repeats))
 
 
 def _method_overrides(method: str, queue: int, mix: tuple[int, int, int]) -> list[str]:
@@ -249,8 +232,8 @@ def time_training_steps(
     t_mochi: list[float] = []
     ratios: list[float] = []
     for _ in range(rounds):
-        a = _time(make_training_step("moco", queue, device, batch=batch), device, block)
-        b = _time(make_training_step("mochi", queue, device, batch=batch, mix=mix), device,
+        a = time_calls(make_training_step("moco", queue, device, batch=batch), device, block)
+        b = time_calls(make_training_step("mochi", queue, device, batch=batch, mix=mix), device,
                   block)
         t_moco += a
         t_mochi += b

@@ -32,6 +32,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from contrastmix._json import dumps
+from contrastmix._timing import synchronize
 from contrastmix.eval.probe import fit_logistic
 
 
@@ -48,18 +49,13 @@ def make_data(
     return x[:n], y[:n], x[n:], y[n:]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_ours(xtr, ytr, xte, yte, penalty, max_iter, tol, dtype, device, solver, precondition):
     xd, yd = xtr.to(device), ytr.to(device)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     fit = fit_logistic(xd, yd, penalty, max_iter, tol, dtype=dtype, solver=solver,
                        precondition=precondition)
-    _sync(device)
+    synchronize(device)
     dt = time.perf_counter() - t0
     logits = xte.to(device, dtype) @ fit.weight.T + fit.bias
     acc = float((logits.argmax(1).cpu() == yte).double().mean())

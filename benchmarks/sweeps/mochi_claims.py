@@ -22,13 +22,15 @@ from pathlib import Path
 
 from contrastmix._json import dumps
 from contrastmix.sweeps import (
+    add_sweep_arguments,
+    finished_run,
     format_mean_std,
     format_paired_difference,
     markdown_table,
     probe,
     reproduce_command,
     run_dir_for,
-    train_if_missing,
+    sweep_settings,
 )
 
 MOCO, MOCHI, ORACLE = "moco_mnist1d", "mochi_mnist1d", "mochi_oracle_mnist1d"
@@ -40,9 +42,7 @@ QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3",
 
 def _run(recipe: str, out: Path, overrides: list[str], seed: int,
          train: bool) -> dict[str, float] | None:
-    if train:
-        train_if_missing(recipe, out, overrides, seed=seed)
-    elif not (out / "backbone.pt").is_file():
+    if finished_run(recipe, out, overrides, seed=seed, train=train) is None:
         return None
     res = probe(out, knn=True)
     return {k: res.get(k) for k in METRICS}
@@ -50,48 +50,31 @@ def _run(recipe: str, out: Path, overrides: list[str], seed: int,
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
     p.add_argument("--num-hard", type=int, nargs="+", default=[1024],
                    help="hard-set sizes N (method.num_hard) for MoCHi and the oracle")
-    p.add_argument("--runs-dir", default=None,
-                   help="default runs/mochi_claims (runs/mochi_claims-quick)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=["trainer.num_threads=1"],
-                   help="overrides for every run (default: trainer.num_threads=1)")
-    p.add_argument("--no-train", action="store_true",
-                   help="only read the runs that exist (e.g. while other halves still train)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: seeds 0 1, one epoch of 3 batches (" + " ".join(QUICK) + ")")
-    p.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    add_sweep_arguments(p, runs_dir="runs/mochi_claims", quick=QUICK,
+                        overrides=["trainer.num_threads=1"])
     args = p.parse_args(argv)
-    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    if args.quick:
-        args.overrides = [*QUICK, *args.overrides]
-    root = Path(args.runs_dir or ("runs/mochi_claims-quick" if args.quick
-                                  else "runs/mochi_claims"))
+    seeds, overrides, root = sweep_settings(args, runs_dir="runs/mochi_claims", quick=QUICK)
     train = not args.no_train
     res: dict[str, list[dict[str, float] | None]] = {"MoCo": []}
-    for seed in args.seeds:
+    for seed in seeds:
         res["MoCo"].append(_run(MOCO, run_dir_for(root / "moco", MOCO, seed),
-                                args.overrides, seed, train))
+                                overrides, seed, train))
         for n in args.num_hard:
-            ov = [*args.overrides, f"method.num_hard={n}"]
+            ov = [*overrides, f"method.num_hard={n}"]
             for name, recipe in ((f"MoCHi N={n}", MOCHI), (f"MoCHi+oracle N={n}", ORACLE)):
                 res.setdefault(name, []).append(
                     _run(recipe, run_dir_for(root / f"N{n}", recipe, seed), ov, seed, train))
     if args.json:
-        print(dumps({"seeds": args.seeds, "results": res}, indent=2))
+        print(dumps({"seeds": seeds, "results": res}, indent=2))
         return
 
     def values(name: str, key: str) -> list[float | None]:
         return [r[key] if r else None for r in res[name]]
 
-    def paired(a: str, b: str, key: str) -> str:
-        pairs = [(x, y) for x, y in zip(values(a, key), values(b, key), strict=True)
-                 if x is not None and y is not None]
-        if not pairs:
-            return "n/a"
-        xs, ys = zip(*pairs, strict=True)
-        return format_paired_difference(xs, ys, 4)
+    def paired(a: str, b: str, key: str) -> str:  # seeds missing on either side drop out
+        return format_paired_difference(values(a, key), values(b, key), 4)
 
     print("Reproduce: " + reproduce_command(__file__, sys.argv[1:] if argv is None else argv))
     print()
@@ -100,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         n_runs = sum(r is not None for r in res[name])
         row = [name, n_runs]
         for key in METRICS:
-            row.append(format_mean_std([v for v in values(name, key) if v is not None], 4))
+            row.append(format_mean_std(values(name, key), 4))
             if name == "MoCo":
                 row.append("")
             elif "oracle" in name:

@@ -36,13 +36,15 @@ from typing import Any
 
 from contrastmix._json import dumps
 from contrastmix.sweeps import (
+    add_sweep_arguments,
+    finished_run,
     format_mean_std,
     format_paired_difference,
     markdown_table,
     probe,
     reproduce_command,
     run_dir_for,
-    train_if_missing,
+    sweep_settings,
 )
 
 DATASETS = ("rotated_digits", "rotated_digits_lt")
@@ -110,9 +112,7 @@ def run_one(method: str, dataset: str, seed: int, root: Path, overrides: list[st
     when ``train`` is false and the run does not exist."""
     recipe, ov = _recipe(method, dataset)
     out = run_dir_for(root / dataset, method, seed)
-    if train:
-        train_if_missing(recipe, out, [*ov, *overrides], seed=seed)
-    elif not (out / "backbone.pt").is_file():
+    if finished_run(recipe, out, [*ov, *overrides], seed=seed, train=train) is None:
         return None
     has_projector = (out / "projector.pt").is_file()
     results: dict[str, dict[str, float | None]] = {}
@@ -154,14 +154,9 @@ def report(results: dict[str, dict[str, list[dict | None]]]) -> str:
             if ma not in per_method or mb not in per_method:
                 continue
             row: list[Any] = [label]
-            for g in groups:
-                a = _values(per_method[ma], pa, g)
-                b = _values(per_method[mb], pb, g)
-                pairs = [(x, y) for x, y in zip(a, b, strict=True)
-                         if x is not None and y is not None]
-                row.append(format_paired_difference([x for x, _ in pairs],
-                                                    [y for _, y in pairs], 2)
-                           if len(pairs) >= 2 else "-")
+            row += [format_paired_difference(_values(per_method[ma], pa, g),
+                                             _values(per_method[mb], pb, g), 2)
+                    for g in groups]
             rows.append(row)
         cols = ["paired MAE difference (first − second)",
                 *["all" if g == "all" else f"{g}-shot" for g in groups]]
@@ -176,22 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
-    p.add_argument("--runs-dir", default=None,
-                   help="default runs/regression (runs/regression_claims-quick)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=["trainer.num_threads=1"],
-                   help="overrides for every run (default: trainer.num_threads=1)")
-    p.add_argument("--no-train", action="store_true",
-                   help="only read the runs that exist (e.g. while another sweep still trains)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: seeds 0 1, one epoch of 2 batches (" + " ".join(QUICK) + ")")
+    add_sweep_arguments(p, runs_dir="runs/regression", quick=QUICK,
+                        overrides=["trainer.num_threads=1"])
     p.add_argument("--markdown", type=Path, default=None, help="also write the tables here")
-    p.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = p.parse_args(argv)
-    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    overrides = [*QUICK, *args.overrides] if args.quick else list(args.overrides)
-    root = Path(args.runs_dir or ("runs/regression_claims-quick" if args.quick
-                                  else "runs/regression"))
+    seeds, overrides, root = sweep_settings(args, runs_dir="runs/regression", quick=QUICK)
 
     import logging
     import warnings

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from contrastmix._json import dumps
 from contrastmix.sweeps import (
+    add_sweep_arguments,
     format_mean_std,
     is_trained,
     markdown_table,
@@ -33,6 +34,7 @@ from contrastmix.sweeps import (
     reproduce_command,
     run_dir_for,
     run_summary,
+    sweep_settings,
     train_if_missing,
 )
 
@@ -60,20 +62,12 @@ def _mean(values: list[float | None]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipes", nargs="+", required=True)
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2")
-    p.add_argument("--runs-dir", default=None, help="default runs/sweep (runs/sweep-quick)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[],
-                   help="extra recipe overrides for every run (key=value)")
+    add_sweep_arguments(p, runs_dir="runs/sweep", quick=QUICK, no_train=False)
     p.add_argument("--force", action="store_true", help="retrain existing runs")
     p.add_argument("--cli", action="store_true",
                    help="train through `python -m contrastmix.cli pretrain` in a subprocess")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: seeds 0 1, one epoch of 3 batches (" + " ".join(QUICK) + ")")
-    p.add_argument("--json", action="store_true", help="print the raw results as JSON")
     args = p.parse_args(argv)
-    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    runs_dir = args.runs_dir or ("runs/sweep-quick" if args.quick else "runs/sweep")
-    overrides = [*(QUICK if args.quick else []), *args.overrides]
+    seeds, overrides, runs_dir = sweep_settings(args, runs_dir="runs/sweep", quick=QUICK)
 
     results: dict[str, list[dict]] = {}
     for recipe in args.recipes:

@@ -29,13 +29,15 @@ from typing import Any
 
 from contrastmix._json import dumps
 from contrastmix.sweeps import (
+    add_sweep_arguments,
+    finished_run,
     format_mean_std,
     format_paired_difference,
     markdown_table,
     probe,
     reproduce_command,
     run_dir_for,
-    train_if_missing,
+    sweep_settings,
 )
 
 RECIPE = "moco_mnist1d"
@@ -58,9 +60,7 @@ def _last_proxy(run: Path) -> float | None:
 
 
 def _run(out: Path, overrides: list[str], seed: int, train: bool) -> dict[str, Any] | None:
-    if train:
-        train_if_missing(RECIPE, out, overrides, seed=seed, cli=True)
-    elif not (out / "backbone.pt").is_file():
+    if finished_run(RECIPE, out, overrides, seed=seed, train=train, cli=True) is None:
         return None
     res = probe(out, knn=True)
     return {"accuracy": res.get("accuracy"), "knn_accuracy": res.get("knn_accuracy"),
@@ -69,19 +69,10 @@ def _run(out: Path, overrides: list[str], seed: int, train: bool) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2")
-    p.add_argument("--runs-dir", default=None,
-                   help="default runs/shuffle_bn (runs/shuffle_bn-quick)")
-    p.add_argument("--set", dest="overrides", nargs="*", default=[],
-                   help="more overrides for every run (after " + " ".join(DDP) + ")")
-    p.add_argument("--no-train", action="store_true", help="only read the runs that exist")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: seeds 0 1, one epoch of 3 batches (" + " ".join(QUICK) + ")")
-    p.add_argument("--json", action="store_true", help="print the raw results as JSON")
+    add_sweep_arguments(p, runs_dir="runs/shuffle_bn", quick=QUICK)
     args = p.parse_args(argv)
-    seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2])
-    overrides = [*DDP, *(QUICK if args.quick else []), *args.overrides]
-    root = Path(args.runs_dir or ("runs/shuffle_bn-quick" if args.quick else "runs/shuffle_bn"))
+    seeds, overrides, root = sweep_settings(args, runs_dir="runs/shuffle_bn", quick=QUICK)
+    overrides = [*DDP, *overrides]
     res: dict[str, list[dict[str, Any] | None]] = {"off": [], "on": []}
     for seed in seeds:
         for name in res:
@@ -103,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for key, label in METRICS.items():
         off, on = values("off", key), values("on", key)
-        pairs = [(a, b) for a, b in zip(on, off, strict=True) if a is not None and b is not None]
         rows.append([label, format_mean_std(off, 4), format_mean_std(on, 4),
-                     format_paired_difference([a for a, _ in pairs], [b for _, b in pairs], 4)
-                     if len(pairs) >= 2 else "-"])
+                     format_paired_difference(on, off, 4)])
     print(f"Reproduce: {reproduce_command(__file__, sys.argv[1:] if argv is None else argv)}\n")
     print(markdown_table(rows, ["metric", "Shuffle-BN off", "Shuffle-BN on",
                                 "Δ (on − off), paired [95% t-interval]"]))
