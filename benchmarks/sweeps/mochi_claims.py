@@ -41,7 +41,7 @@ QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3",
 
 
 def _run(recipe: str, out: Path, overrides: list[str], seed: int,
-         train: bool) -> dict[str, float] | None:
+         train: bool) -> dict[str, float | None] | None:
     if finished_run(recipe, out, overrides, seed=seed, train=train) is None:
         return None
     res = probe(out, knn=True)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     seeds, overrides, root = sweep_settings(args, runs_dir="runs/mochi_claims", quick=QUICK)
     train = not args.no_train
-    res: dict[str, list[dict[str, float] | None]] = {"MoCo": []}
+    res: dict[str, list[dict[str, float | None] | None]] = {"MoCo": []}
     for seed in seeds:
         res["MoCo"].append(_run(MOCO, run_dir_for(root / "moco", MOCO, seed),
                                 overrides, seed, train))
